@@ -1,0 +1,373 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// ntpReplyMode says how a test NTP responder answers.
+type ntpReplyMode int
+
+const (
+	ntpAnswer      ntpReplyMode = iota // a valid reply with the responder's time
+	ntpUnsynced                        // a reply with leap indicator 3 (clock not synchronised)
+	ntpKissOfDeath                     // stratum 0, code RATE: "stop asking"
+	ntpDrop                            // no reply: the client times out
+)
+
+// Layout of an NTP v4 packet (RFC 5905 §7.3).
+const (
+	ntpPacketLen   = 48
+	ntpModeClient  = 3
+	ntpModeServer  = 4
+	ntpEpochOffset = 2208988800 // seconds from 1900-01-01 to 1970-01-01
+)
+
+// ntpResponder is a loopback NTP server for tests: it answers NTP v4 client
+// packets with its own time, the real time plus offset, and counts requests.
+type ntpResponder struct {
+	conn     *net.UDPConn
+	offset   time.Duration
+	mode     ntpReplyMode
+	requests atomic.Int64
+	done     chan struct{}
+}
+
+// startNTPResponder starts a loopback NTP server whose clock runs offset ahead
+// of the real one and returns its "127.0.0.1:port", usable as an NTPConfig
+// host. It stops when the test ends. End-to-end tests use it to give the
+// server a known clock without touching the network.
+func startNTPResponder(t *testing.T, offset time.Duration) (addr string) {
+	t.Helper()
+	return newNTPResponder(t, offset, ntpAnswer).conn.LocalAddr().String()
+}
+
+// newNTPResponder starts a responder answering in mode.
+func newNTPResponder(t *testing.T, offset time.Duration, mode ntpReplyMode) *ntpResponder {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatalf("ntp responder: %v", err)
+	}
+	r := &ntpResponder{conn: conn, offset: offset, mode: mode, done: make(chan struct{})}
+	go r.serve()
+	t.Cleanup(func() {
+		conn.Close()
+		<-r.done
+	})
+	return r
+}
+
+func (r *ntpResponder) addr() string { return r.conn.LocalAddr().String() }
+
+func (r *ntpResponder) serve() {
+	defer close(r.done)
+	buf := make([]byte, 512)
+	for {
+		n, from, err := r.conn.ReadFromUDP(buf)
+		if err != nil {
+			return // closed at cleanup
+		}
+		if n < ntpPacketLen || buf[0]&7 != ntpModeClient {
+			continue
+		}
+		r.requests.Add(1)
+		if r.mode == ntpDrop {
+			continue
+		}
+		received := time.Now().Add(r.offset)
+		resp := make([]byte, ntpPacketLen)
+		version := buf[0] >> 3 & 7
+		leap, stratum, refID := byte(0), byte(1), "LOCL"
+		switch r.mode {
+		case ntpUnsynced:
+			leap = 3
+		case ntpKissOfDeath:
+			stratum, refID = 0, "RATE"
+		}
+		resp[0] = leap<<6 | version<<3 | ntpModeServer
+		resp[1] = stratum
+		resp[2] = buf[2] // poll: echo the client's
+		resp[3] = 0xec   // precision: 2^-20 s
+		copy(resp[12:16], refID)
+		binary.BigEndian.PutUint64(resp[16:], ntpTimestamp(received.Add(-time.Minute))) // reference: last "set"
+		copy(resp[24:32], buf[40:48])                                                   // origin: the client's transmit field
+		binary.BigEndian.PutUint64(resp[32:], ntpTimestamp(received))
+		binary.BigEndian.PutUint64(resp[40:], ntpTimestamp(time.Now().Add(r.offset)))
+		r.conn.WriteToUDP(resp, from) // best effort, like a real server
+	}
+}
+
+// ntpTimestamp is t in NTP's 32.32 fixed-point seconds since 1900 (era 0; the
+// client infers the era).
+func ntpTimestamp(t time.Time) uint64 {
+	secs := uint64(t.Unix() + ntpEpochOffset)
+	frac := uint64(t.Nanosecond()) << 32 / uint64(time.Second)
+	return secs<<32 | frac
+}
+
+// logBuffer collects slog text output for assertions; safe for concurrent
+// writers.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// newTestLogger returns a logger writing text lines, debug level and up, to
+// the returned buffer.
+func newTestLogger() (*slog.Logger, *logBuffer) {
+	b := &logBuffer{}
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug})), b
+}
+
+// closedUDPAddr returns a loopback UDP address nobody listens on: a query to it
+// is refused (ICMP port unreachable) or times out.
+func closedUDPAddr(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := c.LocalAddr().String()
+	c.Close()
+	return addr
+}
+
+// testNTPTimeout keeps failing queries short; loopback replies take
+// microseconds, so it cannot cause a spurious failure of a live responder
+// except on a badly overloaded machine.
+const testNTPTimeout = 500 * time.Millisecond
+
+func TestSyncClockMeasuresOffset(t *testing.T) {
+	for _, offset := range []time.Duration{time.Hour, -time.Hour, 0} {
+		t.Run(offset.String(), func(t *testing.T) {
+			addr := startNTPResponder(t, offset)
+			logger, logs := newTestLogger()
+			c, err := SyncClock(NTPConfig{Hosts: []string{addr}, Retries: 1}, logger, WithNTPTimeout(testNTPTimeout))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Loopback round trips take microseconds; a second of slack
+			// cannot flake yet catches a sign error or a unit slip.
+			if d := (c.Offset() - offset).Abs(); d > time.Second {
+				t.Errorf("Offset() = %v, want %v ± 1s", c.Offset(), offset)
+			}
+			if d := (c.Now().Sub(time.Now()) - offset).Abs(); d > time.Second {
+				t.Errorf("Now() - time.Now() = %v, want %v ± 1s", c.Now().Sub(time.Now()), offset)
+			}
+			if !c.Synced() {
+				t.Error("Synced() = false after a reply")
+			}
+			out := logs.String()
+			if !strings.Contains(out, "ntp clock synced") || !strings.Contains(out, "host="+addr) || !strings.Contains(out, "rtt=") {
+				t.Errorf("log lacks the sync line with host and rtt:\n%s", out)
+			}
+			wantLevel := "level=INFO"
+			if offset.Abs() > ntpOffsetWarn {
+				wantLevel = "level=WARN"
+			}
+			if !strings.Contains(out, wantLevel) {
+				t.Errorf("log lacks %s:\n%s", wantLevel, out)
+			}
+		})
+	}
+}
+
+func TestSyncClockUnreachableFallsBack(t *testing.T) {
+	addr := closedUDPAddr(t)
+	logger, logs := newTestLogger()
+	c, err := SyncClock(NTPConfig{Hosts: []string{addr}, Retries: 2}, logger, WithNTPTimeout(testNTPTimeout))
+	if err != nil {
+		t.Fatalf("SyncClock: %v, want a local clock", err)
+	}
+	if c.Offset() != 0 || c.Synced() {
+		t.Errorf("Offset() = %v, Synced() = %v; want 0, false", c.Offset(), c.Synced())
+	}
+	out := logs.String()
+	for _, want := range []string{"level=WARN msg=\"ntp host did not answer\" host=" + addr, "level=WARN msg=\"ntp unavailable, using the local clock\""} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+	if d := c.Now().Sub(time.Now()).Abs(); d > time.Second {
+		t.Errorf("local clock is %v away from time.Now()", d)
+	}
+}
+
+func TestSyncClockRequired(t *testing.T) {
+	_, err := SyncClock(NTPConfig{Hosts: []string{closedUDPAddr(t)}, Retries: 1, Required: true}, nil, WithNTPTimeout(testNTPTimeout))
+	if err == nil || !strings.Contains(err.Error(), "ntp: required") {
+		t.Errorf("err = %v, want ntp: required …", err)
+	}
+	_, err = SyncClock(NTPConfig{Required: true}, nil)
+	if err == nil || !strings.Contains(err.Error(), "no hosts configured") {
+		t.Errorf("no hosts: err = %v, want no hosts configured", err)
+	}
+}
+
+func TestSyncClockNoHosts(t *testing.T) {
+	logger, logs := newTestLogger()
+	c, err := SyncClock(NTPConfig{}, logger)
+	if err != nil || c.Synced() || c.Offset() != 0 {
+		t.Fatalf("SyncClock = %v, %v; want a local clock", c, err)
+	}
+	if !strings.Contains(logs.String(), "ntp unavailable") {
+		t.Errorf("no warning logged:\n%s", logs)
+	}
+}
+
+func TestSyncClockRetries(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		mode      ntpReplyMode
+		retries   int
+		wantTries int64
+	}{
+		{"unsynced", ntpUnsynced, 3, 3},
+		{"zero retries means one try", ntpUnsynced, 0, 1},
+		{"timeouts", ntpDrop, 2, 2},
+		{"kiss of death is not retried", ntpKissOfDeath, 3, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bad := newNTPResponder(t, 0, tc.mode)
+			good := newNTPResponder(t, time.Hour, ntpAnswer)
+			timeout := testNTPTimeout
+			if tc.mode == ntpDrop {
+				timeout = 50 * time.Millisecond // every try waits this long
+			}
+			logger, logs := newTestLogger()
+			c, err := SyncClock(NTPConfig{Hosts: []string{bad.addr(), good.addr()}, Retries: tc.retries}, logger, WithNTPTimeout(timeout))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := bad.requests.Load(); got != tc.wantTries {
+				t.Errorf("failing host got %d requests, want %d", got, tc.wantTries)
+			}
+			if got := good.requests.Load(); got != 1 {
+				t.Errorf("second host got %d requests, want 1", got)
+			}
+			if d := (c.Offset() - time.Hour).Abs(); d > time.Second {
+				t.Errorf("Offset() = %v, want the second host's 1h", c.Offset())
+			}
+			if !strings.Contains(logs.String(), "host="+bad.addr()) {
+				t.Errorf("failing host not logged:\n%s", logs)
+			}
+		})
+	}
+}
+
+func TestSyncClockFirstAnswerWins(t *testing.T) {
+	first := newNTPResponder(t, time.Hour, ntpAnswer)
+	second := newNTPResponder(t, -time.Hour, ntpAnswer)
+	c, err := SyncClock(NTPConfig{Hosts: []string{first.addr(), second.addr()}, Retries: 3}, nil, WithNTPTimeout(testNTPTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.requests.Load() != 1 || second.requests.Load() != 0 {
+		t.Errorf("requests: first %d, second %d; want 1, 0", first.requests.Load(), second.requests.Load())
+	}
+	if c.Offset() < 0 {
+		t.Errorf("Offset() = %v, want the first host's +1h", c.Offset())
+	}
+}
+
+func TestClockNowMonotonic(t *testing.T) {
+	c := &Clock{base: time.Now(), offset: -time.Hour}
+	prev := c.Now()
+	for range 10000 {
+		now := c.Now()
+		if now.Before(prev) {
+			t.Fatalf("Now() went back from %v to %v", prev, now)
+		}
+		prev = now
+	}
+	if loc := prev.Location(); loc != time.UTC {
+		t.Errorf("Now() location = %v, want UTC", loc)
+	}
+	if s := prev.String(); strings.Contains(s, "m=") {
+		t.Errorf("Now() carries a monotonic reading: %s", s)
+	}
+}
+
+func TestNTPAddress(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"pool.ntp.org", "pool.ntp.org:123"},
+		{"pool.ntp.org:1123", "pool.ntp.org:1123"},
+		{"127.0.0.1", "127.0.0.1:123"},
+		{"127.0.0.1:5", "127.0.0.1:5"},
+		{"::1", "[::1]:123"},
+		{"[::1]", "[::1]:123"},
+		{"[::1]:9", "[::1]:9"},
+		{"2001:db8::1", "[2001:db8::1]:123"},
+		{"time_1.example", "time_1.example:123"},
+	} {
+		got, err := ntpAddress(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ntpAddress(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{
+		"",
+		"host:",
+		"host:0",
+		"host:65536",
+		"host:ntp",
+		"host name",
+		"[127.0.0.1]",
+		"[::1",
+		"::1]",
+		"1:2:3:x::",
+		"a..b",
+		strings.Repeat("a", 300),
+		"host\n",
+	} {
+		if got, err := ntpAddress(in); err == nil {
+			t.Errorf("ntpAddress(%q) = %q, want an error", in, got)
+		}
+	}
+}
+
+// FuzzNTPAddress checks that any configured host string either fails or yields
+// an address that net.SplitHostPort accepts with a numeric, non-zero port.
+func FuzzNTPAddress(f *testing.F) {
+	for _, seed := range []string{
+		"pool.ntp.org",  // the common case: a name, default port
+		"127.0.0.1:123", // test responders
+		"[::1]:9",       // bracketed IPv6 with port
+		"fe80::1%eth0",  // bare IPv6 with a zone
+		"[",             // unbalanced bracket
+		"a:b:c",         // colons but not IPv6
+		"host:99999",    // port out of range
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		addr, err := ntpAddress(in)
+		if err != nil {
+			return
+		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || host == "" || port == "" || port == "0" {
+			t.Fatalf("ntpAddress(%q) = %q: host %q port %q err %v", in, addr, host, port, err)
+		}
+	})
+}

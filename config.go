@@ -1,0 +1,756 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// ConfigFileName is the file mnm reads its configuration from, in the working
+// directory (SPEC §8). mnm.conf beside it is the commented example to copy.
+const ConfigFileName = "mnm.config"
+
+// Names of the default self-signed pair that EnsureConfig creates beside a new
+// configuration.
+const (
+	DefaultCertFile = "mnm-cert.pem"
+	DefaultKeyFile  = "mnm-key.pem"
+)
+
+// DefaultListenAddr is a high port so that a first start works without root
+// privileges; 443 needs them (or a capability) on most systems.
+const DefaultListenAddr = "0.0.0.0:5443"
+
+// DefaultMaxPostBytes is the largest post datalen accepted when the
+// configuration does not say: large enough for photos and documents, small
+// enough that a single post cannot fill a modest disk (every post is written
+// and fsynced before its ack).
+const DefaultMaxPostBytes = 256 << 20
+
+// Limits on the configuration itself. The file is written by an operator, but
+// parts of it (name, authby) are sent to every client, so every value is
+// bounded and a typo fails at start rather than at the first client.
+const (
+	// maxConfigFileBytes: a real configuration is a few KB; a path naming a
+	// log file or a disk image by mistake fails at once instead of being read
+	// whole.
+	maxConfigFileBytes = 1 << 20
+
+	// maxSiteNameBytes: the name is shown in client UIs and sent in every
+	// tmtprev reply; a sentence is plenty.
+	maxSiteNameBytes = 128
+
+	// maxNTPHosts and maxNTPRetries bound the start-up delay when no host
+	// answers: hosts × retries × the query timeout.
+	maxNTPHosts   = 16
+	maxNTPRetries = 10
+
+	// maxAuthProviders is the deployed limit (SPEC §7): clients label the
+	// providers a…z.
+	maxAuthProviders = 26
+
+	// maxAuthLabelBytes: a provider label is a button caption in the client.
+	maxAuthLabelBytes = 64
+
+	// maxURLBytes is the length of URL that browsers and proxies reliably
+	// accept.
+	maxURLBytes = 2048
+
+	// maxAuthFieldBytes bounds the other provider strings (params, std,
+	// keys, iss, aud): OIDC values are short, this is a guard against a
+	// pasted document.
+	maxAuthFieldBytes = 4096
+
+	// maxPostBytesLimit guards maxPostBytes against a typo (an extra digit
+	// or two): each post is held on disk until every recipient device acks
+	// it, and anything larger belongs in a file-sharing service.
+	maxPostBytesLimit = 64 << 30
+)
+
+// Config is the server configuration, read from the JSON file mnm.config.
+//
+// LoadConfig returns it validated, with relative paths resolved against the
+// file's directory and defaults filled in; DefaultConfig returns the values a
+// first start writes, with paths still relative.
+type Config struct {
+	// Name is the site name sent in the tmtprev reply.
+	Name string `json:"name"`
+	// NTP says where the clock that stamps message ids comes from.
+	NTP NTPConfig `json:"ntp"`
+	// Listen says where links arrive and which certificate they see.
+	Listen ListenConfig `json:"listen"`
+	// Auth is the third-party authentication level: 0 none, 1 a token is
+	// required to register, 2 to register and to log in.
+	Auth int `json:"auth"`
+	// AuthBy lists the OpenID Connect providers offered to clients. A first
+	// entry with an empty label makes third-party auth optional. It is
+	// ignored when Auth is 0.
+	AuthBy []AuthProvider `json:"authby"`
+	// DataDir holds userdb/ and qstore/. Default: the config file's
+	// directory.
+	DataDir string `json:"dataDir,omitempty"`
+	// MaxPostBytes is the largest datalen accepted on a post. Default
+	// DefaultMaxPostBytes.
+	MaxPostBytes int64 `json:"maxPostBytes,omitempty"`
+}
+
+// NTPConfig lists the NTP servers queried at start (see SyncClock).
+type NTPConfig struct {
+	// Hosts are "host", "host:port", "[ipv6]:port" or a bare IPv6 address,
+	// queried in order; the default port is 123.
+	Hosts []string `json:"hosts"`
+	// Retries is how many times each host is tried before the next; 0 is
+	// read as 1, so every listed host is always asked at least once.
+	Retries int `json:"retries"`
+	// Required refuses to start when no host answers, rather than falling
+	// back to the local clock.
+	Required bool `json:"required"`
+}
+
+// ListenConfig is the TLS listener.
+type ListenConfig struct {
+	// Net is "tcp", "tcp4" or "tcp6", as for net.Listen.
+	Net string `json:"net"`
+	// Laddr is "host:port"; an empty host listens on all addresses. Port 0
+	// picks a free port, which only tests want.
+	Laddr string `json:"laddr"`
+	// CertPath and KeyPath are PEM files: the certificate chain and its
+	// private key.
+	CertPath string `json:"certPath"`
+	KeyPath  string `json:"keyPath"`
+}
+
+// AuthProvider is one third-party (OpenID Connect) identity provider. Label,
+// Login and Token are sent to clients in the tmtprev reply; Std, Keys, Iss and
+// Aud are what the server needs to check a token, and stay on the server.
+type AuthProvider struct {
+	Label string `json:"label"`
+	// Login and Token are [url, params] pairs: where the client sends the
+	// user to log in, and where it exchanges the result for a token.
+	Login []string `json:"login"`
+	Token []string `json:"token"`
+	Std   string   `json:"std"`
+	Keys  string   `json:"keys"`
+	Iss   string   `json:"iss"`
+	Aud   string   `json:"aud"`
+}
+
+// UserDBDir is where the user database lives.
+func (c *Config) UserDBDir() string { return filepath.Join(c.DataDir, "userdb") }
+
+// QStoreDir is where the message queues live.
+func (c *Config) QStoreDir() string { return filepath.Join(c.DataDir, "qstore") }
+
+// DefaultConfig returns the configuration a first start writes: the site is
+// named after the host, listens on DefaultListenAddr with the default
+// self-signed pair, and uses the public NTP pool without requiring it (a
+// server behind a firewall still starts, with a warning).
+func DefaultConfig() *Config {
+	return &Config{
+		Name: defaultSiteName(),
+		NTP: NTPConfig{
+			Hosts:   []string{"0.pool.ntp.org", "1.pool.ntp.org", "2.pool.ntp.org", "3.pool.ntp.org"},
+			Retries: 3,
+		},
+		Listen: ListenConfig{
+			Net:      "tcp",
+			Laddr:    DefaultListenAddr,
+			CertPath: DefaultCertFile,
+			KeyPath:  DefaultKeyFile,
+		},
+		AuthBy:       []AuthProvider{},
+		MaxPostBytes: DefaultMaxPostBytes,
+	}
+}
+
+// defaultSiteName is the host name when it makes a valid site name, else
+// "mnm".
+func defaultSiteName() string {
+	h, err := os.Hostname()
+	if err != nil || checkPrintable(h, maxSiteNameBytes) != nil || h == "" {
+		return "mnm"
+	}
+	return h
+}
+
+// LoadConfig reads, checks and resolves the configuration file at path. Every
+// error names the file and the field at fault, so an operator can fix it
+// without reading code. The certificate and key must be readable; when they
+// are not, the error says how to make a pair.
+func LoadConfig(path string) (*Config, error) {
+	data, err := readSmallFile(path, maxConfigFileBytes)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	cfg, err := parseConfig(data, dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := checkReadable(cfg.Listen.CertPath, cfg.Listen.KeyPath); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// readSmallFile reads a whole file of at most limit bytes.
+func readSmallFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// parseConfig decodes data, checks every value and resolves relative paths
+// against dir. It touches no files, so it can be fuzzed.
+func parseConfig(data []byte, dir string) (*Config, error) {
+	present, err := checkShape(data, reflect.TypeFor[Config]())
+	if err != nil {
+		return nil, err
+	}
+	var cfg Config
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		// checkShape accepts only what Unmarshal accepts; this is a backstop.
+		return nil, err
+	}
+	if err := cfg.validate(present); err != nil {
+		return nil, err
+	}
+	cfg.resolve(dir)
+	return &cfg, nil
+}
+
+// checkShape walks the JSON document against the shape of t, because
+// encoding/json reports neither the path of an unknown field nor duplicate
+// keys, and an operator needs both to find a typo. It returns the paths of the
+// values present and not null ("ntp.retries"), so that validation can tell a
+// field set to zero from one left out.
+//
+// Keys match struct tags case-insensitively, as encoding/json matches them, so
+// that configurations written with Go's default capitalised names still load;
+// two keys that match the same field are an error rather than last-one-wins.
+func checkShape(data []byte, t reflect.Type) (map[string]bool, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	w := shapeWalker{dec: dec, data: data, present: map[string]bool{}}
+	if err := w.value(t, ""); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%s: unexpected data after the configuration object", w.where())
+	}
+	return w.present, nil
+}
+
+// shapeWalker holds the state of one checkShape walk.
+type shapeWalker struct {
+	dec     *json.Decoder
+	data    []byte
+	present map[string]bool
+}
+
+// where locates the decoder in the file for an error message.
+func (w *shapeWalker) where() string {
+	off := min(int(w.dec.InputOffset()), len(w.data))
+	return "line " + strconv.Itoa(1+bytes.Count(w.data[:off], []byte{'\n'}))
+}
+
+// token reads the next token, turning a syntax error into one that says where.
+func (w *shapeWalker) token() (json.Token, error) {
+	tok, err := w.dec.Token()
+	if err == io.EOF {
+		return nil, fmt.Errorf("%s: unexpected end of file", w.where())
+	}
+	if err != nil {
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			off := min(int(se.Offset), len(w.data))
+			return nil, fmt.Errorf("line %d: %w", 1+bytes.Count(w.data[:off], []byte{'\n'}), err)
+		}
+		return nil, fmt.Errorf("%s: %w", w.where(), err)
+	}
+	return tok, nil
+}
+
+// value checks the next JSON value against t; path names it in errors.
+func (w *shapeWalker) value(t reflect.Type, path string) error {
+	tok, err := w.token()
+	if err != nil {
+		return err
+	}
+	if tok == nil {
+		// null leaves the field as if absent, as encoding/json does; the
+		// encoder writes null for empty lists, so this keeps a written
+		// configuration readable.
+		return nil
+	}
+	w.present[path] = true
+	switch t.Kind() {
+	case reflect.Struct:
+		if tok != json.Delim('{') {
+			return jsonTypeError(path, "an object", tok)
+		}
+		return w.object(t, path)
+	case reflect.Slice:
+		if tok != json.Delim('[') {
+			return jsonTypeError(path, "a list", tok)
+		}
+		for i := 0; w.dec.More(); i++ {
+			if err := w.value(t.Elem(), path+"["+strconv.Itoa(i)+"]"); err != nil {
+				return err
+			}
+		}
+		_, err := w.token() // ']'
+		return err
+	case reflect.String:
+		if _, ok := tok.(string); !ok {
+			return jsonTypeError(path, "a string", tok)
+		}
+	case reflect.Bool:
+		if _, ok := tok.(bool); !ok {
+			return jsonTypeError(path, "true or false", tok)
+		}
+	case reflect.Int, reflect.Int64:
+		n, ok := tok.(json.Number)
+		if !ok {
+			return jsonTypeError(path, "an integer", tok)
+		}
+		if _, err := strconv.ParseInt(string(n), 10, t.Bits()); err != nil {
+			return fmt.Errorf("field %q: want an integer of %d bits, got %s", path, t.Bits(), n)
+		}
+	default:
+		// Only the kinds above occur in Config; a new field of another kind
+		// must be added here, and this error makes that obvious in tests.
+		return fmt.Errorf("field %q: unsupported kind %s", path, t.Kind())
+	}
+	return nil
+}
+
+// object checks the members of an object whose '{' was just read.
+func (w *shapeWalker) object(t reflect.Type, path string) error {
+	seen := map[string]bool{}
+	for w.dec.More() {
+		tok, err := w.token()
+		if err != nil {
+			return err
+		}
+		key, _ := tok.(string) // object keys are always strings
+		f, ok := fieldByJSONName(t, key)
+		if !ok {
+			return fmt.Errorf("unknown field %q", fieldPath(path, key))
+		}
+		name := jsonName(f)
+		fpath := fieldPath(path, name)
+		if seen[name] {
+			return fmt.Errorf("duplicate field %q", fpath)
+		}
+		seen[name] = true
+		if err := w.value(f.Type, fpath); err != nil {
+			return err
+		}
+	}
+	_, err := w.token() // '}'
+	return err
+}
+
+// fieldByJSONName finds the field of struct t that encoding/json would decode
+// key into.
+func fieldByJSONName(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if f.IsExported() && strings.EqualFold(jsonName(f), key) {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// jsonName is the key of f in JSON: its tag name, else its Go name.
+func jsonName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+	if name == "" {
+		return f.Name
+	}
+	return name
+}
+
+func fieldPath(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// jsonTypeError describes a value of the wrong JSON type.
+func jsonTypeError(path, want string, got json.Token) error {
+	var kind string
+	switch v := got.(type) {
+	case json.Delim:
+		kind = map[json.Delim]string{'{': "an object", '[': "a list"}[v]
+	case string:
+		kind = "a string"
+	case json.Number:
+		kind = "a number"
+	case bool:
+		kind = "a boolean"
+	case nil:
+		kind = "null"
+	}
+	if path == "" {
+		return fmt.Errorf("want %s at the top level, got %s", want, kind)
+	}
+	return fmt.Errorf("field %q: want %s, got %s", path, want, kind)
+}
+
+// validate checks every value, naming the field at fault, and reports all
+// faults at once so that an operator fixes the file in one pass.
+func (c *Config) validate(present map[string]bool) error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+
+	if c.Name == "" {
+		bad("name", "must not be empty")
+	} else if err := checkPrintable(c.Name, maxSiteNameBytes); err != nil {
+		bad("name", "%v", err)
+	}
+
+	if len(c.NTP.Hosts) > maxNTPHosts {
+		bad("ntp.hosts", "%d hosts, at most %d", len(c.NTP.Hosts), maxNTPHosts)
+	}
+	for i, h := range c.NTP.Hosts {
+		if _, err := ntpAddress(h); err != nil {
+			bad(fmt.Sprintf("ntp.hosts[%d]", i), "%v", err)
+		}
+	}
+	if c.NTP.Required && len(c.NTP.Hosts) == 0 {
+		bad("ntp.hosts", "empty, but ntp.required is true")
+	}
+	if c.NTP.Retries < 0 || c.NTP.Retries > maxNTPRetries {
+		bad("ntp.retries", "%d is outside 0…%d", c.NTP.Retries, maxNTPRetries)
+	}
+
+	switch c.Listen.Net {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		bad("listen.net", "%q is not one of tcp, tcp4, tcp6", c.Listen.Net)
+	}
+	if err := checkListenAddr(c.Listen.Laddr); err != nil {
+		bad("listen.laddr", "%v", err)
+	}
+	if c.Listen.CertPath == "" {
+		bad("listen.certPath", "must not be empty")
+	}
+	if c.Listen.KeyPath == "" {
+		bad("listen.keyPath", "must not be empty")
+	}
+
+	if c.Auth < 0 || c.Auth > 2 {
+		bad("auth", "%d is not 0 (none), 1 (registration) or 2 (registration and login)", c.Auth)
+	}
+	if len(c.AuthBy) > maxAuthProviders {
+		bad("authby", "%d providers, at most %d", len(c.AuthBy), maxAuthProviders)
+	}
+	providers := 0
+	labels := map[string]bool{}
+	for i, p := range c.AuthBy {
+		field := fmt.Sprintf("authby[%d]", i)
+		if p.Label == "" && i == 0 {
+			// The "auth optional" marker: it carries nothing else.
+			if len(p.Login)+len(p.Token) > 0 || p.Std+p.Keys+p.Iss+p.Aud != "" {
+				bad(field, "an entry with an empty label (auth optional) must have no other fields")
+			}
+			continue
+		}
+		providers++
+		errs = append(errs, p.validate(field, labels)...)
+	}
+	if c.Auth > 0 && providers == 0 {
+		bad("authby", "auth is %d but no provider is listed", c.Auth)
+	}
+
+	if present["maxPostBytes"] && (c.MaxPostBytes <= 0 || c.MaxPostBytes > maxPostBytesLimit) {
+		bad("maxPostBytes", "%d is outside 1…%d", c.MaxPostBytes, int64(maxPostBytesLimit))
+	}
+	if present["dataDir"] && c.DataDir == "" {
+		bad("dataDir", "must not be empty when given (leave it out for the config file's directory)")
+	}
+	return errors.Join(errs...)
+}
+
+// validate checks one provider entry; labels collects the labels seen so far,
+// because a client tells providers apart by label.
+func (p *AuthProvider) validate(field string, labels map[string]bool) []error {
+	var errs []error
+	bad := func(sub, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
+	}
+	if p.Label == "" {
+		bad("label", "must not be empty (only the first entry may have an empty label)")
+	} else if err := checkPrintable(p.Label, maxAuthLabelBytes); err != nil {
+		bad("label", "%v", err)
+	} else if labels[p.Label] {
+		bad("label", "%q appears twice", p.Label)
+	}
+	labels[p.Label] = true
+	for _, pair := range []struct {
+		name string
+		v    []string
+	}{{"login", p.Login}, {"token", p.Token}} {
+		if len(pair.v) != 2 {
+			bad(pair.name, "want [url, params], got %d strings", len(pair.v))
+			continue
+		}
+		if err := checkAuthURL(pair.v[0]); err != nil {
+			bad(pair.name+"[0]", "%v", err)
+		}
+		if err := checkPrintable(pair.v[1], maxAuthFieldBytes); err != nil {
+			bad(pair.name+"[1]", "%v", err)
+		}
+	}
+	for _, f := range []struct{ name, v string }{{"std", p.Std}, {"keys", p.Keys}, {"iss", p.Iss}, {"aud", p.Aud}} {
+		if err := checkPrintable(f.v, maxAuthFieldBytes); err != nil {
+			bad(f.name, "%v", err)
+		}
+	}
+	return errs
+}
+
+// checkPrintable accepts printable text of at most limit bytes: these values end up
+// in logs and client UIs, where control characters would mislead.
+func checkPrintable(s string, limit int) error {
+	if len(s) > limit {
+		return fmt.Errorf("%d bytes, at most %d", len(s), limit)
+	}
+	if !utf8.ValidString(s) {
+		return errors.New("not valid UTF-8")
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("contains the unprintable character %U", r)
+		}
+	}
+	return nil
+}
+
+// checkAuthURL accepts an absolute https URL, or http to a loopback host (a
+// provider under test). Credentials and fragments are refused because the URL
+// is sent to every client.
+func checkAuthURL(s string) error {
+	if len(s) > maxURLBytes {
+		return fmt.Errorf("URL of %d bytes, at most %d", len(s), maxURLBytes)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %v", err)
+	}
+	if u.Host == "" || u.Opaque != "" {
+		return fmt.Errorf("%q is not an absolute URL", s)
+	}
+	if u.User != nil {
+		return errors.New("URL must not contain credentials (clients see it)")
+	}
+	if u.Fragment != "" {
+		return errors.New("URL must not contain a fragment")
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !isLoopbackHost(u.Hostname()) {
+			return fmt.Errorf("%q: http is allowed only for loopback hosts; use https", s)
+		}
+	default:
+		return fmt.Errorf("%q: scheme must be https", s)
+	}
+	return nil
+}
+
+func isLoopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.IsLoopback()
+}
+
+// checkListenAddr accepts "host:port" with a numeric port; an empty host
+// listens on all addresses. Service names ("https") are refused: they depend
+// on /etc/services and a number is clearer.
+func checkListenAddr(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %v", s, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: port %q is not a number in 0…65535", s, port)
+	}
+	if host == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if !isHostName(host) {
+		return fmt.Errorf("%q: %q is neither an IP address nor a host name", s, host)
+	}
+	return nil
+}
+
+// isHostName reports whether s is a plausible DNS name: letters, digits,
+// hyphens, underscores and dots, within DNS length limits.
+func isHostName(s string) bool {
+	const maxDNSName, maxDNSLabel = 253, 63
+	if s == "" || len(s) > maxDNSName {
+		return false
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(s, "."), ".") {
+		if label == "" || len(label) > maxDNSLabel {
+			return false
+		}
+		for _, r := range label {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// resolve fills in defaults and makes relative paths relative to dir, the
+// config file's directory, so that mnm behaves the same whatever directory it
+// is started from.
+func (c *Config) resolve(dir string) {
+	abs := func(p string) string {
+		if filepath.IsAbs(p) {
+			return filepath.Clean(p)
+		}
+		return filepath.Join(dir, p)
+	}
+	c.Listen.CertPath = abs(c.Listen.CertPath)
+	c.Listen.KeyPath = abs(c.Listen.KeyPath)
+	if c.DataDir == "" {
+		c.DataDir = dir
+	} else {
+		c.DataDir = abs(c.DataDir)
+	}
+	if c.MaxPostBytes == 0 {
+		c.MaxPostBytes = DefaultMaxPostBytes
+	}
+	if c.AuthBy == nil {
+		c.AuthBy = []AuthProvider{}
+	}
+}
+
+// checkReadable opens the certificate and key to catch a missing or unreadable
+// file at configuration time, with advice on making a pair. LoadTLSConfig
+// parses them.
+func checkReadable(certPath, keyPath string) error {
+	for _, f := range []struct{ field, path string }{{"listen.certPath", certPath}, {"listen.keyPath", keyPath}} {
+		fh, err := os.Open(f.path)
+		if err != nil {
+			return fmt.Errorf("%s: %w; %s", f.field, err, certHint(certPath, keyPath))
+		}
+		fh.Close()
+	}
+	return nil
+}
+
+// EnsureConfig prepares a first start in dir: when dir has no mnm.config it
+// writes DefaultConfig there and, when the default certificate and key are
+// both missing, a self-signed pair for the host name. It logs one line per
+// file created and never overwrites a file. It returns the config path and
+// whether the config was created.
+//
+// A lone certificate or key (left by a crash between the two writes, or by an
+// operator) is an error: its partner cannot be recreated, and replacing it
+// silently could change the identity clients have pinned.
+func EnsureConfig(dir string, logger *slog.Logger) (path string, created bool, err error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	path = filepath.Join(dir, ConfigFileName)
+	if _, err := os.Lstat(path); err == nil {
+		return path, false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return path, false, fmt.Errorf("config: %w", err)
+	}
+
+	cfg := DefaultConfig()
+	certPath := filepath.Join(dir, cfg.Listen.CertPath)
+	keyPath := filepath.Join(dir, cfg.Listen.KeyPath)
+	certFound, err := pathExists(certPath)
+	if err != nil {
+		return path, false, fmt.Errorf("config: %w", err)
+	}
+	keyFound, err := pathExists(keyPath)
+	if err != nil {
+		return path, false, fmt.Errorf("config: %w", err)
+	}
+	switch {
+	case certFound && keyFound:
+		logger.Info("using existing tls certificate", "cert", certPath, "key", keyPath)
+	case certFound || keyFound:
+		return path, false, fmt.Errorf("config: found only one of %s and %s; remove it or supply its partner", certPath, keyPath)
+	default:
+		hosts := []string{cfg.Name}
+		if err := CreateSelfSigned(certPath, keyPath, hosts); err != nil {
+			return path, false, fmt.Errorf("config: %w", err)
+		}
+		logger.Info("created tls key", "path", keyPath)
+		logger.Info("created self-signed tls certificate", "path", certPath, "hosts", hosts, "years", selfSignedYears)
+	}
+
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return path, false, fmt.Errorf("config: %w", err)
+	}
+	data = append(data, '\n')
+	// The config is written last: if mnm stops before this, the next start
+	// runs this again and finds the pair already made.
+	if err := writeFileOnce(path, data, 0o644); err != nil {
+		return path, false, fmt.Errorf("config: %w", err)
+	}
+	logger.Info("created config", "path", path, "name", cfg.Name, "laddr", cfg.Listen.Laddr)
+	return path, true, nil
+}
+
+// pathExists reports whether path names anything at all (Lstat: a dangling
+// symlink counts, since writing through it would surprise).
+func pathExists(path string) (bool, error) {
+	_, err := os.Lstat(path)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return false, err
+}

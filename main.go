@@ -1,0 +1,187 @@
+// Command mnm is a TMTP relay server: the server half of "mnm is not mail", a
+// members-only replacement for email.
+//
+//	mnm               run the server (creates mnm.config and a certificate on first start)
+//	mnm --version     print the version
+//
+// See README.md for operating it and Protocol.md for what it speaks.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"mnm/qlib"
+	"mnm/qlib/store"
+)
+
+// version is set at build time with -ldflags "-X main.version=..."; the
+// default names a development build.
+var version = "0.1.0-dev"
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // a startup error or a failed shutdown
+	exitUsage   = 2
+)
+
+// shutdownGrace is how long a graceful shutdown waits for links to finish
+// their requests before closing them hard.
+const shutdownGrace = 10 * time.Second
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("mnm", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	configPath := fs.String("config", "mnm.config", "configuration file; created with a self-signed certificate if missing")
+	debug := fs.Bool("debug", false, "log debug events")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "mnm", version)
+		return exitOK
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "mnm: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+
+	d, err := startDaemon(*configPath, logger)
+	if err != nil {
+		logger.Error("startup failed", "err", err)
+		return exitFailure
+	}
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	s := <-sig
+	for s == syscall.SIGHUP {
+		// SIGHUP reloads the certificate, so a renewed one takes effect
+		// without dropping links.
+		if err := d.certs.Reload(); err != nil {
+			logger.Error("certificate reload failed; keeping the old one", "err", err)
+		} else {
+			logger.Info("certificate reloaded", "notAfter", d.certs.NotAfter())
+		}
+		s = <-sig
+	}
+	logger.Info("shutting down", "signal", s.String())
+	go func() {
+		// A second signal means "now": the operator does not want to wait.
+		<-sig
+		logger.Warn("second signal; exiting at once")
+		os.Exit(exitFailure)
+	}()
+	if err := d.shutdown(); err != nil {
+		logger.Error("shutdown failed", "err", err)
+		return exitFailure
+	}
+	logger.Info("stopped")
+	return exitOK
+}
+
+// daemon is a running server with everything it owns.
+type daemon struct {
+	log    *slog.Logger
+	users  *UserDB
+	store  *store.Log
+	srv    *qlib.Server
+	ln     net.Listener
+	certs  *CertReloader // nil when the caller manages certificates
+	served chan error
+}
+
+// startDaemon reads (or creates) the configuration and starts serving.
+func startDaemon(configPath string, logger *slog.Logger) (*daemon, error) {
+	if _, err := os.Stat(configPath); errors.Is(err, os.ErrNotExist) {
+		if _, _, err := EnsureConfig(filepath.Dir(configPath), logger); err != nil {
+			return nil, err
+		}
+	}
+	cfg, err := LoadConfig(configPath)
+	if err != nil {
+		return nil, err
+	}
+	clock, err := SyncClock(cfg.NTP, logger)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := NewCertReloader(cfg.Listen.CertPath, cfg.Listen.KeyPath)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen(cfg.Listen.Net, cfg.Listen.Laddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	d, err := newDaemon(cfg, clock.Now, certs.TLSConfig(), ln, logger)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	d.certs = certs
+	logger.Info("mnm started", "version", version, "listen", ln.Addr().String(), "name", cfg.Name, "data", cfg.DataDir)
+	return d, nil
+}
+
+// newDaemon opens the data directories of cfg and serves TLS on ln. Tests use
+// it with a loopback listener.
+func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Listener, logger *slog.Logger) (*daemon, error) {
+	users, err := OpenUserDB(cfg.UserDBDir(), logger)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(store.Options{Dir: cfg.QStoreDir(), Now: now, Logger: logger})
+	if err != nil {
+		users.Close()
+		return nil, err
+	}
+	srv, err := qlib.NewServer(qlib.Config{
+		Name:         cfg.Name,
+		Directory:    users,
+		Store:        st,
+		Logger:       logger,
+		MaxPostBytes: cfg.MaxPostBytes,
+	})
+	if err != nil {
+		st.Close()
+		users.Close()
+		return nil, err
+	}
+	d := &daemon{log: logger, users: users, store: st, srv: srv, ln: ln, served: make(chan error, 1)}
+	go func() { d.served <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
+	return d, nil
+}
+
+// shutdown stops the server gracefully, then closes the store and user
+// database so that everything acknowledged is on disk.
+func (d *daemon) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	err := d.srv.Shutdown(ctx)
+	if serr := <-d.served; !errors.Is(serr, qlib.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return errors.Join(err, d.store.Close(), d.users.Close())
+}

@@ -1,0 +1,300 @@
+package qlib
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"mnm/qlib/store"
+	"mnm/qlib/tmtp"
+	"mnm/testclient"
+)
+
+// fakeDir is an in-memory Directory: enough to drive qlib without userdb.
+type fakeDir struct {
+	mu      sync.Mutex
+	next    int
+	devices map[string][]string // uid → device keys
+	nodes   map[string]string   // device key → nodeid
+	aliases map[string]string   // alias → uid
+}
+
+func newFakeDir() *fakeDir {
+	return &fakeDir{devices: map[string][]string{}, nodes: map[string]string{}, aliases: map[string]string{}}
+}
+
+func (d *fakeDir) Register(label string) (uid, nodeid, dev string, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.next++
+	uid = fmt.Sprintf("U%031d", d.next)
+	return uid, d.addDevice(uid), uid + ".0", nil
+}
+
+// AddDevice gives uid another device and returns its nodeid and key.
+func (d *fakeDir) AddDevice(uid string) (nodeid, dev string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	nodeid = d.addDevice(uid)
+	return nodeid, d.devices[uid][len(d.devices[uid])-1]
+}
+
+func (d *fakeDir) addDevice(uid string) string {
+	b := make([]byte, 25)
+	rand.Read(b)
+	nodeid := tmtp.Base32.EncodeToString(b)
+	dev := fmt.Sprintf("%s.%d", uid, len(d.devices[uid]))
+	d.devices[uid] = append(d.devices[uid], dev)
+	d.nodes[dev] = nodeid
+	return nodeid
+}
+
+func (d *fakeDir) Login(uid string, node []byte) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want := tmtp.Base32.EncodeToString(node)
+	for _, dev := range d.devices[uid] {
+		if d.nodes[dev] == want {
+			return dev, nil
+		}
+	}
+	return "", ErrLoginFailed
+}
+
+func (d *fakeDir) Devices(uid string) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	devs, ok := d.devices[uid]
+	if !ok {
+		return nil, ErrNoUser
+	}
+	return append([]string(nil), devs...), nil
+}
+
+func (d *fakeDir) AddAlias(uid, alias string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len([]rune(alias)) < 8 {
+		return ErrAliasShort
+	}
+	if owner, ok := d.aliases[alias]; ok && owner != uid {
+		return ErrAliasTaken
+	}
+	d.aliases[alias] = uid
+	return nil
+}
+
+// testServer is a qlib.Server on a loopback TLS listener with a real store in
+// a temporary directory.
+type testServer struct {
+	t     *testing.T
+	srv   *Server
+	dir   *fakeDir
+	store *store.Log
+	addr  string
+	logs  *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startServer starts a server; tweak may change its Config (timeouts).
+func startServer(t *testing.T, tweak func(*Config)) *testServer {
+	t.Helper()
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	st, err := store.Open(store.Options{Dir: t.TempDir(), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{t: t, dir: newFakeDir(), store: st, logs: logs}
+	cfg := Config{
+		Name:      "test",
+		Directory: ts.dir,
+		Store:     st,
+		Logger:    logger,
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	ts.srv, err = NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = ln.Addr().String()
+	served := make(chan error, 1)
+	go func() { served <- ts.srv.Serve(tls.NewListener(ln, testTLSConfig(t))) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := ts.srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-served; err != ErrServerClosed {
+			t.Errorf("Serve returned %v", err)
+		}
+		if err := st.Close(); err != nil {
+			t.Errorf("store close: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("server log:\n%s", logs.String())
+		}
+	})
+	return ts
+}
+
+// testTLSConfig makes a throwaway self-signed certificate.
+func testTLSConfig(t *testing.T) *tls.Config {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		MinVersion:   tls.VersionTLS12,
+	}
+}
+
+// dial opens a raw link.
+func (ts *testServer) dial() *testclient.Conn {
+	ts.t.Helper()
+	c, err := testclient.Dial(ts.addr, nil)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	c.SetReadTimeout(10 * time.Second)
+	ts.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// dialRev opens a raw link and completes TmtpRev.
+func (ts *testServer) dialRev() *testclient.Conn {
+	ts.t.Helper()
+	c := ts.dial()
+	if err := c.WriteFrame(map[string]any{"Op": 0, "Id": "1"}, nil); err != nil {
+		ts.t.Fatal(err)
+	}
+	f := mustRead(ts.t, c)
+	if f.Op() != "tmtprev" {
+		ts.t.Fatalf("tmtprev reply: %s", f.Raw)
+	}
+	return c
+}
+
+// register makes a user through the protocol and returns a logged-in client.
+func (ts *testServer) register() (*testclient.Client, testclient.Registration) {
+	ts.t.Helper()
+	c, reg, err := testclient.Register(ts.addr, "dev", "_", testclient.Options{})
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ts.t.Cleanup(func() { c.Close() })
+	return c, reg
+}
+
+// login logs a device in.
+func (ts *testServer) login(uid, nodeid string) *testclient.Client {
+	ts.t.Helper()
+	c, _, err := testclient.Login(ts.addr, uid, nodeid, testclient.Options{})
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ts.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func mustRead(t *testing.T, c *testclient.Conn) *testclient.Frame {
+	t.Helper()
+	f, err := c.ReadFrame()
+	if err != nil {
+		t.Fatalf("read frame: %v", err)
+	}
+	return f
+}
+
+// expectQuit reads frames until a quit and checks its reason, then checks
+// that the link is closed.
+func expectQuit(t *testing.T, c *testclient.Conn, reason string) {
+	t.Helper()
+	f := mustRead(t, c)
+	if f.Op() != "quit" || f.Str("error") != reason {
+		t.Fatalf("got %s, want quit %q", f.Raw, reason)
+	}
+	expectClosed(t, c)
+}
+
+// expectClosed checks that the server closes the link without another frame.
+func expectClosed(t *testing.T, c *testclient.Conn) {
+	t.Helper()
+	f, err := c.ReadFrame()
+	if err == nil {
+		t.Fatalf("got %s, want the link closed", f.Raw)
+	}
+	if !isClosedErr(err) {
+		t.Fatalf("got error %v, want the link closed", err)
+	}
+}
+
+func isClosedErr(err error) bool {
+	return err == io.EOF || strings.Contains(err.Error(), "EOF") ||
+		strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "closed")
+}
+
+// nextMessage waits for the next stored message on c.
+func nextMessage(t *testing.T, c *testclient.Client) *testclient.Frame {
+	t.Helper()
+	select {
+	case f, ok := <-c.Messages():
+		if !ok {
+			t.Fatalf("link ended: %v", c.Err())
+		}
+		return f
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message within 10s")
+	}
+	return nil
+}

@@ -1,0 +1,232 @@
+package qlib
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"mnm/qlib/store"
+	"mnm/qlib/tmtp"
+)
+
+// A link is one client connection. Its own goroutine (serve) reads and handles
+// requests in order; a second goroutine (deliver) exists only while the
+// device's queue has something to send, so an idle link costs one blocked
+// reader and a few hundred bytes.
+type link struct {
+	srv  *Server
+	conn net.Conn
+	rd   *tmtp.Reader
+	log  *slog.Logger
+
+	// Set by serve at login and read-only afterwards.
+	uid, dev string
+
+	// wmu serialises writes: replies from serve and messages from deliver
+	// never interleave inside a frame.
+	wmu sync.Mutex
+
+	// dmu guards the delivery state below.
+	dmu      sync.Mutex
+	running  bool     // a deliver goroutine is running
+	kicked   bool     // the queue changed while deliver was running
+	awaiting store.ID // the id sent and not yet acked; 0 = none
+	closed   bool
+
+	acked chan struct{} // serve → deliver: the awaited id was acked (cap 1)
+	done  chan struct{} // closed when the link ends
+
+	interrupted chan struct{} // closed by Shutdown
+	intOnce     sync.Once
+}
+
+func newLink(s *Server, conn net.Conn) *link {
+	return &link{
+		srv:         s,
+		conn:        conn,
+		rd:          tmtp.NewReader(conn),
+		log:         s.log.With("remote", conn.RemoteAddr().String()),
+		acked:       make(chan struct{}, 1),
+		done:        make(chan struct{}),
+		interrupted: make(chan struct{}),
+	}
+}
+
+// errQuit ends the request loop after a reply that closes the link (logout).
+var errQuit = errors.New("quit")
+
+// link states, SPEC §2.
+type linkState int
+
+const (
+	stateNew      linkState = iota // nothing received yet
+	stateRev                       // TmtpRev received
+	stateLoggedIn                  // Register or Login succeeded
+)
+
+// serve is the link's request loop.
+func (l *link) serve() {
+	defer l.finish()
+	state := stateNew
+	l.conn.SetReadDeadline(time.Now().Add(l.srv.cfg.LoginTimeout))
+	for {
+		h, err := l.rd.Next()
+		if err != nil {
+			l.readFailed(state, err)
+			return
+		}
+		if state == stateLoggedIn {
+			l.conn.SetReadDeadline(time.Now().Add(l.srv.cfg.IdleTimeout))
+		}
+		switch {
+		case state == stateNew && h.Op != tmtp.OpTmtpRev:
+			// No protocol version agreed: close without a reply.
+			reason := "first frame not tmtprev"
+			if h.Op == tmtp.OpRegister || h.Op == tmtp.OpLogin {
+				reason = tmtp.QuitNoTmtpRev
+			}
+			l.log.Info("link refused", "reason", reason, "op", int(h.Op))
+			return
+		case h.Op == tmtp.OpTmtpRev && state != stateNew:
+			l.quit(tmtp.QuitRepetition)
+			return
+		case (h.Op == tmtp.OpRegister || h.Op == tmtp.OpLogin) && state == stateLoggedIn:
+			l.quit(tmtp.QuitConnected)
+			return
+		case state == stateRev && h.Op != tmtp.OpRegister && h.Op != tmtp.OpLogin:
+			l.quit(tmtp.QuitUnauthed)
+			return
+		}
+		err = l.handle(h)
+		var pe *tmtp.ProtocolError
+		switch {
+		case err == nil:
+		case errors.As(err, &pe):
+			l.quit(pe.Reason)
+			return
+		case errors.Is(err, errQuit):
+			return
+		default:
+			l.log.Info("link closed", "op", int(h.Op), "err", err)
+			return
+		}
+		switch h.Op {
+		case tmtp.OpTmtpRev:
+			state = stateRev
+		case tmtp.OpRegister, tmtp.OpLogin:
+			state = stateLoggedIn
+			l.conn.SetReadDeadline(time.Now().Add(l.srv.cfg.IdleTimeout))
+		}
+		if l.isInterrupted() {
+			return
+		}
+	}
+}
+
+// readFailed logs why reading a frame failed and answers protocol errors with a
+// quit once a protocol version was agreed.
+func (l *link) readFailed(state linkState, err error) {
+	var pe *tmtp.ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		if state == stateNew {
+			l.log.Info("link refused", "reason", pe.Reason)
+			return
+		}
+		l.quit(pe.Reason)
+	case errors.Is(err, io.EOF):
+		l.log.Debug("link closed by peer")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		if l.isInterrupted() {
+			return
+		}
+		if state == stateLoggedIn {
+			l.log.Info("link idle timeout")
+		} else {
+			l.log.Info("link login timeout")
+		}
+	default:
+		l.log.Info("link read failed", "err", err)
+	}
+}
+
+// quit sends {"error":reason,"op":"quit"}; the caller then closes the link.
+func (l *link) quit(reason string) {
+	l.log.Info("link quit", "reason", reason)
+	l.write(tmtp.Quit(reason))
+}
+
+// interrupt makes serve return at the next frame boundary; a request being
+// handled is finished first. Called by Shutdown.
+func (l *link) interrupt() {
+	l.intOnce.Do(func() {
+		close(l.interrupted)
+		l.conn.SetReadDeadline(time.Now())
+	})
+}
+
+func (l *link) isInterrupted() bool {
+	select {
+	case <-l.interrupted:
+		return true
+	default:
+		return false
+	}
+}
+
+// finish tears the link down: it runs once, when serve returns.
+func (l *link) finish() {
+	l.dmu.Lock()
+	l.closed = true
+	l.dmu.Unlock()
+	close(l.done)
+	if l.dev != "" {
+		l.srv.cfg.Store.Watch(l.dev, nil)
+	}
+	l.conn.Close()
+	l.srv.dropLink(l)
+	if l.dev != "" {
+		l.log.Info("logout")
+	}
+}
+
+// write sends one complete frame. A failed write closes the connection, which
+// ends serve's read with an error.
+func (l *link) write(frame []byte) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.conn.SetWriteDeadline(time.Now().Add(l.srv.cfg.WriteTimeout))
+	_, err := l.conn.Write(frame)
+	if err != nil {
+		l.conn.Close()
+	}
+	return err
+}
+
+// writerPool holds buffers that coalesce a stored message's envelope and data
+// into few TLS records; links borrow one only while writing.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+
+// writeStored sends stored message id to the link.
+func (l *link) writeStored(id store.ID) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	l.conn.SetWriteDeadline(time.Now().Add(l.srv.cfg.WriteTimeout))
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(l.conn)
+	_, err := l.srv.cfg.Store.WriteTo(bw, id)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writerPool.Put(bw)
+	if err != nil {
+		l.conn.Close()
+	}
+	return err
+}

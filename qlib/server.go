@@ -1,0 +1,269 @@
+// Package qlib is mnm's TMTP engine: it accepts links, runs each link's request
+// loop, persists messages through a store.Store and fans them out to the live
+// links of their recipients' devices.
+//
+// Life cycle: NewServer validates the Config; Serve accepts links until the
+// listener closes; ServeConn runs one link (Serve calls it, tests and the
+// in-process simulation may call it directly); Shutdown stops accepting, lets
+// requests already being handled finish, closes every link and waits for their
+// goroutines. The Store and Directory belong to the caller, who closes them
+// after Shutdown returns.
+package qlib
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"mnm/qlib/store"
+)
+
+// Timeouts of SPEC §2 and §5. They are defaults; Config may shorten them for tests.
+const (
+	// DefaultLoginTimeout bounds the TLS handshake, TmtpRev and Login together,
+	// so that a connection that never authenticates costs little.
+	DefaultLoginTimeout = 5 * time.Second
+	// DefaultIdleTimeout closes a logged-in link that sends nothing; Pulse
+	// exists to reset it.
+	DefaultIdleTimeout = 2 * time.Minute
+	// DefaultResendAfter is how long a delivered message waits for its Ack
+	// before it is sent again.
+	DefaultResendAfter = 30 * time.Second
+	// DefaultWriteTimeout bounds one write to a link; a client that stops
+	// reading for this long is disconnected rather than allowed to pin a
+	// goroutine and its buffers.
+	DefaultWriteTimeout = time.Minute
+	// DefaultMaxPostBytes is the largest data a post may carry unless the
+	// operator sets another limit.
+	DefaultMaxPostBytes = 256 << 20
+)
+
+// Config is what a Server needs. Directory and Store are required.
+type Config struct {
+	Name      string // site name, sent in the tmtprev reply
+	Directory Directory
+	Store     store.Store
+	Logger    *slog.Logger
+
+	// Auth is the site's third-party sign-up mode (SPEC §4 op 0): 0 none,
+	// 1 required for registration, 2 for registration and login. AuthBy is
+	// the provider list as sent in the tmtprev reply (a JSON array).
+	Auth   int
+	AuthBy []byte
+
+	MaxPostBytes int64 // 0 = DefaultMaxPostBytes
+
+	LoginTimeout time.Duration // 0 = DefaultLoginTimeout
+	IdleTimeout  time.Duration // 0 = DefaultIdleTimeout
+	ResendAfter  time.Duration // 0 = DefaultResendAfter
+	WriteTimeout time.Duration // 0 = DefaultWriteTimeout
+}
+
+// Server runs TMTP links.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	wg sync.WaitGroup // one per running link goroutine
+
+	// mu guards the fields below it.
+	mu        sync.Mutex
+	closing   bool
+	listeners map[net.Listener]struct{}
+	links     map[*link]struct{} // every open link
+	devices   map[string]*link   // logged-in links by device key
+	users     map[string][]*link // logged-in links by uid
+}
+
+// NewServer checks cfg and returns a Server ready to Serve.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Directory == nil || cfg.Store == nil {
+		return nil, errors.New("qlib: Config needs a Directory and a Store")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxPostBytes <= 0 {
+		cfg.MaxPostBytes = DefaultMaxPostBytes
+	}
+	setDefault(&cfg.LoginTimeout, DefaultLoginTimeout)
+	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&cfg.ResendAfter, DefaultResendAfter)
+	setDefault(&cfg.WriteTimeout, DefaultWriteTimeout)
+	return &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		listeners: make(map[net.Listener]struct{}),
+		links:     make(map[*link]struct{}),
+		devices:   make(map[string]*link),
+		users:     make(map[string][]*link),
+	}, nil
+}
+
+func setDefault(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("qlib: server closed")
+
+// Accept-error backoff: a listener failing on every call (out of file
+// descriptors, say) must not spin a core, yet should recover quickly.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// Serve accepts links on ln (normally a TLS listener) until Shutdown, running
+// each in its own goroutine. It returns ErrServerClosed after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			s.log.Warn("accept failed; backing off", "err", err, "backoff", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if !s.ServeConn(conn) {
+			conn.Close()
+		}
+	}
+}
+
+// ServeConn runs a link on conn in a new goroutine. It reports false, leaving
+// conn to the caller, when the server is shutting down.
+func (s *Server) ServeConn(conn net.Conn) bool {
+	l := newLink(s, conn)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return false
+	}
+	s.links[l] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		l.serve()
+	}()
+	return true
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// Shutdown stops accepting, interrupts every link between requests (a request
+// already being handled is finished and answered first), and waits for all
+// link goroutines or for ctx to end. The caller then closes the Store.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	for l := range s.links {
+		l.interrupt()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for l := range s.links {
+			l.conn.Close()
+		}
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// Stats is a snapshot of the server's links.
+type Stats struct {
+	Links   int // open links, logged in or not
+	Devices int // logged-in devices
+	Users   int // users with at least one logged-in device
+}
+
+// Stats reports the server's current links.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{Links: len(s.links), Devices: len(s.devices), Users: len(s.users)}
+}
+
+// claimDevice registers l as the live link of its device. It fails when the
+// device already has a live link (SPEC: "node already connected").
+func (s *Server) claimDevice(l *link) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	if _, taken := s.devices[l.dev]; taken {
+		return false
+	}
+	s.devices[l.dev] = l
+	s.users[l.uid] = append(s.users[l.uid], l)
+	return true
+}
+
+// dropLink forgets l; called once when its goroutine ends.
+func (s *Server) dropLink(l *link) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.links, l)
+	if l.dev == "" || s.devices[l.dev] != l {
+		return
+	}
+	delete(s.devices, l.dev)
+	ls := s.users[l.uid]
+	for i, x := range ls {
+		if x == l {
+			ls = append(ls[:i], ls[i+1:]...)
+			break
+		}
+	}
+	if len(ls) == 0 {
+		delete(s.users, l.uid)
+	} else {
+		s.users[l.uid] = ls
+	}
+}

@@ -1,0 +1,333 @@
+package qlib
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"mnm/testclient"
+)
+
+func frame(t *testing.T, head map[string]any, data string) []byte {
+	t.Helper()
+	h, err := json.Marshal(head)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(fmt.Appendf(nil, "%04x%s", len(h), h), data...)
+}
+
+func TestTmtpRevReply(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.dial()
+	c.WriteFrame(map[string]any{"Op": 0, "Id": "7"}, nil)
+	f := mustRead(t, c)
+	if got, want := string(f.Raw), `{"id":"1","name":"test","op":"tmtprev"}`; got != want {
+		t.Fatalf("tmtprev reply %s, want %s", got, want)
+	}
+}
+
+// TestQuitReasons drives every quit reason that the core ops can produce.
+func TestQuitReasons(t *testing.T) {
+	ts := startServer(t, nil)
+	_, reg := ts.register() // keeps its device logged in
+
+	cases := []struct {
+		name   string
+		rev    bool   // send TmtpRev first
+		send   string // raw bytes after TmtpRev
+		reason string // "" = closed without a reply
+	}{
+		{"second tmtprev", true, `{"Op":0,"Id":"1"}`, "disallowed op repetition"},
+		{"login before tmtprev", false, `{"Op":2,"Uid":"x","Node":"y"}`, ""},
+		{"post before tmtprev", false, `{"Op":7,"Id":"a","For":[],"Datalen":1}x`, ""},
+		{"garbage before tmtprev", false, "GET / HTTP/1.1\r\n\r\n", ""},
+		{"bad length", true, "00z1{\"Op\":3}", "invalid header length"},
+		{"short length", true, "0007{\"op\":}", "invalid header length"},
+		{"bad json", true, "000a{\"Op\":12f3", "invalid header"},
+		{"missing field", true, `{"Op":2,"Uid":"noone","NoId":"none"}`, "invalid header"},
+		{"post unauthenticated", true, `{"Op":7,"Id":"zyx","Datalen":1,"For":[{"Id":"x","Type":1}]}1`, "disallowed op on unauthenticated link"},
+		{"pulse unauthenticated", true, `{"Op":11}`, "disallowed op on unauthenticated link"},
+		{"datalen on login", true, `{"Op":2,"Uid":"x","Node":"LB27ML46","Datalen":5}extra`, "invalid header"},
+		{"negative datalen", true, `{"Op":7,"Id":"a","For":[],"Datalen":-1}`, "invalid header"},
+		{"corrupt base32", true, `{"Op":2,"Uid":"noone","Node":"none"}`, "corrupt base32 value"},
+		{"unknown uid", true, `{"Op":2,"Uid":"noone","Node":"LB27ML46"}`, "login failed"},
+		{"wrong node", true, `{"Op":2,"Uid":"` + reg.UID + `","Node":"LB27ML46"}`, "login failed"},
+		{"node connected", true, `{"Op":2,"Uid":"` + reg.UID + `","Node":"` + reg.NodeID + `"}`, "node already connected"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var c *testclient.Conn
+			if tc.rev {
+				c = ts.dialRev()
+			} else {
+				c = ts.dial()
+			}
+			raw := tc.send
+			if strings.HasPrefix(raw, "{") {
+				// A JSON header with optional data after it.
+				end := strings.LastIndex(raw, "}") + 1
+				raw = fmt.Sprintf("%04x%s%s", end, raw[:end], raw[end:])
+			}
+			if err := c.WriteRaw([]byte(raw)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.reason == "" {
+				expectClosed(t, c)
+				return
+			}
+			expectQuit(t, c, tc.reason)
+		})
+	}
+}
+
+func TestRegisterLoginQuit(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.dialRev()
+	c.WriteFrame(map[string]any{"Op": 1, "NewNode": "blue", "NewAlias": "short"}, nil)
+	reg := mustRead(t, c)
+	if reg.Op() != "registered" || len(reg.Str("uid")) != 32 || len(reg.Str("nodeid")) != 40 {
+		t.Fatalf("registered reply %s", reg.Raw)
+	}
+	if reg.Str("error") != "newalias must be 8+ characters" {
+		t.Errorf("alias error %q", reg.Str("error"))
+	}
+	if f := mustRead(t, c); string(f.Raw) != `{"info":"login ok","op":"info"}` {
+		t.Fatalf("info reply %s", f.Raw)
+	}
+	c.WriteFrame(map[string]any{"Op": 2, "Uid": reg.Str("uid"), "Node": reg.Str("nodeid")}, nil)
+	expectQuit(t, c, "disallowed op on connected link")
+
+	// The registered device may now log in; it receives its own login notice.
+	cl := ts.login(reg.Str("uid"), reg.Str("nodeid"))
+	n := nextMessage(t, cl)
+	if n.Op() != "login" || n.Str("node") != "tbd" || n.Str("from") != reg.Str("uid") || !n.HeadsumOK() {
+		t.Fatalf("login notice %s", n.Raw)
+	}
+	cl.Ack(n.Str("id"))
+	if err := cl.Quit(); err != nil {
+		t.Fatalf("quit: %v", err)
+	}
+}
+
+func TestPostDeliveryAndAck(t *testing.T) {
+	ts := startServer(t, nil)
+	a, ra := ts.register()
+	_, rb := ts.register()
+	b2node, b2dev := ts.dir.AddDevice(rb.UID)
+	a2node, _ := ts.dir.AddDevice(ra.UID)
+
+	ack, err := a.Post([]testclient.Recipient{{ID: rb.UID, Type: 1}}, []byte("hello"))
+	if err != nil || ack.Error != "" {
+		t.Fatalf("post: %v %+v", err, ack)
+	}
+	// b's second device logs in later and gets login notice and the post.
+	b2 := ts.login(rb.UID, b2node)
+	got := map[string]bool{}
+	for len(got) < 2 {
+		m := nextMessage(t, b2)
+		got[m.Op()] = true
+		if m.Op() == "delivery" {
+			if string(m.Data) != "hello" || m.Str("id") != ack.MsgID || m.Str("posted") != ack.Posted || m.Str("from") != ra.UID {
+				t.Fatalf("delivery %s %q (ack %+v)", m.Raw, m.Data, ack)
+			}
+		}
+		b2.Ack(m.Str("id"))
+	}
+	// a's other device gets the sender's copy.
+	a2 := ts.login(ra.UID, a2node)
+	for {
+		m := nextMessage(t, a2)
+		a2.Ack(m.Str("id"))
+		if m.Op() == "delivery" {
+			break
+		}
+	}
+	waitFor(t, func() bool { return ts.store.Len(b2dev) == 0 })
+}
+
+func TestUnknownRecipientStoresNothing(t *testing.T) {
+	ts := startServer(t, nil)
+	a, _ := ts.register()
+	_, rb := ts.register()
+	ack, err := a.Post([]testclient.Recipient{{ID: rb.UID, Type: 1}, {ID: "nobody", Type: 1}}, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack.Error != "recipient not found: nobody" || ack.MsgID != "" {
+		t.Fatalf("ack %+v", ack)
+	}
+	if n := ts.store.Len(rb.UID + ".0"); n != 0 {
+		t.Fatalf("recipient queue has %d entries", n)
+	}
+	// The link stays up.
+	if ack, err := a.Post([]testclient.Recipient{{ID: rb.UID, Type: 1}}, []byte("y")); err != nil || ack.Error != "" {
+		t.Fatalf("second post: %v %+v", err, ack)
+	}
+}
+
+func TestPostTooLarge(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxPostBytes = 100 })
+	_, ra := ts.register()
+	c := ts.dialRev()
+	_, rb := ts.register()
+	_ = rb
+	nodeid, _ := ts.dir.AddDevice(ra.UID)
+	c.WriteFrame(map[string]any{"Op": 2, "Uid": ra.UID, "Node": nodeid}, nil)
+	if f := mustRead(t, c); f.Op() != "info" {
+		t.Fatalf("login: %s", f.Raw)
+	}
+	c.WriteFrame(map[string]any{"Op": 7, "Id": "p", "For": []any{}, "Datalen": 101}, nil)
+	for {
+		f := mustRead(t, c)
+		if f.Op() == "quit" {
+			if f.Str("error") != "data too long for request type" {
+				t.Fatalf("quit %s", f.Raw)
+			}
+			break
+		}
+	}
+}
+
+// TestSplitAndPipelinedFrames sends a whole session byte by byte, then the same
+// requests in one write.
+func TestSplitAndPipelinedFrames(t *testing.T) {
+	ts := startServer(t, nil)
+	_, rb := ts.register()
+	var session bytes.Buffer
+	session.Write(frame(t, map[string]any{"Op": 0, "Id": "1"}, ""))
+	session.Write(frame(t, map[string]any{"Op": 1, "NewNode": "x", "NewAlias": "_"}, ""))
+	for i := range 3 {
+		data := fmt.Sprintf("post %d", i)
+		session.Write(frame(t, map[string]any{"Op": 7, "Id": fmt.Sprint(i), "Datalen": len(data),
+			"For": []any{map[string]any{"Id": rb.UID, "Type": 1}}}, data))
+	}
+	for _, split := range []bool{true, false} {
+		c := ts.dial()
+		if split {
+			for _, b := range session.Bytes() {
+				if err := c.WriteRaw([]byte{b}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		} else if err := c.WriteRaw(session.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"tmtprev", "registered", "info", "ack 0", "ack 1", "ack 2"}
+		for _, w := range want {
+			f := mustRead(t, c)
+			got := f.Op()
+			if got == "ack" {
+				got += " " + f.Str("id")
+				if f.Str("msgid") == "" {
+					t.Fatalf("ack without msgid: %s", f.Raw)
+				}
+			}
+			if got != w {
+				t.Fatalf("split=%v: got %s, want %s", split, f.Raw, w)
+			}
+		}
+	}
+}
+
+func TestDisconnectMidPost(t *testing.T) {
+	ts := startServer(t, nil)
+	_, rb := ts.register()
+	_, ra := ts.register()
+	// Small data stays in the draft's buffer; large data is already being
+	// written to the log when the link drops.
+	for _, size := range []int{10, 300 << 10} {
+		c := ts.dialRev()
+		nodeid, _ := ts.dir.AddDevice(ra.UID)
+		c.WriteFrame(map[string]any{"Op": 2, "Uid": ra.UID, "Node": nodeid}, nil)
+		if f := mustRead(t, c); f.Op() != "info" {
+			t.Fatalf("login: %s", f.Raw)
+		}
+		head := frame(t, map[string]any{"Op": 7, "Id": "p", "Datalen": size + 1,
+			"For": []any{map[string]any{"Id": rb.UID, "Type": 1}}}, "")
+		c.WriteRaw(append(head, bytes.Repeat([]byte("x"), size)...))
+		c.Close()
+		waitFor(t, func() bool { return ts.srv.Stats().Devices == 2 })
+		if n := ts.store.Len(rb.UID + ".0"); n != 0 {
+			t.Fatalf("size %d: recipient queue has %d entries after an interrupted post", size, n)
+		}
+	}
+}
+
+func TestResendWithoutAck(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.ResendAfter = 50 * time.Millisecond })
+	_, ra := ts.register()
+	nodeid, _ := ts.dir.AddDevice(ra.UID)
+	c := ts.login(ra.UID, nodeid)
+	first := nextMessage(t, c)
+	second := nextMessage(t, c)
+	if first.Str("id") != second.Str("id") {
+		t.Fatalf("resent %s, want %s again", second.Raw, first.Raw)
+	}
+	c.Ack("0000000000000001") // not the awaited id: ignored
+	c.Ack(first.Str("id"))
+	waitFor(t, func() bool { return ts.store.Len(ra.UID+".1") == 0 })
+}
+
+func TestLoginTimeout(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.LoginTimeout = 100 * time.Millisecond })
+	c := ts.dialRev()
+	expectClosed(t, c)
+}
+
+func TestIdleTimeout(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.IdleTimeout = 100 * time.Millisecond })
+	c, _ := ts.register()
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("idle link not closed")
+	}
+}
+
+func TestManyPostsInOrder(t *testing.T) {
+	ts := startServer(t, nil)
+	a, _ := ts.register()
+	b, rb := ts.register()
+	nodeid, _ := ts.dir.AddDevice(rb.UID)
+	b2 := ts.login(rb.UID, nodeid)
+	const n = 1000
+	go func() {
+		for i := range n {
+			if _, err := a.Post([]testclient.Recipient{{ID: rb.UID, Type: 1}}, fmt.Appendf(nil, "%d", i)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for _, c := range []*testclient.Client{b, b2} {
+		next := 0
+		for next < n {
+			m := nextMessage(t, c)
+			c.Ack(m.Str("id"))
+			if m.Op() != "delivery" {
+				continue
+			}
+			if string(m.Data) != fmt.Sprint(next) {
+				t.Fatalf("got %q, want %d", m.Data, next)
+			}
+			next++
+		}
+	}
+}
+
+// waitFor polls cond: for state that has no event to wait on (a queue
+// emptied by an ack the server handles asynchronously).
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,128 @@
+package store
+
+// draft is the Log's Draft. Data is kept in buf until a full chunk is followed
+// by more data; then the chunk goes to the log (written, not waited for) and
+// only its place is kept, so a draft never holds more than chunkSize bytes.
+type draft struct {
+	l      *Log
+	buf    []byte  // data not yet in the log: at most chunkSize bytes
+	pooled *[]byte // buf's pooled backing array, once the draft outgrew a small post
+	chunks []chunk // data already in the log, in order
+	n      int64   // total bytes written
+	// pin is the segment of the first chunk, pinned until the draft is done
+	// so that compaction leaves the chunks alone.
+	pin  *segment
+	done bool
+	err  error // a failed chunk write; the draft can only be aborted
+}
+
+// Write implements io.Writer.
+func (d *draft) Write(p []byte) (int, error) {
+	switch {
+	case d.done:
+		return 0, ErrDraftDone
+	case d.err != nil:
+		return 0, d.err
+	}
+	if err := d.l.writable(); err != nil {
+		return 0, err
+	}
+	total := len(p)
+	for len(p) > 0 {
+		if len(d.buf) == chunkSize {
+			if err := d.flush(); err != nil {
+				d.err = err
+				return total - len(p), err
+			}
+		}
+		if d.pooled == nil && len(d.buf)+len(p) > chunkSize {
+			// Too big for a small post: switch to a pooled chunk buffer.
+			d.pooled = d.l.bufs.Get().(*[]byte)
+			d.buf = append((*d.pooled)[:0], d.buf...)
+		}
+		k := min(chunkSize-len(d.buf), len(p))
+		d.buf = append(d.buf, p[:k]...)
+		d.n += int64(k)
+		p = p[k:]
+	}
+	return total, nil
+}
+
+// flush writes the full buffer to the log as a chunk record.
+func (d *draft) flush() error {
+	c, err := d.l.appendChunk(d.buf, d.pin == nil)
+	if err != nil {
+		return err
+	}
+	if d.pin == nil {
+		d.pin = c.seg
+	}
+	d.chunks = append(d.chunks, c)
+	d.buf = d.buf[:0]
+	return nil
+}
+
+// buffered reports the bytes held in memory (for tests of the memory bound).
+func (d *draft) buffered() int { return len(d.buf) }
+
+// Commit implements Draft.
+func (d *draft) Commit(msgs ...Message) ([]Receipt, error) {
+	if d.done {
+		return nil, ErrDraftDone
+	}
+	defer d.finish()
+	d.done = true
+	if d.err != nil {
+		return nil, d.err
+	}
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	for _, m := range msgs {
+		if m.Off < 0 || m.Len < 0 || m.Off > d.n || m.Len > d.n-m.Off {
+			return nil, ErrRange
+		}
+		if m.Prio >= numPrio {
+			return nil, ErrPriority
+		}
+	}
+	b, rcpts, err := d.l.appendCommit(d, msgs)
+	d.releaseBuf() // the batch holds a copy
+	if err != nil {
+		return nil, err
+	}
+	<-b.done
+	if b.err != nil {
+		return nil, b.err
+	}
+	return rcpts, nil
+}
+
+// Abort implements Draft.
+func (d *draft) Abort() {
+	if !d.done {
+		d.done = true
+		d.finish()
+	}
+}
+
+// finish releases the draft's buffer and pin. After a commit it runs once
+// the commit is applied, when the chunks belong to live messages.
+func (d *draft) finish() {
+	d.releaseBuf()
+	if d.pin != nil {
+		if d.pin.pins.Add(-1) == 0 {
+			d.l.kickCompactor() // it may have been waiting for this segment
+		}
+		d.pin = nil
+	}
+	d.chunks = nil
+}
+
+func (d *draft) releaseBuf() {
+	if d.pooled != nil {
+		d.l.bufs.Put(d.pooled)
+		d.pooled = nil
+	}
+	d.buf = nil
+}

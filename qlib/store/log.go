@@ -1,0 +1,996 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Options configure Open.
+type Options struct {
+	Dir         string           // qstore directory; created if missing
+	FS          FS               // nil = the real OS filesystem
+	Now         func() time.Time // clock (NTP-corrected by the caller); nil = time.Now
+	SegmentSize int64            // target segment size; 0 = default (64 MiB)
+	Logger      *slog.Logger     // nil = slog.Default()
+}
+
+const (
+	// defaultSegmentSize is the unit of space reclamation: big enough that
+	// rotations (two fsyncs and a directory fsync) are rare, small enough that
+	// copying a segment's few live messages forward is quick.
+	defaultSegmentSize = 64 << 20
+
+	// chunkSize is how much of a draft is held in memory. Larger data goes to
+	// the log in chunk records of this size as it arrives, so a draft costs at
+	// most this much memory whatever the message size; a write of this size
+	// also amortises its frame and system call well.
+	chunkSize = 64 << 10
+
+	// maxPending bounds the records waiting for the writer. Chunk writers wait
+	// above it, so a fast upload cannot fill memory faster than the disk
+	// drains it; commits and acks never wait on it (they are small and their
+	// number is bounded by their callers).
+	maxPending = 4 << 20
+
+	// maxSpare is the largest batch buffer kept for reuse; a rare huge batch
+	// (a big queue copy) is not kept around.
+	maxSpare = 2 * maxPending
+
+	dirPerm  = 0o700
+	filePerm = 0o600
+
+	// tmpSuffix marks files written then renamed into place; any left at
+	// Open are from a crash and are removed.
+	tmpSuffix = ".tmp"
+)
+
+// Errors of this implementation, besides those of Store.
+var (
+	// ErrNoMessage: WriteTo named an id that is not stored (never was, or
+	// every device has acknowledged it).
+	ErrNoMessage = errors.New("store: no such message")
+	// ErrFailed: an earlier I/O error left the store unable to guarantee
+	// durability; it refuses all work (fail stop).
+	ErrFailed = errors.New("store: failed after an i/o error")
+	// ErrPriority: a Message's priority is not Normal or High.
+	ErrPriority = errors.New("store: unknown priority")
+	// ErrDraftDone: the draft was already committed or aborted.
+	ErrDraftDone = errors.New("store: draft already finished")
+	// ErrTooBig: a record would exceed the format's size limit.
+	ErrTooBig = errors.New("store: record too big")
+)
+
+// Log is the log-structured Store: append-only segment files written by one
+// goroutine with group commit, and an in-memory index rebuilt at Open.
+//
+// Locks: mu guards the index; pendMu guards the tail of the log (the batch
+// being gathered for the writer, the head segment, id issue). Where both are
+// held, mu is taken first, so that index changes and the records describing
+// them are ordered the same way.
+type Log struct {
+	fs      FS
+	dir     string
+	now     func() time.Time
+	segSize int64
+	log     *slog.Logger
+	bufs    sync.Pool // *[]byte of chunkSize: draft and read buffers
+
+	failed  atomic.Pointer[error] // the I/O error that stopped the store
+	closing atomic.Bool
+
+	// Counters for tests and benchmarks.
+	nSyncs, nCommits atomic.Int64
+
+	mu sync.Mutex
+	// Guarded by mu: the index.
+	msgs   map[ID]*message
+	queues map[string]*devQueue
+	segs   []*segment      // files of the log, oldest first
+	moving map[ID][]string // devices of messages being copied forward
+	total  int64           // bytes in segs
+	live   int64           // bytes of live blobs
+	closed bool
+	stamp  uint64 // count of applied batches
+
+	pendMu sync.Mutex
+	wake   sync.Cond // the writer waits for work
+	space  sync.Cond // chunk writers wait for the pending batch to drain
+	// Guarded by pendMu: the tail of the log.
+	pend     *batch
+	spare    []byte   // a batch buffer for reuse
+	head     *segment // where new records go
+	headSize int64    // its size, counting records not yet written
+	nextID   ID
+	ceiling  ID // persisted: no id at or above it has been issued
+
+	// Writer goroutine only.
+	cur   *segment // the segment the writer appends to
+	dirty bool     // cur has writes not yet fsynced
+
+	stop        chan struct{}      // closed by Close
+	compactC    chan chan struct{} // wakes the compactor; see compactSync
+	writerDone  chan struct{}
+	compactDone chan struct{}
+	closeOnce   sync.Once
+	closeErr    error
+
+	// beforeCopy, if set (by tests, under mu), is called by the compactor
+	// before it appends each copy record.
+	beforeCopy func(ID)
+}
+
+var _ Store = (*Log)(nil)
+
+// batch is the records gathered while the writer was busy, written with one
+// write (per segment) and made durable with one fsync.
+type batch struct {
+	buf     []byte
+	cuts    []cut   // where each segment's records begin in buf; cuts[0].pos is 0
+	sync    bool    // a caller waits for durability: fsync after writing
+	applies []apply // index changes to make once written (and synced if sync)
+	done    chan struct{}
+	err     error // set before done is closed
+}
+
+type cut struct {
+	pos int
+	seg *segment
+}
+
+func (b *batch) empty() bool { return len(b.buf) == 0 && !b.sync }
+
+type applyKind uint8
+
+const (
+	applyCommit applyKind = iota // new messages: index them, fan out to queues
+	applyCopy                    // a message moved: point the index at the copy
+	applyNotify                  // entries were added to dev's queue: wake its watcher
+)
+
+type apply struct {
+	kind applyKind
+	blob *blob
+	msgs []recMsg
+	dev  string
+}
+
+// Open opens (creating if needed) the store in opts.Dir, recovering its state
+// from the log.
+func Open(opts Options) (*Log, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("store: no directory")
+	}
+	l := &Log{
+		fs:          opts.FS,
+		dir:         opts.Dir,
+		now:         opts.Now,
+		segSize:     opts.SegmentSize,
+		log:         opts.Logger,
+		msgs:        map[ID]*message{},
+		queues:      map[string]*devQueue{},
+		stop:        make(chan struct{}),
+		compactC:    make(chan chan struct{}, 1),
+		writerDone:  make(chan struct{}),
+		compactDone: make(chan struct{}),
+	}
+	if l.fs == nil {
+		l.fs = OSFS{}
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.segSize <= 0 {
+		l.segSize = defaultSegmentSize
+	}
+	if l.log == nil {
+		l.log = slog.Default()
+	}
+	l.bufs.New = func() any {
+		b := make([]byte, chunkSize)
+		return &b
+	}
+	l.wake.L = &l.pendMu
+	l.space.L = &l.pendMu
+	start := time.Now()
+	if err := l.open(); err != nil {
+		for _, s := range l.segs {
+			if s.f != nil {
+				s.f.Close()
+			}
+		}
+		return nil, err
+	}
+	l.log.Info("store: opened", "dir", l.dir, "segments", len(l.segs)-1,
+		"messages", len(l.msgs), "queues", len(l.queues), "elapsed", time.Since(start))
+	go l.run()
+	go l.compactor()
+	l.kickCompactor()
+	return l, nil
+}
+
+func (l *Log) open() error {
+	if err := l.fs.MkdirAll(l.dir, dirPerm); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	names, err := l.fs.ReadDir(l.dir)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	var seqs []uint64
+	for _, name := range names {
+		if seq, ok := parseSegName(name); ok {
+			seqs = append(seqs, seq)
+			continue
+		}
+		switch {
+		case strings.HasSuffix(name, tmpSuffix):
+			l.log.Info("store: removing leftover temporary file", "file", name)
+			if err := l.fs.Remove(l.path(name)); err != nil {
+				return fmt.Errorf("store: %w", err)
+			}
+		case name != floorName:
+			l.log.Warn("store: ignoring unknown file", "file", name)
+		}
+	}
+	slices.Sort(seqs)
+	for i := 1; i < len(seqs); i++ {
+		if seqs[i] != seqs[i-1]+1 {
+			return fmt.Errorf("store: %s: segments missing before it (previous is %s)",
+				l.path(segName(seqs[i])), segName(seqs[i-1]))
+		}
+	}
+	ceiling, err := readCeiling(l.fs, l.dir)
+	if err != nil {
+		return err
+	}
+	maxID, err := l.recover(seqs)
+	if err != nil {
+		return err
+	}
+
+	// Ids continue from the clock, but never at or below one already issued
+	// (the persisted ceiling covers every id issued before; maxID is a check).
+	next := ID(max(l.now().UnixNano(), 0))
+	next = max(next, ceiling, maxID+1)
+	l.nextID = next
+	if err := l.raiseCeiling(next); err != nil {
+		return err
+	}
+
+	seq := uint64(1)
+	if len(seqs) > 0 {
+		seq = seqs[len(seqs)-1] + 1
+	}
+	head := newSegment(l.dir, seq)
+	f, err := l.fs.OpenFile(head.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	head.f = f
+	l.segs = append(l.segs, head)
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		return fmt.Errorf("store: sync %s: %w", l.dir, err)
+	}
+	l.head, l.cur = head, head
+	l.pend = l.newBatch()
+	return nil
+}
+
+func (l *Log) path(name string) string { return l.dir + string(os.PathSeparator) + name }
+
+// failure returns the error that stopped the store, or nil.
+func (l *Log) failure() error {
+	if p := l.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// fail stops the store after an I/O error that may have left stable storage
+// in an unknown state. Only the first error is kept and logged.
+func (l *Log) fail(err error) {
+	wrapped := fmt.Errorf("%w: %w", ErrFailed, err)
+	if l.failed.CompareAndSwap(nil, &wrapped) {
+		l.log.Error("store: i/o error, refusing further work", "err", err)
+	}
+}
+
+// writable returns why records cannot be appended, or nil.
+func (l *Log) writable() error {
+	if err := l.failure(); err != nil {
+		return err
+	}
+	if l.closing.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// newBatch returns an empty batch. pendMu must be held.
+func (l *Log) newBatch() *batch {
+	b := &batch{buf: l.spare[:0], cuts: []cut{{0, l.head}}, done: make(chan struct{})}
+	l.spare = nil
+	return b
+}
+
+// place completes the frame at b.buf[start:] and assigns it its place in the
+// log, starting a new segment when the head is full. pendMu must be held.
+func (l *Log) place(b *batch, start int) (*segment, int64, error) {
+	n := int64(len(b.buf) - start)
+	if n-frameHeaderSize > maxPayload {
+		b.buf = b.buf[:start]
+		return nil, 0, ErrTooBig
+	}
+	endFrame(b.buf[start:])
+	if l.headSize > 0 && l.headSize+n > l.segSize {
+		l.head = newSegment(l.dir, l.head.seq+1)
+		l.headSize = 0
+		if last := &b.cuts[len(b.cuts)-1]; last.pos == start {
+			last.seg = l.head
+		} else {
+			b.cuts = append(b.cuts, cut{start, l.head})
+		}
+	}
+	off := l.headSize
+	l.headSize += n
+	return l.head, off, nil
+}
+
+// appendChunk appends a chunk record holding p and returns where its data
+// is. It does not wait for the write. If pin, the chunk's segment is pinned
+// (see segment.pins). It waits while too much is pending.
+func (l *Log) appendChunk(p []byte, pin bool) (chunk, error) {
+	l.pendMu.Lock()
+	defer l.pendMu.Unlock()
+	for len(l.pend.buf) >= maxPending && l.writable() == nil {
+		l.space.Wait()
+	}
+	if err := l.writable(); err != nil {
+		return chunk{}, err
+	}
+	b := l.pend
+	start := len(b.buf)
+	b.buf = beginFrame(b.buf, recChunk)
+	b.buf = append(b.buf, p...)
+	seg, off, err := l.place(b, start)
+	if err != nil {
+		return chunk{}, err
+	}
+	if pin {
+		seg.pins.Add(1)
+	}
+	l.wake.Signal()
+	return chunk{seg: seg, off: off + frameHeaderSize, n: int64(len(p))}, nil
+}
+
+// appendBlob appends a commit or copy record for msgs with d's data. pendMu
+// must be held.
+func (l *Log) appendBlob(t recType, d *draft, msgs []recMsg) (*batch, *blob, error) {
+	b := l.pend
+	start := len(b.buf)
+	b.buf = beginFrame(b.buf, t)
+	var tailPos int
+	b.buf, tailPos = appendBlobPayload(b.buf, d.chunks, d.buf, msgs)
+	seg, off, err := l.place(b, start)
+	if err != nil {
+		return nil, nil, err
+	}
+	pay := off + frameHeaderSize
+	bl := &blob{
+		seg:     seg,
+		recOff:  off,
+		recLen:  int64(len(b.buf) - start),
+		payOff:  pay,
+		tailOff: pay + int64(tailPos),
+		tailLen: int64(len(d.buf)),
+		chunks:  d.chunks,
+		first:   msgs[0].id,
+		count:   uint32(len(msgs)),
+	}
+	for i := range msgs {
+		msgs[i].env = nil // the batch has the bytes; the index needs only the place
+	}
+	return b, bl, nil
+}
+
+// appendCommit issues ids for msgs and appends their commit record. The
+// caller waits for the returned batch.
+func (l *Log) appendCommit(d *draft, msgs []Message) (*batch, []Receipt, error) {
+	l.pendMu.Lock()
+	defer l.pendMu.Unlock()
+	if err := l.writable(); err != nil {
+		return nil, nil, err
+	}
+	n := ID(len(msgs))
+	if l.nextID+n > l.ceiling {
+		if err := l.raiseCeiling(l.nextID + n); err != nil {
+			l.fail(err)
+			return nil, nil, l.failure()
+		}
+	}
+	ids := make([]ID, len(msgs))
+	for i := range ids {
+		ids[i] = l.nextID + ID(i)
+	}
+	l.nextID += n
+	posted := l.now()
+	rms := make([]recMsg, len(msgs))
+	rcpts := make([]Receipt, len(msgs))
+	for i, m := range msgs {
+		var env []byte
+		if m.Envelope != nil {
+			env = m.Envelope(ids[i], posted, ids)
+		}
+		rms[i] = recMsg{id: ids[i], prio: m.Prio, off: m.Off, n: m.Len, env: env, devs: dedup(m.To)}
+		rcpts[i] = Receipt{ID: ids[i], Posted: posted}
+	}
+	b, bl, err := l.appendBlob(recCommit, d, rms)
+	if err != nil {
+		return nil, nil, err
+	}
+	b.applies = append(b.applies, apply{kind: applyCommit, blob: bl, msgs: rms})
+	b.sync = true
+	l.wake.Signal()
+	return b, rcpts, nil
+}
+
+// dedup returns the distinct device keys of to, in a new slice.
+func dedup(to []string) []string {
+	devs := slices.Clone(to)
+	if len(devs) > 1 {
+		slices.Sort(devs)
+		devs = slices.Compact(devs)
+	}
+	return devs
+}
+
+// appendAck appends an ack record. It is written with the next batch and
+// made durable by the next fsync; nobody waits for it. mu and pendMu must be
+// held.
+func (l *Log) appendAck(dev string, id ID) error {
+	b := l.pend
+	start := len(b.buf)
+	b.buf = beginFrame(b.buf, recAck)
+	b.buf = appendAckPayload(b.buf, dev, id)
+	if _, _, err := l.place(b, start); err != nil {
+		return err
+	}
+	l.wake.Signal()
+	return nil
+}
+
+// barrier returns once everything appended before it is durable.
+func (l *Log) barrier() error {
+	l.pendMu.Lock()
+	if err := l.writable(); err != nil {
+		l.pendMu.Unlock()
+		return err
+	}
+	b := l.pend
+	b.sync = true
+	l.wake.Signal()
+	l.pendMu.Unlock()
+	<-b.done
+	return b.err
+}
+
+// run is the writer goroutine: it takes each batch, writes it, fsyncs it if
+// anyone waits for durability, applies it to the index and wakes the waiters.
+func (l *Log) run() {
+	defer close(l.writerDone)
+	for {
+		l.pendMu.Lock()
+		for l.pend.empty() && !l.closing.Load() {
+			l.wake.Wait()
+		}
+		b := l.pend
+		if b.empty() {
+			l.pendMu.Unlock()
+			l.finish()
+			return
+		}
+		l.pend = l.newBatch()
+		l.space.Broadcast()
+		l.pendMu.Unlock()
+
+		err := l.failure()
+		if err == nil {
+			if werr := l.writeBatch(b); werr != nil {
+				l.fail(werr)
+				err = l.failure()
+				l.pendMu.Lock()
+				l.space.Broadcast()
+				l.pendMu.Unlock()
+			}
+		}
+		if err != nil {
+			b.err = err
+			close(b.done)
+			continue
+		}
+		fns := l.apply(b)
+		close(b.done)
+		for _, fn := range fns {
+			fn()
+		}
+		if cap(b.buf) <= maxSpare {
+			l.pendMu.Lock()
+			l.spare = b.buf[:0]
+			l.pendMu.Unlock()
+		}
+	}
+}
+
+// writeBatch writes b, rotating segments at its cuts, and fsyncs if b.sync.
+// On rotation the old segment is fsynced before the new one is created (a
+// commit record in the new one may name chunks in the old), and the directory
+// after.
+func (l *Log) writeBatch(b *batch) error {
+	for i, c := range b.cuts {
+		end := len(b.buf)
+		if i+1 < len(b.cuts) {
+			end = b.cuts[i+1].pos
+		}
+		if c.seg != l.cur {
+			if err := l.rotate(c.seg); err != nil {
+				return err
+			}
+		}
+		part := b.buf[c.pos:end]
+		if len(part) == 0 {
+			continue
+		}
+		stampFrames(part, l.cur.syncs)
+		if _, err := l.cur.f.Write(part); err != nil {
+			return fmt.Errorf("store: write %s: %w", l.cur.path, err)
+		}
+		l.dirty = true
+		l.mu.Lock()
+		l.cur.size += int64(len(part))
+		l.total += int64(len(part))
+		l.mu.Unlock()
+	}
+	if b.sync && l.dirty {
+		return l.syncCur()
+	}
+	return nil
+}
+
+func (l *Log) syncCur() error {
+	if err := l.cur.f.Sync(); err != nil {
+		return fmt.Errorf("store: sync %s: %w", l.cur.path, err)
+	}
+	l.cur.syncs++
+	l.dirty = false
+	l.nSyncs.Add(1)
+	return nil
+}
+
+func (l *Log) rotate(next *segment) error {
+	if l.dirty {
+		if err := l.syncCur(); err != nil {
+			return err
+		}
+	}
+	f, err := l.fs.OpenFile(next.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
+	if err != nil {
+		return fmt.Errorf("store: create segment: %w", err)
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		f.Close()
+		return fmt.Errorf("store: sync %s: %w", l.dir, err)
+	}
+	l.mu.Lock()
+	next.f = f
+	l.segs = append(l.segs, next)
+	l.mu.Unlock()
+	l.cur = next
+	return nil
+}
+
+// finish makes everything written durable as the writer stops.
+func (l *Log) finish() {
+	if l.dirty && l.failure() == nil {
+		if err := l.syncCur(); err != nil {
+			l.fail(err)
+		}
+	}
+}
+
+// apply makes a written batch visible in the index and returns the watchers
+// to call.
+func (l *Log) apply(b *batch) []func() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stamp++
+	var fns []func()
+	notify := func(q *devQueue) {
+		if q.watch != nil && q.stamp != l.stamp {
+			q.stamp = l.stamp
+			fns = append(fns, q.watch)
+		}
+	}
+	for i := range b.applies {
+		a := &b.applies[i]
+		switch a.kind {
+		case applyCommit:
+			for j := range a.msgs {
+				rm := &a.msgs[j]
+				if len(rm.devs) == 0 {
+					continue
+				}
+				l.msgs[rm.id] = l.newMessage(a.blob, rm)
+				for _, dev := range rm.devs {
+					q := l.queue(dev)
+					q.prio[rm.prio].push(rm.id)
+					notify(q)
+				}
+			}
+			l.nCommits.Add(1)
+		case applyCopy:
+			if m := l.msgs[a.msgs[0].id]; m != nil {
+				l.relocate(m, a.blob, &a.msgs[0])
+			}
+		case applyNotify:
+			if q := l.queues[a.dev]; q != nil {
+				notify(q)
+			}
+		}
+	}
+	if l.compactDue() {
+		l.kickCompactor()
+	}
+	return fns
+}
+
+// newMessage indexes a message of blob b with one reference per device.
+// mu must be held.
+func (l *Log) newMessage(b *blob, rm *recMsg) *message {
+	m := &message{
+		blob:   b,
+		env:    b.payOff + int64(rm.envPos),
+		envLen: int64(rm.envLen),
+		off:    rm.off,
+		n:      rm.n,
+		refs:   len(rm.devs),
+		prio:   rm.prio,
+	}
+	l.blobRef(b)
+	return m
+}
+
+// relocate points m at its copy in blob b. mu must be held.
+func (l *Log) relocate(m *message, b *blob, rm *recMsg) {
+	old := m.blob
+	m.blob = b
+	m.env = b.payOff + int64(rm.envPos)
+	m.envLen = int64(rm.envLen)
+	m.off, m.n = rm.off, rm.n
+	l.blobRef(b)
+	l.blobUnref(old)
+}
+
+// queue returns dev's queue, creating it. mu must be held.
+func (l *Log) queue(dev string) *devQueue {
+	q := l.queues[dev]
+	if q == nil {
+		q = &devQueue{}
+		l.queues[dev] = q
+	}
+	return q
+}
+
+// dropIfIdle forgets an empty, unwatched queue. mu must be held.
+func (l *Log) dropIfIdle(dev string, q *devQueue) {
+	if q.watch == nil && q.len() == 0 {
+		delete(l.queues, dev)
+	}
+}
+
+// unref drops one queue entry's reference to message id; the message is
+// forgotten with its last one. mu must be held.
+func (l *Log) unref(id ID, m *message) {
+	m.refs--
+	if m.refs <= 0 {
+		delete(l.msgs, id)
+		l.blobUnref(m.blob)
+	}
+}
+
+func (l *Log) blobRef(b *blob) {
+	b.live++
+	if b.live == 1 {
+		l.account(b, 1)
+	}
+}
+
+func (l *Log) blobUnref(b *blob) {
+	b.live--
+	if b.live == 0 {
+		l.account(b, -1)
+	}
+}
+
+// account adds (sign 1) or removes (sign -1) the bytes of a blob that became
+// live or dead to its segments' tallies. mu must be held.
+func (l *Log) account(b *blob, sign int) {
+	l.accountSeg(b.seg, b.recLen, sign, b)
+	for _, c := range b.chunks {
+		l.accountSeg(c.seg, c.n+frameHeaderSize, sign, b)
+	}
+}
+
+func (l *Log) accountSeg(s *segment, n int64, sign int, b *blob) {
+	if s == nil {
+		return
+	}
+	s.live += sign
+	s.liveBytes += int64(sign) * n
+	l.live += int64(sign) * n
+	if sign > 0 && (len(s.blobs) == 0 || s.blobs[len(s.blobs)-1] != b) {
+		s.blobs = append(s.blobs, b)
+	}
+}
+
+// Draft implements Store.
+func (l *Log) Draft() Draft { return &draft{l: l} }
+
+// Head implements Store.
+func (l *Log) Head(dev string) (ID, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if q := l.queues[dev]; q != nil {
+		return q.head()
+	}
+	return 0, false
+}
+
+// Len implements Store.
+func (l *Log) Len(dev string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if q := l.queues[dev]; q != nil {
+		return q.len()
+	}
+	return 0
+}
+
+// Watch implements Store. fn is called from the writer goroutine, after the
+// index lock is released, so it may call the store, but it must not block.
+// A watcher removed while a batch is being applied may be called once more.
+func (l *Log) Watch(dev string, fn func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if fn == nil {
+		if q := l.queues[dev]; q != nil {
+			q.watch = nil
+			l.dropIfIdle(dev, q)
+		}
+		return
+	}
+	l.queue(dev).watch = fn
+}
+
+// Ack implements Store.
+func (l *Log) Ack(dev string, id ID) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.pendMu.Lock()
+	defer l.pendMu.Unlock()
+	if err := l.writable(); err != nil {
+		return err
+	}
+	q, m := l.queues[dev], l.msgs[id]
+	if q == nil || m == nil || !q.prio[m.prio].remove(id) {
+		return ErrNotQueued
+	}
+	if devs, ok := l.moving[id]; ok {
+		l.moving[id] = slices.DeleteFunc(devs, func(d string) bool { return d == dev })
+	}
+	l.unref(id, m)
+	l.dropIfIdle(dev, q)
+	return l.appendAck(dev, id)
+}
+
+// CopyQueue implements Store.
+func (l *Log) CopyQueue(src, dst string) error {
+	l.mu.Lock()
+	l.pendMu.Lock()
+	if err := l.writable(); err != nil {
+		l.pendMu.Unlock()
+		l.mu.Unlock()
+		return err
+	}
+	if src == dst {
+		l.pendMu.Unlock()
+		l.mu.Unlock()
+		return nil
+	}
+	nq := &devQueue{}
+	var ids []ID
+	if sq := l.queues[src]; sq != nil {
+		for p := range sq.prio {
+			nq.prio[p].ids = slices.Clone(sq.prio[p].slice())
+		}
+		ids = sq.ids()
+	}
+	// Reference the new entries before dropping the old, so that a message
+	// in both is never forgotten in between.
+	for _, id := range ids {
+		l.msgs[id].refs++
+		if devs, ok := l.moving[id]; ok {
+			l.moving[id] = append(devs, dst)
+		}
+	}
+	if dq := l.queues[dst]; dq != nil {
+		nq.watch = dq.watch
+		for _, id := range dq.ids() {
+			if devs, ok := l.moving[id]; ok {
+				if i := slices.Index(devs, dst); i >= 0 {
+					l.moving[id] = slices.Delete(devs, i, i+1)
+				}
+			}
+			l.unref(id, l.msgs[id])
+		}
+	}
+	l.queues[dst] = nq
+	l.dropIfIdle(dst, nq)
+
+	b := l.pend
+	start := len(b.buf)
+	b.buf = beginFrame(b.buf, recQueue)
+	b.buf = appendQueuePayload(b.buf, dst, ids)
+	_, _, err := l.place(b, start)
+	if err == nil {
+		if len(ids) > 0 {
+			b.applies = append(b.applies, apply{kind: applyNotify, dev: dst})
+		}
+		b.sync = true
+		l.wake.Signal()
+	}
+	l.pendMu.Unlock()
+	l.mu.Unlock()
+	if err != nil {
+		// The index has changed but cannot be logged: stop rather than
+		// diverge from the log.
+		l.fail(err)
+		return l.failure()
+	}
+	<-b.done
+	return b.err
+}
+
+// msgRef is a message being read: where its parts are, with read references
+// on their segments so that compaction cannot close the files meanwhile.
+type msgRef struct {
+	blob        *blob
+	prio        Priority
+	env, envLen int64
+	off, n      int64
+	segs        []*segment
+}
+
+func (l *Log) acquire(id ID) (msgRef, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return msgRef{}, ErrClosed
+	}
+	m := l.msgs[id]
+	if m == nil {
+		return msgRef{}, ErrNoMessage
+	}
+	r := msgRef{blob: m.blob, prio: m.prio, env: m.env, envLen: m.envLen, off: m.off, n: m.n}
+	r.segs = m.blob.segments(nil)
+	for _, s := range r.segs {
+		s.readers++
+	}
+	return r, nil
+}
+
+func (l *Log) release(r *msgRef) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range r.segs {
+		s.readers--
+		l.closeIfIdle(s)
+	}
+}
+
+// closeIfIdle closes the file of a removed segment (or of any, once the store
+// is closed) when nobody reads it. mu must be held.
+func (l *Log) closeIfIdle(s *segment) {
+	if (s.removed || l.closed) && s.readers == 0 && s.f != nil {
+		if err := s.f.Close(); err != nil {
+			l.log.Warn("store: close segment", "file", s.path, "err", err)
+		}
+		s.f = nil
+	}
+}
+
+// WriteTo implements Store. It streams the message from its segment files
+// through one pooled buffer.
+func (l *Log) WriteTo(w io.Writer, id ID) (int64, error) {
+	if err := l.failure(); err != nil {
+		return 0, err
+	}
+	r, err := l.acquire(id)
+	if err != nil {
+		return 0, err
+	}
+	defer l.release(&r)
+	bp := l.bufs.Get().(*[]byte)
+	defer l.bufs.Put(bp)
+	buf := *bp
+	n, err := copyAt(w, r.blob.seg.f, r.env, r.envLen, buf)
+	if err != nil {
+		return n, err
+	}
+	err = r.blob.pieces(r.off, r.n, func(f File, at, k int64) error {
+		m, err := copyAt(w, f, at, k, buf)
+		n += m
+		return err
+	})
+	return n, err
+}
+
+// copyAt copies n bytes at offset off of f to w through buf.
+func copyAt(w io.Writer, f File, off, n int64, buf []byte) (int64, error) {
+	var done int64
+	for done < n {
+		k := min(n-done, int64(len(buf)))
+		if err := readAt(f, buf[:k], off+done); err != nil {
+			return done, err
+		}
+		m, err := w.Write(buf[:k])
+		done += int64(m)
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+// readAt reads len(p) bytes at offset off of f.
+func readAt(f File, p []byte, off int64) error {
+	n, err := f.ReadAt(p, off)
+	if n < len(p) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("store: read: %w", err)
+	}
+	return nil
+}
+
+// Close implements Store. Commits already handed to the writer complete;
+// everything written is fsynced; later calls fail with ErrClosed.
+func (l *Log) Close() error {
+	l.closeOnce.Do(func() {
+		l.pendMu.Lock()
+		l.closing.Store(true)
+		l.wake.Broadcast()
+		l.space.Broadcast()
+		l.pendMu.Unlock()
+		close(l.stop)
+		<-l.compactDone
+		<-l.writerDone
+		l.mu.Lock()
+		l.closed = true
+		for _, s := range l.segs {
+			l.closeIfIdle(s)
+		}
+		l.mu.Unlock()
+		l.closeErr = l.failure()
+		l.log.Info("store: closed", "dir", l.dir)
+	})
+	return l.closeErr
+}

@@ -1,0 +1,145 @@
+// Package store keeps mnm's messages and per-device queues durably.
+//
+// A message is written once and referenced from the queue of every device it is
+// for. Commit returns only after the message and all of its queue entries are on
+// stable storage, so the caller may then acknowledge the sender. Entries leave a
+// queue when the device acknowledges them; a message is forgotten when its last
+// entry goes.
+//
+// Store is the seam behind which another backend (a clustered one) can be put;
+// qlib depends only on this interface.
+package store
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+)
+
+// ID identifies a stored message. IDs are issued in increasing order across the
+// whole server, never repeat, and never go backwards, across restarts too.
+// The wire form (String) is 16 lowercase hex digits, so that ids sort as strings
+// in creation order.
+type ID uint64
+
+func (id ID) String() string {
+	var b [16]byte
+	const hex = "0123456789abcdef"
+	for i := 15; i >= 0; i-- {
+		b[i] = hex[id&0xf]
+		id >>= 4
+	}
+	return string(b[:])
+}
+
+// ParseID parses the wire form of an ID.
+func ParseID(s string) (ID, error) {
+	if len(s) != 16 {
+		return 0, fmt.Errorf("store: message id %q: want 16 hex digits", s)
+	}
+	n, err := strconv.ParseUint(s, 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("store: message id %q: %w", s, err)
+	}
+	return ID(n), nil
+}
+
+// Priority orders a queue: all entries of a higher priority are delivered before
+// any entry of a lower one; within a priority, entries go in ID order.
+type Priority uint8
+
+const (
+	Normal Priority = iota
+	// High is for account changes ("user" messages) that a device must see
+	// before anything else.
+	High
+)
+
+// Envelope returns the frame header a device receives before the message's data
+// (the TMTP header with its 4-hex-digit length prefix). It is called once per
+// message, inside Commit, when the message's id and acceptance time are known.
+// batch holds the ids of every message of the same Commit, in order, so that one
+// message can name another (a notification names its post).
+type Envelope func(id ID, posted time.Time, batch []ID) []byte
+
+// Message is one message of a Commit. Its data is the range [Off, Off+Len) of
+// the data written to the Draft.
+type Message struct {
+	Prio     Priority
+	To       []string // device keys; duplicates are ignored
+	Off, Len int64
+	Envelope Envelope
+}
+
+// Receipt reports a committed message.
+type Receipt struct {
+	ID     ID
+	Posted time.Time
+}
+
+// Errors a Store may return.
+var (
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("store: closed")
+	// ErrNotQueued: Ack named an id that is not in the device's queue.
+	ErrNotQueued = errors.New("store: message not in queue")
+	// ErrRange: a Message's data range lies outside the draft's data.
+	ErrRange = errors.New("store: message range outside draft data")
+)
+
+// Store is the durable message store. All methods are safe for concurrent use.
+//
+// After an I/O error that may have left stable storage in an unknown state the
+// store fails stop: every later call returns an error, and the server shuts down
+// rather than acknowledge anything it cannot keep.
+type Store interface {
+	// Draft starts new messages. Data written to the draft is kept with bounded
+	// memory whatever its size (large data is written through to storage), but
+	// is not durable until Commit.
+	Draft() Draft
+
+	// Head returns the first entry of dev's queue: highest priority first, then
+	// lowest id. ok is false when the queue is empty.
+	Head(dev string) (id ID, ok bool)
+
+	// WriteTo writes message id (its envelope, then its data) to w.
+	WriteTo(w io.Writer, id ID) (int64, error)
+
+	// Ack removes id from dev's queue; ErrNotQueued if it is not there. The
+	// removal is made durable soon, but not before Ack returns: after a crash an
+	// acknowledged message may be delivered again.
+	Ack(dev string, id ID) error
+
+	// Watch registers fn to be called whenever entries are added to dev's queue
+	// (after they are durable). fn is called from the store's own goroutine and
+	// must not block. A nil fn removes the watcher. One watcher per device.
+	Watch(dev string, fn func())
+
+	// CopyQueue durably gives dst a queue referencing the same messages as
+	// src's queue, replacing what dst had.
+	CopyQueue(src, dst string) error
+
+	// Len reports the number of entries in dev's queue.
+	Len(dev string) int
+
+	// Close flushes pending work and releases the store. Drafts and commits in
+	// progress fail with ErrClosed.
+	Close() error
+}
+
+// Draft accumulates the data of one or more messages before they are committed.
+// A Draft is used by one goroutine.
+type Draft interface {
+	io.Writer
+
+	// Commit durably stores msgs and returns one receipt per message. On
+	// success or failure, the draft is finished. All messages of one Commit
+	// become durable together or not at all; their ids are consecutive in the
+	// order given.
+	Commit(msgs ...Message) ([]Receipt, error)
+
+	// Abort discards the draft. Safe to call after Commit (then a no-op).
+	Abort()
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package tmtp
+
+const raceEnabled = false

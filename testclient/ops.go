@@ -1,0 +1,111 @@
+package testclient
+
+// Recipient is an element of a request's "for" list.
+type Recipient struct {
+	ID   string `json:"Id"`
+	Type int    `json:"Type"` // ToUser, ToGroup or ToGroupOthers
+}
+
+// Recipient types (SPEC §4, op 7).
+const (
+	ToUser        = 1 // ID is a uid
+	ToGroup       = 2 // ID is a group, the sender included
+	ToGroupOthers = 3 // ID is a group, the sender excluded
+)
+
+// forList makes a "for" value: never null, since Post requires the key
+// present even when the list is empty.
+func forList(to []Recipient) []Recipient {
+	if to == nil {
+		return []Recipient{}
+	}
+	return to
+}
+
+// Requests are written with the key case of the deployed client ("Op", "Id",
+// "Datalen", "For", ...); the server matches keys case-insensitively.
+
+// Post sends data to the recipients (op 7) and waits for the ack; a refusal is
+// in Ack.Error. data is sent as given, even empty (which the server refuses).
+func (c *Client) Post(to []Recipient, data []byte) (Ack, error) {
+	return c.Do(postHead(to, data), data)
+}
+
+// PostAsync sends a Post without waiting, for windowed load (several posts in
+// flight). The channel receives the ack, or an error if the link ends first.
+func (c *Client) PostAsync(to []Recipient, data []byte) (<-chan AckResult, error) {
+	return c.Request(postHead(to, data), data)
+}
+
+func postHead(to []Recipient, data []byte) map[string]any {
+	return map[string]any{"Op": 7, "For": forList(to), "Datalen": len(data)}
+}
+
+// PostNotify sends post to the recipients with a notification note for
+// notefor (op 8): data is note followed by post. With fornotself the sender's
+// own devices get only the notification.
+func (c *Client) PostNotify(to, notefor []Recipient, note, post []byte, fornotself bool) (Ack, error) {
+	data := make([]byte, 0, len(note)+len(post))
+	data = append(append(data, note...), post...)
+	head := map[string]any{
+		"Op": 8, "For": forList(to), "Datalen": len(data), "Notelen": len(note),
+	}
+	if len(notefor) > 0 {
+		head["Notefor"] = notefor
+	}
+	if fornotself {
+		head["Fornotself"] = true
+	}
+	return c.Do(head, data)
+}
+
+// NewAlias adds an alias to the user (op 3 with newalias).
+func (c *Client) NewAlias(alias string) (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "NewAlias": alias}, nil)
+}
+
+// NewNode adds a device labelled label to the user (op 3 with newnode). Its
+// nodeid arrives in a "user" message on every device of the user.
+func (c *Client) NewNode(label string) (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "NewNode": label}, nil)
+}
+
+// OhiEdit edits the list of users told of this user's presence (op 4); typ is
+// "add", "drop" or "init".
+func (c *Client) OhiEdit(typ string, uids []string) (Ack, error) {
+	type ohiFor struct {
+		ID string `json:"Id"`
+	}
+	l := make([]ohiFor, len(uids))
+	for i, u := range uids {
+		l[i] = ohiFor{ID: u}
+	}
+	return c.Do(map[string]any{"Op": 4, "For": l, "Type": typ}, nil)
+}
+
+// GroupInvite invites alias to into group gid, creating it if new, with the
+// sender listed as alias from (op 5); text is the invitation.
+func (c *Client) GroupInvite(gid, from, to, text string) (Ack, error) {
+	head := map[string]any{"Op": 5, "Gid": gid, "From": from, "To": to, "Datalen": len(text)}
+	return c.Do(head, []byte(text))
+}
+
+// GroupEdit joins, re-aliases or drops in group gid (op 6): act is "join"
+// (newalias optional), "alias" (newalias required) or "drop" (to required).
+// Empty newalias and to are omitted.
+func (c *Client) GroupEdit(act, gid, newalias, to string) (Ack, error) {
+	head := map[string]any{"Op": 6, "Act": act, "Gid": gid}
+	if newalias != "" {
+		head["NewAlias"] = newalias
+	}
+	if to != "" {
+		head["To"] = to
+	}
+	return c.Do(head, nil)
+}
+
+// Ping sends the short text from alias from to alias to (op 9).
+func (c *Client) Ping(from, to, text string) (Ack, error) {
+	head := map[string]any{"Op": 9, "From": from, "To": to, "Datalen": len(text)}
+	return c.Do(head, []byte(text))
+}
