@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -135,7 +136,18 @@ func startDaemon(configPath string, logger *slog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	d, err := newDaemon(cfg, clock.Now, certs.TLSConfig(), ln, logger)
+	var verifier qlib.TokenVerifier
+	if cfg.Auth > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), verifierStartTimeout)
+		v, err := NewOIDCVerifier(ctx, cfg.AuthBy, nil, logger, clock.Now)
+		cancel()
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		verifier = v
+	}
+	d, err := newDaemon(cfg, clock.Now, certs.TLSConfig(), ln, verifier, logger)
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -145,9 +157,18 @@ func startDaemon(configPath string, logger *slog.Logger) (*daemon, error) {
 	return d, nil
 }
 
+// verifierStartTimeout bounds the fetch of the third-party providers' keys at
+// start; a provider that does not answer in time is retried when a token
+// needs it.
+const verifierStartTimeout = 15 * time.Second
+
 // newDaemon opens the data directories of cfg and serves TLS on ln. Tests use
 // it with a loopback listener.
-func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Listener, logger *slog.Logger) (*daemon, error) {
+func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Listener, verifier qlib.TokenVerifier, logger *slog.Logger) (*daemon, error) {
+	authBy, optional, err := clientAuthBy(cfg.AuthBy)
+	if err != nil {
+		return nil, err
+	}
 	users, err := OpenUserDB(cfg.UserDBDir(), logger)
 	if err != nil {
 		return nil, err
@@ -163,6 +184,10 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		Store:        st,
 		Logger:       logger,
 		MaxPostBytes: cfg.MaxPostBytes,
+		Auth:         cfg.Auth,
+		AuthBy:       authBy,
+		AuthOptional: optional,
+		Verifier:     verifier,
 	})
 	if err != nil {
 		st.Close()
@@ -184,4 +209,28 @@ func (d *daemon) shutdown() error {
 		err = errors.Join(err, serr)
 	}
 	return errors.Join(err, d.store.Close(), d.users.Close())
+}
+
+// clientAuthBy is the provider list as clients see it in the tmtprev reply:
+// label, login and token of each entry (the keys, issuer and audience stay on
+// the server). An empty first entry, which makes third-party auth optional,
+// is sent too, so that clients can offer to skip it.
+func clientAuthBy(providers []AuthProvider) (list []byte, optional bool, err error) {
+	type entry struct {
+		Label string   `json:"label"`
+		Login []string `json:"login"`
+		Token []string `json:"token"`
+	}
+	out := make([]entry, len(providers))
+	for i, p := range providers {
+		out[i] = entry{Label: p.Label, Login: p.Login, Token: p.Token}
+		if out[i].Login == nil {
+			out[i].Login = []string{}
+		}
+		if out[i].Token == nil {
+			out[i].Token = []string{}
+		}
+	}
+	list, err = json.Marshal(out)
+	return list, len(providers) > 0 && providers[0].Label == "", err
 }

@@ -1,20 +1,22 @@
 package main
 
 // The user database: members, their devices (each with a nodeid, the device's
-// password) and their aliases. Every record lives in memory, so logins and
-// lookups never touch the disk; every change is written to disk, durably,
-// before the call that made it returns.
+// password), their aliases and their groups. Every record lives in memory, so
+// logins and lookups never touch the disk; every change is written to disk,
+// durably, before the call that made it returns.
 //
 // On disk (dir is "userdb" beside the config):
 //
-//	dir/user/<uid>.json      one record per user
-//	dir/user/<uid>.json.tmp  a write in progress (or interrupted by a crash)
-//	dir/group/               reserved for group records (next milestone)
+//	dir/user/<uid>.json       one record per user
+//	dir/user/<uid>.json.tmp   a write in progress (or interrupted by a crash)
+//	dir/group/<hash>.json     one record per group; hash is the hex SHA-256 of
+//	                          the gid, which is client input and never a file name
+//	dir/group/<hash>.json.tmp a write in progress
 //
-// A record file is one line of JSON, {"v":1,"crc32c":"<8 hex>","user":{...}},
-// where the checksum covers the exact bytes of the "user" value, so a flipped
-// bit anywhere in the record is detected at open instead of silently changing
-// a member's devices or aliases.
+// A record file is one line of JSON, {"v":1,"crc32c":"<8 hex>","user":{...}}
+// (or "group":{...}), where the checksum covers the exact bytes of the record
+// value, so a flipped bit anywhere in the record is detected at open instead
+// of silently changing a member's devices, aliases or groups.
 //
 // Persistence order for every change: write the temp file, fsync it, rename it
 // over the record, fsync the directory. A crash leaves either the old record
@@ -26,12 +28,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,9 +72,16 @@ const (
 	maxLabelBytes = 200
 	maxAliasBytes = 200
 
-	// minAliasChars is the shortest alias a member may claim (SPEC §4 op 3,
+	// maxGidBytes bounds a group id like an alias: it shares the aliases'
+	// namespace, is stored in the group record and echoed in every member
+	// notice. It is never a file name, so the filesystem does not bound it.
+	maxGidBytes = maxAliasBytes
+
+	// minAliasChars and minGidChars are the shortest alias a member may
+	// claim and the shortest gid a new group may have (SPEC §4 ops 3 and 5,
 	// §7), counted in characters, not bytes. Fixtures may use shorter ones.
 	minAliasChars = 8
+	minGidChars   = 8
 
 	// maxDevices is the number of live devices a user may have (SPEC §7).
 	// Defunct devices do not count.
@@ -81,9 +92,10 @@ const (
 	recordVersion = 1
 
 	userSubdir      = "user"
+	groupSubdir     = "group"
 	recordSuffix    = ".json"
 	recordTmpSuffix = ".tmp"
-	userDirPerm     = 0o700 // records hold nodeid hashes and sign-up claims
+	userDirPerm     = 0o700 // records hold nodeid hashes, sign-up claims and memberships
 	recordPerm      = 0o600
 )
 
@@ -136,11 +148,12 @@ func (r *userRecord) liveDevices() int {
 
 // nameKind says what owns an entry of the name index. Aliases and group ids
 // share one namespace (SPEC §4: a gid may not equal an alias and vice versa),
-// so the group milestone adds a kind here rather than a second index.
+// so one index holds both and one reservation claims a name for either.
 type nameKind int
 
 const (
 	nameAlias nameKind = iota // owner is a uid
+	nameGroup                 // owner is the gid itself
 )
 
 // nameEntry is one claimed name. A pending entry is reserved by a write in
@@ -161,94 +174,187 @@ type userState struct {
 	rec atomic.Pointer[userRecord]
 }
 
+// groupRecord is the stored form of a group. Like a userRecord, a published
+// groupRecord is immutable: writers clone, change, write, then publish.
+type groupRecord struct {
+	// GID is the group id as the client gave it; the file name is only its
+	// hash (groupFileStem), so the record is the one place that holds it.
+	GID     string    `json:"gid"`
+	Rev     uint64    `json:"rev"` // as userRecord.Rev
+	Created time.Time `json:"created"`
+	// Members lists every user the group knows, in the order they last
+	// joined: an invitee is appended when first invited and moved to the end
+	// when it joins, so the joined members, read in list order, are in join
+	// order. A member appears once.
+	Members []memberRecord `json:"members"`
+}
+
+// memberRecord is one user's standing in a group.
+type memberRecord struct {
+	UID string `json:"uid"`
+	// Alias is the alias the member is listed under: the one it was
+	// invited under, or the one it chose when joining or renaming. It is
+	// always one of the member's own aliases.
+	Alias  string       `json:"alias"`
+	Status memberStatus `json:"status"`
+}
+
+// memberStatus is a member's standing. A barred member has been dropped by
+// another member: it receives nothing, may not post, and may not join again
+// until someone re-invites it.
+type memberStatus string
+
+const (
+	memberInvited memberStatus = "invited"
+	memberJoined  memberStatus = "joined"
+	memberBarred  memberStatus = "barred"
+)
+
+func (r *groupRecord) clone() *groupRecord {
+	c := *r
+	c.Members = slices.Clone(r.Members)
+	return &c
+}
+
+// member returns the index of uid in r.Members, or -1.
+func (r *groupRecord) member(uid string) int {
+	return slices.IndexFunc(r.Members, func(m memberRecord) bool { return m.UID == uid })
+}
+
+// memberByAlias returns the index of the member listed under alias, or -1.
+func (r *groupRecord) memberByAlias(alias string) int {
+	return slices.IndexFunc(r.Members, func(m memberRecord) bool { return m.Alias == alias })
+}
+
+// joined returns the uids of the joined members, in join order.
+func (r *groupRecord) joined() []string {
+	var uids []string
+	for _, m := range r.Members {
+		if m.Status == memberJoined {
+			uids = append(uids, m.UID)
+		}
+	}
+	return uids
+}
+
+// moveToEnd moves member i to the end of the list, which keeps the joined
+// members in join order when i joins.
+func (r *groupRecord) moveToEnd(i int) {
+	m := r.Members[i]
+	r.Members = append(slices.Delete(r.Members, i, i+1), m)
+}
+
+// groupState is the in-memory state of one group, like userState.
+type groupState struct {
+	// wmu serialises the edits of this group, across their file write.
+	wmu sync.Mutex
+	// rec is the durable record; nil while the group's creation is in
+	// progress, and forever if it failed (the state is then unlisted).
+	rec atomic.Pointer[groupRecord]
+}
+
 // UserDB is the user database. It implements qlib.Directory; all methods are
 // safe for concurrent use.
 type UserDB struct {
-	userDir string
-	logger  *slog.Logger
-	now     func() time.Time
+	userDir  string
+	groupDir string
+	logger   *slog.Logger
+	now      func() time.Time
 
 	// mu guards the fields below. It is held only for map operations, never
 	// across file I/O.
 	mu     sync.RWMutex
 	users  map[string]*userState
-	names  map[string]*nameEntry
-	failed error // set when a write left the disk in an unknown state
+	groups map[string]*groupState // by gid
+	names  map[string]*nameEntry  // aliases and gids
+	failed error                  // set when a write left the disk in an unknown state
 	closed bool
 }
 
 // OpenUserDB opens the user database in dir, creating it if missing, and
 // loads every record into memory. It completes or discards temp files left by
-// an interrupted write, and refuses to open if any record is corrupt.
+// an interrupted write, and refuses to open if any record is corrupt or the
+// records contradict each other.
 func OpenUserDB(dir string, logger *slog.Logger) (*UserDB, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	db := &UserDB{
-		userDir: filepath.Join(dir, userSubdir),
-		logger:  logger,
-		now:     time.Now,
-		users:   make(map[string]*userState),
-		names:   make(map[string]*nameEntry),
+		userDir:  filepath.Join(dir, userSubdir),
+		groupDir: filepath.Join(dir, groupSubdir),
+		logger:   logger,
+		now:      time.Now,
+		users:    make(map[string]*userState),
+		groups:   make(map[string]*groupState),
+		names:    make(map[string]*nameEntry),
 	}
-	if _, err := os.Stat(db.userDir); errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(db.userDir, userDirPerm); err != nil {
-			return nil, fmt.Errorf("userdb: create %s: %w", db.userDir, err)
-		}
-		// Make the new directory entries durable before any record goes in.
-		for _, d := range []string{filepath.Dir(dir), dir, db.userDir} {
-			if err := syncRecordDir(d); err != nil {
-				return nil, err
-			}
+	for _, sub := range []string{db.userDir, db.groupDir} {
+		if err := ensureRecordDir(sub); err != nil {
+			return nil, err
 		}
 	}
 	if err := db.load(); err != nil {
 		return nil, err
 	}
-	logger.Info("userdb open", "dir", dir, "users", len(db.users), "names", len(db.names))
+	logger.Info("userdb open", "dir", dir, "users", len(db.users), "groups", len(db.groups), "names", len(db.names))
 	return db, nil
 }
 
-// load reads every record, then indexes the aliases, then deals with temp
-// files; the last step needs the index to refuse a temp file whose alias
-// another user holds.
-func (db *UserDB) load() error {
-	entries, err := os.ReadDir(db.userDir)
-	if err != nil {
-		return fmt.Errorf("userdb: read %s: %w", db.userDir, err)
+// ensureRecordDir creates the record directory path if it is missing, and
+// makes the new directory entries durable before any record goes in. A
+// database from before groups existed gets its group directory this way.
+func ensureRecordDir(path string) error {
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		return nil // present, or an error that load reports when reading it
 	}
-	var temps []string
-	for _, e := range entries {
-		name := e.Name()
-		path := filepath.Join(db.userDir, name)
-		switch {
-		case strings.HasSuffix(name, recordSuffix+recordTmpSuffix):
-			temps = append(temps, name)
-		case strings.HasSuffix(name, recordSuffix) && e.Type().IsRegular():
-			uid := strings.TrimSuffix(name, recordSuffix)
-			data, err := os.ReadFile(path)
-			if err != nil {
-				return fmt.Errorf("userdb: read %s: %w", path, err)
-			}
-			rec, err := parseRecord(data, uid)
-			if err != nil {
-				return fmt.Errorf("userdb: corrupt record %s: %w", path, err)
-			}
-			u := &userState{}
-			u.rec.Store(rec)
-			db.users[uid] = u
-		default:
-			db.logger.Warn("userdb ignoring unexpected file", "file", path)
+	if err := os.MkdirAll(path, userDirPerm); err != nil {
+		return fmt.Errorf("userdb: create %s: %w", path, err)
+	}
+	parent := filepath.Dir(path)
+	for _, d := range []string{filepath.Dir(parent), parent, path} {
+		if err := syncRecordDir(d); err != nil {
+			return err
 		}
 	}
+	return nil
+}
 
-	// Index in uid order so that a conflict is reported the same way every time.
-	uids := make([]string, 0, len(db.users))
-	for uid := range db.users {
-		uids = append(uids, uid)
+// load reads every record, then indexes the aliases and gids, then deals with
+// temp files, then checks that groups list only users under their own
+// aliases. Temp files come after the index, which refuses one that claims a
+// name held elsewhere; the group check comes last, once every record that
+// will be used is known.
+func (db *UserDB) load() error {
+	userTemps, err := scanRecords(db.userDir, db.logger, func(uid, path string, data []byte) error {
+		rec, err := parseRecord(data, uid)
+		if err != nil {
+			return fmt.Errorf("userdb: corrupt record %s: %w", path, err)
+		}
+		u := &userState{}
+		u.rec.Store(rec)
+		db.users[uid] = u
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	slices.Sort(uids)
-	for _, uid := range uids {
+	groupTemps, err := scanRecords(db.groupDir, db.logger, func(stem, path string, data []byte) error {
+		rec, err := parseGroup(data, stem)
+		if err != nil {
+			return fmt.Errorf("userdb: corrupt record %s: %w", path, err)
+		}
+		g := &groupState{}
+		g.rec.Store(rec)
+		db.groups[rec.GID] = g
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	// Index in uid and gid order so that a conflict is reported the same way
+	// every time.
+	for _, uid := range slices.Sorted(maps.Keys(db.users)) {
 		for _, a := range db.users[uid].rec.Load().Aliases {
 			if e, ok := db.names[a]; ok {
 				return fmt.Errorf("userdb: alias %q is in both %s and %s", a,
@@ -257,17 +363,86 @@ func (db *UserDB) load() error {
 			db.names[a] = &nameEntry{kind: nameAlias, owner: uid}
 		}
 	}
-
-	changed := false
-	for _, name := range temps {
-		c, err := db.recoverTemp(name)
-		if err != nil {
-			return err
+	for _, gid := range slices.Sorted(maps.Keys(db.groups)) {
+		// Gids cannot collide with each other (the file name is the gid's
+		// hash), only with an alias.
+		if e, ok := db.names[gid]; ok {
+			return fmt.Errorf("userdb: %q is both an alias in %s and the group %s", gid,
+				db.recordPath(e.owner), db.groupPath(gid))
 		}
-		changed = changed || c
+		db.names[gid] = &nameEntry{kind: nameGroup, owner: gid}
 	}
-	if changed {
-		return syncRecordDir(db.userDir)
+
+	for _, t := range []struct {
+		dir     string
+		names   []string
+		recover func(string) (bool, error)
+	}{
+		{db.userDir, userTemps, db.recoverTemp},
+		{db.groupDir, groupTemps, db.recoverGroupTemp},
+	} {
+		changed := false
+		for _, name := range t.names {
+			c, err := t.recover(name)
+			if err != nil {
+				return err
+			}
+			changed = changed || c
+		}
+		if changed {
+			if err := syncRecordDir(t.dir); err != nil {
+				return err
+			}
+		}
+	}
+	return db.checkMembers()
+}
+
+// scanRecords calls read for every record file in dir, with the file name
+// minus its suffix, and returns the names of the temp files, which the
+// caller can only judge once every record is loaded.
+func scanRecords(dir string, logger *slog.Logger, read func(stem, path string, data []byte) error) (temps []string, err error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("userdb: read %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		path := filepath.Join(dir, name)
+		switch {
+		case strings.HasSuffix(name, recordSuffix+recordTmpSuffix):
+			temps = append(temps, name)
+		case strings.HasSuffix(name, recordSuffix) && e.Type().IsRegular():
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return nil, fmt.Errorf("userdb: read %s: %w", path, err)
+			}
+			if err := read(strings.TrimSuffix(name, recordSuffix), path, data); err != nil {
+				return nil, err
+			}
+		default:
+			logger.Warn("userdb ignoring unexpected file", "file", path)
+		}
+	}
+	return temps, nil
+}
+
+// checkMembers verifies that every group member is a user listed under one of
+// its own aliases. Every write keeps this true (a group only ever names users
+// and aliases that are already durable, and aliases are never removed), so a
+// violation means a record was damaged or edited by hand, and reading on
+// would deliver group posts to the wrong people.
+func (db *UserDB) checkMembers() error {
+	for _, gid := range slices.Sorted(maps.Keys(db.groups)) {
+		for _, m := range db.groups[gid].rec.Load().Members {
+			if _, ok := db.users[m.UID]; !ok {
+				return fmt.Errorf("userdb: group record %s lists %s, who is not a user", db.groupPath(gid), m.UID)
+			}
+			if e, ok := db.names[m.Alias]; !ok || e.kind != nameAlias || e.owner != m.UID {
+				return fmt.Errorf("userdb: group record %s lists %s under alias %q, which is not theirs (%s)",
+					db.groupPath(gid), m.UID, m.Alias, db.recordPath(m.UID))
+			}
+		}
 	}
 	return nil
 }
@@ -322,40 +497,84 @@ func (db *UserDB) checkReplacement(rec *userRecord) error {
 		return fmt.Errorf("stale: rev %d, record has rev %d", rec.Rev, u.rec.Load().Rev)
 	}
 	for _, a := range rec.Aliases {
-		if e, ok := db.names[a]; ok && e.owner != rec.UID {
+		if e, ok := db.names[a]; ok && (e.kind != nameAlias || e.owner != rec.UID) {
 			return fmt.Errorf("alias %q belongs to %s", a, e.owner)
 		}
 	}
 	return nil
 }
 
-// recordFile is the envelope of a record on disk. User keeps the exact bytes
-// the checksum covers.
+// recoverGroupTemp is recoverTemp for a group record: the temp file is
+// completed only if it is whole, named after its gid, newer than the record
+// and its gid is not an alias.
+func (db *UserDB) recoverGroupTemp(name string) (bool, error) {
+	path := filepath.Join(db.groupDir, name)
+	stem := strings.TrimSuffix(name, recordSuffix+recordTmpSuffix)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("userdb: read %s: %w", path, err)
+	}
+	rec, reason := parseGroup(data, stem)
+	if reason == nil {
+		if g := db.groups[rec.GID]; g != nil && g.rec.Load().Rev >= rec.Rev {
+			reason = fmt.Errorf("stale: rev %d, record has rev %d", rec.Rev, g.rec.Load().Rev)
+		} else if e, ok := db.names[rec.GID]; ok && e.kind != nameGroup {
+			reason = fmt.Errorf("gid is an alias of %s", e.owner)
+		}
+	}
+	if reason != nil {
+		if err := os.Remove(path); err != nil {
+			return false, fmt.Errorf("userdb: remove %s: %w", path, err)
+		}
+		db.logger.Warn("userdb discarded interrupted write", "file", path, "reason", reason.Error())
+		return true, nil
+	}
+	if err := os.Rename(path, db.groupPath(rec.GID)); err != nil {
+		return false, fmt.Errorf("userdb: complete %s: %w", path, err)
+	}
+	g := db.groups[rec.GID]
+	if g == nil {
+		g = &groupState{}
+		db.groups[rec.GID] = g
+		db.names[rec.GID] = &nameEntry{kind: nameGroup, owner: rec.GID}
+	}
+	g.rec.Store(rec)
+	db.logger.Info("userdb completed interrupted write", "file", path)
+	return true, nil
+}
+
+// recordFile is the envelope of a record on disk. User or Group keeps the
+// exact bytes the checksum covers.
 type recordFile struct {
 	V      int             `json:"v"`
 	CRC32C string          `json:"crc32c"`
 	User   json.RawMessage `json:"user"`
+	Group  json.RawMessage `json:"group"`
 }
+
+// The envelope field that holds each kind of record.
+const (
+	userField  = "user"
+	groupField = "group"
+)
 
 // recordCRCTable is the CRC-32C table: a checksum against accidental corruption
 // (a torn or flipped sector), not an adversary, who could rewrite the file
 // anyway. It detects every single-bit and short burst error.
 var recordCRCTable = crc32.MakeTable(crc32.Castagnoli)
 
-// encodeRecord returns the file contents for rec. The envelope is written by
-// hand so that the checksummed bytes appear in the file exactly as hashed.
-func encodeRecord(rec *userRecord) ([]byte, error) {
-	body, err := json.Marshal(rec)
-	if err != nil {
-		return nil, fmt.Errorf("userdb: encode %s: %w", rec.UID, err)
-	}
-	out := fmt.Appendf(nil, `{"v":%d,"crc32c":"%08x","user":`, recordVersion, crc32.Checksum(body, recordCRCTable))
+// encodeEnvelope returns the file contents for a record whose JSON is body,
+// stored under field. The envelope is written by hand so that the
+// checksummed bytes appear in the file exactly as hashed.
+func encodeEnvelope(field string, body []byte) []byte {
+	out := fmt.Appendf(nil, `{"v":%d,"crc32c":"%08x","%s":`, recordVersion, crc32.Checksum(body, recordCRCTable), field)
 	out = append(out, body...)
-	return append(out, "}\n"...), nil
+	return append(out, "}\n"...)
 }
 
-// parseRecord decodes and checks the contents of the record file for uid.
-func parseRecord(data []byte, uid string) (*userRecord, error) {
+// parseEnvelope checks the envelope of a record file and returns the
+// checksummed record JSON under field.
+func parseEnvelope(data []byte, field string) (json.RawMessage, error) {
 	var f recordFile
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, fmt.Errorf("not a record: %w", err)
@@ -363,11 +582,36 @@ func parseRecord(data []byte, uid string) (*userRecord, error) {
 	if f.V != recordVersion {
 		return nil, fmt.Errorf("unknown version %d", f.V)
 	}
-	if want := fmt.Sprintf("%08x", crc32.Checksum(f.User, recordCRCTable)); f.CRC32C != want {
+	body := f.User
+	if field == groupField {
+		body = f.Group
+	}
+	if len(body) == 0 {
+		return nil, fmt.Errorf("no %s", field)
+	}
+	if want := fmt.Sprintf("%08x", crc32.Checksum(body, recordCRCTable)); f.CRC32C != want {
 		return nil, fmt.Errorf("checksum mismatch: file says %q, contents give %q", f.CRC32C, want)
 	}
+	return body, nil
+}
+
+// encodeRecord returns the file contents for rec.
+func encodeRecord(rec *userRecord) ([]byte, error) {
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("userdb: encode %s: %w", rec.UID, err)
+	}
+	return encodeEnvelope(userField, body), nil
+}
+
+// parseRecord decodes and checks the contents of the record file for uid.
+func parseRecord(data []byte, uid string) (*userRecord, error) {
+	body, err := parseEnvelope(data, userField)
+	if err != nil {
+		return nil, err
+	}
 	var rec userRecord
-	if err := json.Unmarshal(f.User, &rec); err != nil {
+	if err := json.Unmarshal(body, &rec); err != nil {
 		return nil, fmt.Errorf("bad user: %w", err)
 	}
 	if err := rec.check(uid); err != nil {
@@ -405,6 +649,67 @@ func (r *userRecord) check(uid string) error {
 	return nil
 }
 
+// encodeGroup returns the file contents for rec.
+func encodeGroup(rec *groupRecord) ([]byte, error) {
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("userdb: encode group %s: %w", groupFileStem(rec.GID), err)
+	}
+	return encodeEnvelope(groupField, body), nil
+}
+
+// parseGroup decodes and checks the contents of the group record file named
+// stem (plus recordSuffix).
+func parseGroup(data []byte, stem string) (*groupRecord, error) {
+	body, err := parseEnvelope(data, groupField)
+	if err != nil {
+		return nil, err
+	}
+	var rec groupRecord
+	if err := json.Unmarshal(body, &rec); err != nil {
+		return nil, fmt.Errorf("bad group: %w", err)
+	}
+	if err := rec.check(stem); err != nil {
+		return nil, err
+	}
+	return &rec, nil
+}
+
+// check validates a decoded group record. Whether its members are users
+// under their own aliases needs the user records; checkMembers sees to it.
+func (r *groupRecord) check(stem string) error {
+	if checkGid(r.GID, 1) != nil || groupFileStem(r.GID) != stem {
+		return errors.New("gid does not match file name")
+	}
+	uids := make(map[string]bool, len(r.Members))
+	aliases := make(map[string]bool, len(r.Members))
+	for _, m := range r.Members {
+		if !validUID(m.UID) || uids[m.UID] {
+			return fmt.Errorf("bad or repeated member %q", m.UID)
+		}
+		// Two members under one alias would make a drop ambiguous.
+		if checkAlias(m.Alias, 1) != nil || aliases[m.Alias] {
+			return fmt.Errorf("bad or repeated member alias %q", m.Alias)
+		}
+		switch m.Status {
+		case memberInvited, memberJoined, memberBarred:
+		default:
+			return fmt.Errorf("member %s: bad status %q", m.UID, m.Status)
+		}
+		uids[m.UID], aliases[m.Alias] = true, true
+	}
+	return nil
+}
+
+// groupFileStem is the file name of gid's record, minus its suffix: the hex
+// SHA-256 of the gid. A gid is client input (any printable characters,
+// "../x" included), so it is never used as a path itself; the hash has a
+// fixed length and alphabet whatever the gid.
+func groupFileStem(gid string) string {
+	sum := sha256.Sum256([]byte(gid))
+	return hex.EncodeToString(sum[:])
+}
+
 // validUID reports whether uid may name a record: bounded length and only
 // characters of the base32 alphabet, letters and '=', so it can never be a
 // path ("../x") or too long for a file name. Anything else is not a user.
@@ -421,14 +726,12 @@ func validUID(uid string) bool {
 	return true
 }
 
-// ErrLabelInvalid refuses a device label that is empty, longer than
-// maxLabelBytes or not valid UTF-8 (which JSON could not store as is). A
-// client sees its text in an ack error.
-var ErrLabelInvalid = fmt.Errorf("newnode must be 1 to %d bytes of UTF-8", maxLabelBytes)
-
+// checkLabel refuses, with qlib.ErrLabelInvalid, a device label that is
+// empty, longer than maxLabelBytes (the limit the error's text states) or not
+// valid UTF-8 (which JSON could not store as is).
 func checkLabel(label string) error {
 	if label == "" || len(label) > maxLabelBytes || !utf8.ValidString(label) {
-		return ErrLabelInvalid
+		return qlib.ErrLabelInvalid
 	}
 	return nil
 }
@@ -447,18 +750,41 @@ func checkAlias(alias string, minChars int) error {
 	if len(alias) > maxAliasBytes {
 		return ErrAliasLong
 	}
-	if !utf8.ValidString(alias) {
+	if !printable(alias) {
 		return qlib.ErrAliasInvalid
-	}
-	for _, r := range alias {
-		if !unicode.IsPrint(r) {
-			return qlib.ErrAliasInvalid
-		}
 	}
 	if utf8.RuneCountInString(alias) < minChars {
 		return qlib.ErrAliasShort
 	}
 	return nil
+}
+
+// checkGid applies the group id rules (SPEC §4 op 5, §7), which are the
+// alias rules, with a minimum of minChars characters. A gid over maxGidBytes
+// is ErrGidInvalid: qlib.Directory's contract has no separate error for it.
+func checkGid(gid string, minChars int) error {
+	if len(gid) > maxGidBytes || !printable(gid) {
+		return qlib.ErrGidInvalid
+	}
+	if utf8.RuneCountInString(gid) < minChars {
+		return qlib.ErrGidShort
+	}
+	return nil
+}
+
+// printable reports whether s is valid UTF-8 made of printable characters
+// only: no control or format characters that could hide or reorder text in a
+// client's display.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // nodeHash derives what is stored for a nodeid. A single SHA-256 suffices,
@@ -537,14 +863,19 @@ func (db *UserDB) writable() error {
 	return db.writableLocked()
 }
 
-// Register creates a user with one device labelled label.
-func (db *UserDB) Register(label string) (uid, nodeid, dev string, err error) {
+// Register creates a user with one device labelled label, keeping claims
+// (the verified sign-up claims, or nil) in the user's record.
+func (db *UserDB) Register(label string, claims map[string]any) (uid, nodeid, dev string, err error) {
 	if err := checkLabel(label); err != nil {
+		return "", "", "", err
+	}
+	claims, err = copyClaims(claims)
+	if err != nil {
 		return "", "", "", err
 	}
 	for {
 		uid, _ = newID(uidBytes)
-		nodeids, err := db.create(uid, []string{label}, nil)
+		nodeids, err := db.create(uid, []string{label}, nil, claims)
 		if errors.Is(err, ErrUserExists) {
 			continue // 2^-160 per existing user; retry rather than reason about it
 		}
@@ -553,6 +884,64 @@ func (db *UserDB) Register(label string) (uid, nodeid, dev string, err error) {
 		}
 		db.logger.Info("user registered", "uid", uid)
 		return uid, nodeids[0], devKey(uid, 0), nil
+	}
+}
+
+// copyClaims returns claims as the record will hold them: a deep copy, so
+// that the caller's later changes cannot reach a published record, in the
+// form they take after a JSON round trip (numbers become float64), so that
+// Claims returns the same before and after a reopen. Empty claims are nil,
+// and are omitted from the record.
+func copyClaims(claims map[string]any) (map[string]any, error) {
+	if len(claims) == 0 {
+		return nil, nil
+	}
+	data, err := json.Marshal(claims)
+	if err != nil {
+		return nil, fmt.Errorf("userdb: encode claims: %w", err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(data, &out); err != nil {
+		return nil, fmt.Errorf("userdb: decode claims: %w", err)
+	}
+	return out, nil
+}
+
+// Claims returns a copy of the sign-up claims kept by Register, or nil if
+// there are none.
+func (db *UserDB) Claims(uid string) (map[string]any, error) {
+	_, rec := db.lookup(uid)
+	if rec == nil {
+		return nil, qlib.ErrNoUser
+	}
+	// A copy, because the record's map is shared by every clone of it.
+	return cloneJSON(rec.Claims).(map[string]any), nil
+}
+
+// cloneJSON deep-copies a value decoded from JSON. Maps and slices are the
+// only mutable types json.Unmarshal produces into an any.
+func cloneJSON(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		if v == nil {
+			return v
+		}
+		c := make(map[string]any, len(v))
+		for k, e := range v {
+			c[k] = cloneJSON(e)
+		}
+		return c
+	case []any:
+		if v == nil {
+			return v
+		}
+		c := make([]any, len(v))
+		for i, e := range v {
+			c[i] = cloneJSON(e)
+		}
+		return c
+	default:
+		return v
 	}
 }
 
@@ -578,7 +967,7 @@ func (db *UserDB) CreateFixture(uid string, labels []string, aliases []string) (
 			return nil, fmt.Errorf("userdb: fixture alias %q: %w", a, err)
 		}
 	}
-	nodeids, err = db.create(uid, labels, dedup(aliases))
+	nodeids, err = db.create(uid, labels, dedup(aliases), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -599,7 +988,7 @@ func dedup(names []string) []string {
 
 // create writes a new user record; the uid and the aliases are reserved first
 // so that no concurrent request can take them while the record is written.
-func (db *UserDB) create(uid string, labels, aliases []string) ([]string, error) {
+func (db *UserDB) create(uid string, labels, aliases []string, claims map[string]any) ([]string, error) {
 	u := &userState{}
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
@@ -620,7 +1009,7 @@ func (db *UserDB) create(uid string, labels, aliases []string) ([]string, error)
 	db.users[uid] = u
 	db.mu.Unlock()
 
-	rec := &userRecord{UID: uid, Rev: 1, Created: db.now().UTC(), NextDevice: len(labels), Aliases: aliases}
+	rec := &userRecord{UID: uid, Rev: 1, Created: db.now().UTC(), NextDevice: len(labels), Aliases: aliases, Claims: claims}
 	nodeids := make([]string, len(labels))
 	for i, l := range labels {
 		var d deviceRecord
@@ -641,8 +1030,9 @@ func (db *UserDB) create(uid string, labels, aliases []string) ([]string, error)
 	return nodeids, nil
 }
 
-// reserveLocked claims names for uid as pending entries, all or none; a name
-// already held, even by a write still in progress, is taken. db.mu is held.
+// reserveLocked claims names for uid as pending aliases, all or none; a name
+// already held, even by a write still in progress, and whether by an alias or
+// a group, is taken. db.mu is held.
 func (db *UserDB) reserveLocked(uid string, names []string) error {
 	for _, n := range names {
 		if _, ok := db.names[n]; ok {
@@ -802,19 +1192,15 @@ func (db *UserDB) AddAlias(uid, alias string) error {
 	return err
 }
 
-// ErrTooManyDevices refuses AddDevice when the user has maxDevices live
-// devices. A client sees its text in an ack error.
-var ErrTooManyDevices = errors.New("too many devices")
-
 // AddDevice gives uid a new device labelled label and returns its nodeid and
-// key. ErrTooManyDevices when uid has maxDevices live devices.
+// key. qlib.ErrTooManyDevices when uid has maxDevices live devices.
 func (db *UserDB) AddDevice(uid, label string) (nodeid, dev string, err error) {
 	if err := checkLabel(label); err != nil {
 		return "", "", err
 	}
 	err = db.update(uid, func(rec *userRecord) error {
 		if rec.liveDevices() >= maxDevices {
-			return ErrTooManyDevices
+			return qlib.ErrTooManyDevices
 		}
 		var d deviceRecord
 		d, nodeid = db.newDevice(uid, rec.NextDevice, label)
@@ -862,6 +1248,320 @@ func (db *UserDB) RetireDevice(dev string) error {
 	return err
 }
 
+// ErrGroupExists refuses CreateGroupFixture for a gid that is already a group.
+var ErrGroupExists = errors.New("userdb: group exists")
+
+// ErrGroupAct refuses a GroupEdit action other than qlib's three. qlib's
+// header parser refuses unknown actions first, so no client should see it.
+var ErrGroupAct = errors.New("userdb: unknown group action")
+
+// ownsAlias reports whether alias is one of uid's aliases. The answer cannot
+// go stale: an alias, once durable, never changes owner and is never removed.
+func (db *UserDB) ownsAlias(uid, alias string) bool {
+	owner, ok := db.AliasUID(alias)
+	return ok && owner == uid
+}
+
+// lockGroup returns gid's state with its write lock held, or nil if there is
+// no such group. It waits for a creation in progress to finish.
+func (db *UserDB) lockGroup(gid string) *groupState {
+	for {
+		db.mu.RLock()
+		g := db.groups[gid]
+		db.mu.RUnlock()
+		if g == nil {
+			return nil
+		}
+		g.wmu.Lock()
+		if g.rec.Load() != nil {
+			return g
+		}
+		// Its creation failed, and the creator unlisted it before
+		// unlocking; whatever is listed now is another attempt.
+		g.wmu.Unlock()
+	}
+}
+
+// GroupInvite has uid, under its alias from, invite the user with alias to
+// into gid, creating the group if it does not exist; see qlib.Directory for
+// the rules. The gid's length is checked only when the group is created, so
+// fixture groups with short gids ("blab") can be invited into.
+func (db *UserDB) GroupInvite(uid, gid, from, to string) (qlib.GroupChange, error) {
+	if err := checkGid(gid, 1); err != nil {
+		return qlib.GroupChange{}, err
+	}
+	if !db.ownsAlias(uid, from) {
+		return qlib.GroupChange{}, qlib.ErrFromNotSender
+	}
+	invitee, ok := db.AliasUID(to)
+	if !ok {
+		return qlib.GroupChange{}, qlib.ErrAliasUnknown
+	}
+	for {
+		if g := db.lockGroup(gid); g != nil {
+			change, err := db.invite(g, uid, invitee, to)
+			g.wmu.Unlock()
+			if err == nil {
+				db.logger.Info("group invite", "gid", gid, "uid", uid, "invitee", invitee)
+			}
+			return change, err
+		}
+		change, err := db.createGroup(uid, gid, from, invitee, to)
+		if err != ErrGroupExists {
+			return change, err
+		}
+		// Another invite created gid after lockGroup looked; invite into
+		// it like any existing group.
+	}
+}
+
+// invite adds invitee to the existing group g, as GroupInvite's sender uid.
+// g.wmu is held.
+func (db *UserDB) invite(g *groupState, uid, invitee, to string) (qlib.GroupChange, error) {
+	if err := db.writable(); err != nil {
+		return qlib.GroupChange{}, err
+	}
+	rec := g.rec.Load().clone()
+	if i := rec.member(uid); i < 0 || rec.Members[i].Status != memberJoined {
+		return qlib.GroupChange{}, qlib.ErrNotMember
+	}
+	// to is the invitee's own alias, so no other member is listed under it.
+	switch i := rec.member(invitee); {
+	case i < 0:
+		rec.Members = append(rec.Members, memberRecord{UID: invitee, Alias: to, Status: memberInvited})
+	case rec.Members[i].Status == memberJoined:
+		return qlib.GroupChange{}, qlib.ErrAlreadyMember
+	default: // invited or barred: invited again, under to
+		rec.Members[i].Alias, rec.Members[i].Status = to, memberInvited
+	}
+	if err := db.saveGroup(g, rec); err != nil {
+		return qlib.GroupChange{}, err
+	}
+	return qlib.GroupChange{Alias: to, Invitee: invitee, Notify: rec.joined()}, nil
+}
+
+// createGroup creates gid with uid joined under from and invitee invited
+// under to. ErrGroupExists if gid became a group meanwhile.
+func (db *UserDB) createGroup(uid, gid, from, invitee, to string) (qlib.GroupChange, error) {
+	if err := checkGid(gid, minGidChars); err != nil {
+		return qlib.GroupChange{}, err
+	}
+	if invitee == uid {
+		// The creator is joined, so it cannot also be the invitee.
+		return qlib.GroupChange{}, qlib.ErrAlreadyMember
+	}
+	rec := &groupRecord{GID: gid, Rev: 1, Created: db.now().UTC(), Members: []memberRecord{
+		{UID: uid, Alias: from, Status: memberJoined},
+		{UID: invitee, Alias: to, Status: memberInvited},
+	}}
+	if err := db.createGroupRecord(rec); err != nil {
+		return qlib.GroupChange{}, err
+	}
+	db.logger.Info("group created", "gid", gid, "uid", uid, "invitee", invitee)
+	return qlib.GroupChange{Alias: to, Invitee: invitee, Notify: []string{uid}}, nil
+}
+
+// createGroupRecord writes the record of a new group. The gid is reserved in
+// the shared namespace first, as a pending name, and the group listed with
+// its write lock held, so that neither an alias nor another creation can
+// take it, and edits wait, while the record is written.
+func (db *UserDB) createGroupRecord(rec *groupRecord) error {
+	gid := rec.GID
+	g := &groupState{}
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+
+	db.mu.Lock()
+	if err := db.writableLocked(); err != nil {
+		db.mu.Unlock()
+		return err
+	}
+	if _, ok := db.groups[gid]; ok {
+		db.mu.Unlock()
+		return ErrGroupExists
+	}
+	if _, ok := db.names[gid]; ok {
+		db.mu.Unlock()
+		return qlib.ErrGidTaken
+	}
+	db.names[gid] = &nameEntry{kind: nameGroup, owner: gid, pending: true}
+	db.groups[gid] = g
+	db.mu.Unlock()
+
+	err := db.writeGroup(rec)
+
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if err != nil {
+		// As in create: a doubtful failure has set db.failed, so the
+		// released gid cannot be claimed before a restart.
+		delete(db.groups, gid)
+		delete(db.names, gid)
+		return err
+	}
+	g.rec.Store(rec)
+	db.names[gid].pending = false
+	return nil
+}
+
+// saveGroup makes rec, an edited clone of g's record, durable, then publishes
+// it. An edit that changed nothing (a repeated invite or rename) is not
+// written. g.wmu is held.
+func (db *UserDB) saveGroup(g *groupState, rec *groupRecord) error {
+	if slices.Equal(g.rec.Load().Members, rec.Members) {
+		return nil
+	}
+	rec.Rev++
+	if err := db.writeGroup(rec); err != nil {
+		return err
+	}
+	g.rec.Store(rec)
+	return nil
+}
+
+// GroupEdit applies act to uid's membership of gid; see qlib.Directory for
+// the rules.
+func (db *UserDB) GroupEdit(uid string, act qlib.GroupAct, gid, newalias, to string) (qlib.GroupChange, error) {
+	var edit func(rec *groupRecord) (qlib.GroupChange, error)
+	switch act {
+	case qlib.GroupJoin:
+		edit = func(rec *groupRecord) (qlib.GroupChange, error) { return db.join(rec, uid, newalias) }
+	case qlib.GroupAlias:
+		edit = func(rec *groupRecord) (qlib.GroupChange, error) { return db.rename(rec, uid, newalias) }
+	case qlib.GroupDrop:
+		edit = func(rec *groupRecord) (qlib.GroupChange, error) { return drop(rec, uid, to) }
+	default:
+		return qlib.GroupChange{}, ErrGroupAct
+	}
+	g := db.lockGroup(gid)
+	if g == nil {
+		return qlib.GroupChange{}, qlib.ErrNoGroup
+	}
+	defer g.wmu.Unlock()
+	if err := db.writable(); err != nil {
+		return qlib.GroupChange{}, err
+	}
+	rec := g.rec.Load().clone()
+	change, err := edit(rec)
+	if err != nil {
+		return qlib.GroupChange{}, err
+	}
+	if err := db.saveGroup(g, rec); err != nil {
+		return qlib.GroupChange{}, err
+	}
+	db.logger.Info("group edit", "gid", gid, "uid", uid, "act", string(act))
+	return change, nil
+}
+
+// join makes the invited uid a joined member of rec, under newalias if given.
+func (db *UserDB) join(rec *groupRecord, uid, newalias string) (qlib.GroupChange, error) {
+	i := rec.member(uid)
+	if i < 0 || rec.Members[i].Status != memberInvited {
+		return qlib.GroupChange{}, qlib.ErrNotInvited
+	}
+	if newalias != "" && !db.ownsAlias(uid, newalias) {
+		return qlib.GroupChange{}, qlib.ErrNewAliasNotOwn
+	}
+	change := qlib.GroupChange{Alias: rec.Members[i].Alias}
+	if newalias != "" && newalias != change.Alias {
+		change.NewAlias = newalias
+		rec.Members[i].Alias = newalias
+	}
+	rec.Members[i].Status = memberJoined
+	rec.moveToEnd(i)
+	change.Notify = rec.joined()
+	return change, nil
+}
+
+// rename lists the joined uid under newalias in rec.
+func (db *UserDB) rename(rec *groupRecord, uid, newalias string) (qlib.GroupChange, error) {
+	i := rec.member(uid)
+	if i < 0 || rec.Members[i].Status != memberJoined {
+		return qlib.GroupChange{}, qlib.ErrNotMember
+	}
+	if !db.ownsAlias(uid, newalias) {
+		return qlib.GroupChange{}, qlib.ErrNewAliasNotOwn
+	}
+	change := qlib.GroupChange{Alias: rec.Members[i].Alias, NewAlias: newalias}
+	rec.Members[i].Alias = newalias
+	change.Notify = rec.joined()
+	return change, nil
+}
+
+// drop has uid leave rec, when to is its own listing alias, or bar the
+// member listed under to.
+func drop(rec *groupRecord, uid, to string) (qlib.GroupChange, error) {
+	i, target := rec.member(uid), rec.memberByAlias(to)
+	switch {
+	case i >= 0 && target == i && rec.Members[i].Status != memberBarred:
+		rec.Members[i].Status = memberInvited
+	case i < 0 || rec.Members[i].Status != memberJoined:
+		return qlib.GroupChange{}, qlib.ErrNotMember
+	case target < 0:
+		return qlib.GroupChange{}, qlib.ErrAliasUnknown
+	default:
+		rec.Members[target].Status = memberBarred
+	}
+	dropped := rec.Members[target]
+	notify := rec.joined()
+	if !slices.Contains(notify, dropped.UID) {
+		notify = append(notify, dropped.UID)
+	}
+	return qlib.GroupChange{Alias: dropped.Alias, Notify: notify}, nil
+}
+
+// GroupMembers returns the uids of gid's joined members in join order, for a
+// post from uid, which must be joined or invited.
+func (db *UserDB) GroupMembers(uid, gid string) ([]string, error) {
+	db.mu.RLock()
+	g := db.groups[gid]
+	db.mu.RUnlock()
+	var rec *groupRecord
+	if g != nil {
+		rec = g.rec.Load()
+	}
+	if rec == nil {
+		return nil, qlib.ErrNoGroup
+	}
+	if i := rec.member(uid); i < 0 || rec.Members[i].Status == memberBarred {
+		return nil, qlib.ErrNotMember
+	}
+	return rec.joined(), nil
+}
+
+// CreateGroupFixture creates the group gid with the given members (uid →
+// the alias it is listed under, which must be its own), joined where joined
+// says so and invited otherwise. Like CreateFixture it exists for
+// conformance fixtures: their gid ("blab") is shorter than any request may
+// create. Members are listed in uid order.
+func (db *UserDB) CreateGroupFixture(gid string, members map[string]string, joined map[string]bool) error {
+	if err := checkGid(gid, 1); err != nil {
+		return fmt.Errorf("userdb: fixture gid %q: %w", gid, err)
+	}
+	for uid := range joined {
+		if _, ok := members[uid]; !ok {
+			return fmt.Errorf("userdb: fixture group %q: joined %s is not a member", gid, uid)
+		}
+	}
+	rec := &groupRecord{GID: gid, Rev: 1, Created: db.now().UTC()}
+	for _, uid := range slices.Sorted(maps.Keys(members)) {
+		alias := members[uid]
+		if !db.ownsAlias(uid, alias) {
+			return fmt.Errorf("userdb: fixture group %q: %q is not an alias of %s", gid, alias, uid)
+		}
+		status := memberInvited
+		if joined[uid] {
+			status = memberJoined
+		}
+		rec.Members = append(rec.Members, memberRecord{UID: uid, Alias: alias, Status: status})
+	}
+	if err := db.createGroupRecord(rec); err != nil {
+		return err
+	}
+	db.logger.Info("fixture group created", "gid", gid, "members", len(members))
+	return nil
+}
+
 // writeRecord makes rec durable: write the temp file, fsync it, rename it over
 // the record, fsync the directory. If a failure leaves the disk in an unknown
 // state (the temp file could not be removed, or the rename or directory fsync
@@ -872,7 +1572,21 @@ func (db *UserDB) writeRecord(rec *userRecord) error {
 	if err != nil {
 		return err
 	}
-	final := db.recordPath(rec.UID)
+	return db.writeFile(db.userDir, db.recordPath(rec.UID), data)
+}
+
+// writeGroup makes rec durable, exactly as writeRecord does.
+func (db *UserDB) writeGroup(rec *groupRecord) error {
+	data, err := encodeGroup(rec)
+	if err != nil {
+		return err
+	}
+	return db.writeFile(db.groupDir, db.groupPath(rec.GID), data)
+}
+
+// writeFile replaces the record file final, in dir, with data, in the order
+// and with the failure handling writeRecord describes.
+func (db *UserDB) writeFile(dir, final string, data []byte) error {
 	tmp := final + recordTmpSuffix
 	if err := writeRecordFile(tmp, data); err != nil {
 		if rmErr := os.Remove(tmp); rmErr != nil && !errors.Is(rmErr, fs.ErrNotExist) {
@@ -884,7 +1598,7 @@ func (db *UserDB) writeRecord(rec *userRecord) error {
 		db.fail(err)
 		return fmt.Errorf("userdb: rename %s: %w", tmp, err)
 	}
-	if err := syncRecordDir(db.userDir); err != nil {
+	if err := syncRecordDir(dir); err != nil {
 		db.fail(err)
 		return err
 	}
@@ -903,6 +1617,10 @@ func (db *UserDB) fail(err error) {
 
 func (db *UserDB) recordPath(uid string) string {
 	return filepath.Join(db.userDir, uid+recordSuffix)
+}
+
+func (db *UserDB) groupPath(gid string) string {
+	return filepath.Join(db.groupDir, groupFileStem(gid)+recordSuffix)
 }
 
 // writeRecordFile writes data to a new file at path and fsyncs it.

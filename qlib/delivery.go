@@ -1,6 +1,7 @@
 package qlib
 
 import (
+	"errors"
 	"time"
 
 	"mnm/qlib/store"
@@ -10,85 +11,146 @@ import (
 // time, in queue order, and each message waits for the device's Ack before the
 // next is sent; without an Ack it is sent again after ResendAfter.
 //
+// Frames that other links produce for this one (presence notices) go through
+// a small outbox instead of being written by the producing goroutine, so that
+// a slow or dead link never blocks anyone else.
+//
 // The deliver goroutine runs only while there is something to send or await.
-// wake starts it (or tells a running one to look again); it exits when the
-// queue is empty, so idle links hold no goroutine besides their reader.
+// wake starts it, or tells a running one to look again; it exits when the
+// queue and the outbox are empty, so idle links hold no goroutine besides
+// their reader.
 
-// wake is the store's Watch callback and is also called at login. It must not
-// block: the store calls it from its writer goroutine.
+// maxOutbox bounds the presence notices waiting for one link. A client that
+// lets this many pile up has stopped reading; it is disconnected rather than
+// allowed to grow the server's memory.
+const maxOutbox = 256
+
+// wake is the store's Watch callback and is also called at login and when a
+// frame is queued in the outbox. It never blocks: the store calls it from its
+// writer goroutine.
 func (l *link) wake() {
 	l.dmu.Lock()
 	defer l.dmu.Unlock()
 	if l.closed {
 		return
 	}
+	l.kicked = true
 	if l.running {
-		l.kicked = true
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
 		return
 	}
 	l.running = true
 	go l.deliver()
 }
 
-// deliver sends the queue's head, waits for its Ack (or resends it), and
-// repeats until the queue is empty or the link ends.
+// send queues a frame that is not a stored message (a presence notice) for
+// the link's deliver goroutine. It reports false if the link is closed or has
+// let too many frames pile up (then it is being closed).
+func (l *link) send(frame []byte) bool {
+	l.dmu.Lock()
+	if l.closed {
+		l.dmu.Unlock()
+		return false
+	}
+	if len(l.outbox) >= maxOutbox {
+		l.dmu.Unlock()
+		l.log.Warn("link not reading; closing", "outbox", len(l.outbox))
+		l.conn.Close()
+		return false
+	}
+	l.outbox = append(l.outbox, frame)
+	l.dmu.Unlock()
+	l.wake()
+	return true
+}
+
+// deliver writes the outbox, sends the queue's head and waits for its Ack (or
+// resends it), until there is nothing left to do or the link ends.
 func (l *link) deliver() {
 	st := l.srv.cfg.Store
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	timer := time.NewTimer(l.srv.cfg.ResendAfter)
+	timer.Stop()
+	defer timer.Stop()
+	var inFlight store.ID // sent and not yet acked
 	for {
-		id, ok := st.Head(l.dev)
-		if !ok {
-			l.dmu.Lock()
-			if l.kicked && !l.closed {
-				// An entry arrived between Head and now: look again.
-				l.kicked = false
-				l.dmu.Unlock()
-				continue
-			}
-			l.running = false
-			l.dmu.Unlock()
-			return
-		}
-
 		l.dmu.Lock()
-		if l.closed {
-			l.running = false
-			l.dmu.Unlock()
-			return
-		}
 		l.kicked = false
-		l.awaiting = id
+		out := l.outbox
+		l.outbox = nil
 		l.dmu.Unlock()
-		// Drain a stale signal from an ack that raced a resend.
-		select {
-		case <-l.acked:
-		default:
+		for _, f := range out {
+			if l.write(f) != nil {
+				l.stopDelivery()
+				return
+			}
 		}
 
-		if err := l.writeStored(id); err != nil {
-			l.log.Info("delivery failed", "id", id.String(), "err", err)
-			l.stopDelivery()
-			return
-		}
-
-		if timer == nil {
-			timer = time.NewTimer(l.srv.cfg.ResendAfter)
-		} else {
+		if inFlight == 0 {
+			id, ok := st.Head(l.dev)
+			if !ok {
+				l.dmu.Lock()
+				if l.kicked || len(l.outbox) > 0 || l.closed {
+					// Work arrived since the top of the loop (or
+					// the link is going: let the select see done).
+					l.dmu.Unlock()
+					if l.isDone() {
+						l.stopDelivery()
+						return
+					}
+					continue
+				}
+				l.running = false
+				l.dmu.Unlock()
+				return
+			}
+			l.dmu.Lock()
+			l.awaiting = id
+			l.dmu.Unlock()
+			if err := l.writeStored(id); err != nil {
+				l.log.Info("delivery failed", "id", id.String(), "err", err)
+				l.stopDelivery()
+				return
+			}
+			inFlight = id
 			timer.Reset(l.srv.cfg.ResendAfter)
 		}
+
 		select {
-		case <-l.acked:
+		case id := <-l.acked:
+			if id == inFlight {
+				l.dmu.Lock()
+				l.awaiting = 0
+				l.dmu.Unlock()
+				inFlight = 0
+				timer.Stop()
+			}
 		case <-timer.C:
-			l.log.Info("delivery not acked; resending", "id", id.String())
+			l.log.Info("delivery not acked; resending", "id", inFlight.String())
+			l.dmu.Lock()
+			if l.awaiting == inFlight {
+				l.awaiting = 0
+			}
+			l.dmu.Unlock()
+			inFlight = 0
+		case <-l.kick:
+			// New outbox frames or queue entries: handled at the top;
+			// a message in flight keeps waiting for its ack.
 		case <-l.done:
 			l.stopDelivery()
 			return
 		}
+	}
+}
+
+func (l *link) isDone() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -102,23 +164,28 @@ func (l *link) stopDelivery() {
 // onAck handles an Ack (op 10) from the device: the awaited message leaves the
 // queue and the next one may go. Any other id is logged and ignored (SPEC §5):
 // it may be a late duplicate of an ack after a resend.
+//
+// The message leaves the store's queue before deliver hears of the ack, and
+// deliver alone clears awaiting: so deliver never finds the acked message
+// still at the head and sends it again.
 func (l *link) onAck(idText string) error {
 	id, err := store.ParseID(idText)
 	l.dmu.Lock()
 	match := err == nil && id != 0 && id == l.awaiting
-	if match {
-		l.awaiting = 0
-	}
 	l.dmu.Unlock()
 	if !match {
 		l.log.Debug("ack ignored: not the awaited message", "id", idText)
 		return nil
 	}
-	if err := l.srv.cfg.Store.Ack(l.dev, id); err != nil {
+	if err := l.srv.cfg.Store.Ack(l.dev, id); errors.Is(err, store.ErrNotQueued) {
+		// A second ack of the same message, before deliver moved on.
+		l.log.Debug("ack of a message no longer queued", "id", idText)
+		return nil
+	} else if err != nil {
 		return err
 	}
 	select {
-	case l.acked <- struct{}{}:
+	case l.acked <- id:
 	default:
 	}
 	return nil

@@ -15,32 +15,116 @@ import (
 type Directory interface {
 	// Register creates a user with one device labelled label and returns the
 	// new uid, the device's nodeid (its password, which the directory keeps
-	// only as a one-way derivation) and the device's key.
-	Register(label string) (uid, nodeid, dev string, err error)
+	// only as a one-way derivation) and the device's key. claims are the
+	// verified third-party sign-up claims, kept with the user (nil when the
+	// site has no third-party sign-up). ErrLabelInvalid.
+	Register(label string, claims map[string]any) (uid, nodeid, dev string, err error)
 
 	// Login checks the decoded nodeid of one of uid's devices, in constant
 	// time, and returns that device's key. ErrLoginFailed for an unknown uid or
 	// a wrong or defunct nodeid.
 	Login(uid string, node []byte) (dev string, err error)
 
+	// Claims returns the sign-up claims kept by Register (nil if none).
+	// ErrNoUser.
+	Claims(uid string) (map[string]any, error)
+
 	// Devices returns the keys of uid's live devices, in creation order.
 	// ErrNoUser if uid does not exist.
 	Devices(uid string) ([]string, error)
 
+	// AddDevice gives uid a new device labelled label and returns its nodeid
+	// and key. ErrTooManyDevices, ErrLabelInvalid.
+	AddDevice(uid, label string) (nodeid, dev string, err error)
+
 	// AddAlias gives uid the alias. Adding an alias uid already has is a no-op.
-	// ErrAliasShort, ErrAliasInvalid, ErrAliasTaken.
+	// ErrAliasShort, ErrAliasInvalid, ErrAliasTaken (also when a group has
+	// that id: aliases and group ids share one namespace).
 	AddAlias(uid, alias string) error
+
+	// AliasUID resolves a user's alias (not a group id).
+	AliasUID(alias string) (uid string, ok bool)
+
+	// GroupInvite has uid, under its alias from, invite the user with alias to
+	// into group gid, creating the group (with uid joined under from) when it
+	// does not exist. The invitee is listed under to until it joins.
+	// ErrFromNotSender, ErrAliasUnknown (to), ErrGidShort, ErrGidInvalid,
+	// ErrGidTaken (a new gid equal to an alias), ErrNotMember (uid is not a
+	// joined member of an existing group), ErrAlreadyMember (to is joined).
+	// Inviting an invited or barred user again is accepted.
+	GroupInvite(uid, gid, from, to string) (GroupChange, error)
+
+	// GroupEdit applies act to uid's membership of gid:
+	//   GroupJoin: an invited uid becomes joined, under newalias (one of its
+	//     own aliases) when given. ErrNotInvited, ErrNewAliasNotOwn.
+	//   GroupAlias: a joined uid is listed under newalias (its own) from now
+	//     on. ErrNotMember, ErrNewAliasNotOwn.
+	//   GroupDrop: to is uid's own listing alias: uid leaves (back to
+	//     invited). Otherwise uid must be joined and to names another member,
+	//     who is barred. ErrNotMember, ErrAliasUnknown.
+	// ErrNoGroup for an unknown gid.
+	GroupEdit(uid string, act GroupAct, gid, newalias, to string) (GroupChange, error)
+
+	// GroupMembers returns the uids of gid's joined members, for a post from
+	// uid, who must be a member (joined or invited). ErrNoGroup, ErrNotMember.
+	GroupMembers(uid, gid string) ([]string, error)
+}
+
+// GroupAct is a GroupEdit action (SPEC §4 op 6, "act").
+type GroupAct string
+
+const (
+	GroupJoin  GroupAct = "join"
+	GroupAlias GroupAct = "alias"
+	GroupDrop  GroupAct = "drop"
+)
+
+// GroupChange describes a group change for the member notices qlib stores
+// (SPEC §4: {"op":"member","act",...,"alias","newalias"?}).
+type GroupChange struct {
+	// Alias is the affected member's alias as listed before the change:
+	// the invitee's for an invite, the joiner's, the renamed member's, or
+	// the dropped member's.
+	Alias string
+	// NewAlias is the alias listed from now on, for GroupAlias, and for
+	// GroupJoin when the member joined under another alias; else "".
+	NewAlias string
+	// Invitee is the invited user's uid (GroupInvite only).
+	Invitee string
+	// Notify are the uids that receive the member notice: the joined
+	// members after the change, plus the dropped user for GroupDrop.
+	Notify []string
 }
 
 // Client-visible errors of a Directory; their text goes into ack errors and
 // registered replies as is.
 var (
-	ErrLoginFailed  = errors.New("login failed")
-	ErrNoUser       = errors.New("no such user")
-	ErrAliasShort   = errors.New("newalias must be 8+ characters")
-	ErrAliasInvalid = errors.New("newalias must be printable characters")
-	ErrAliasTaken   = errors.New("newalias already taken")
+	ErrLoginFailed    = errors.New("login failed")
+	ErrNoUser         = errors.New("no such user")
+	ErrLabelInvalid   = errors.New("newnode must be 1 to 200 bytes of UTF-8")
+	ErrTooManyDevices = errors.New("too many devices")
+	ErrAliasShort     = errors.New("newalias must be 8+ characters")
+	ErrAliasInvalid   = errors.New("newalias must be printable characters")
+	ErrAliasTaken     = errors.New("newalias already taken")
+	ErrAliasUnknown   = errors.New("alias not found")
+	ErrFromNotSender  = errors.New("from must identify sender")
+	ErrNewAliasNotOwn = errors.New("newalias must identify sender")
+	ErrGidShort       = errors.New("gid must be 8+ characters")
+	ErrGidInvalid     = errors.New("gid must be printable characters")
+	ErrGidTaken       = errors.New("gid already taken")
+	ErrNoGroup        = errors.New("group not found")
+	ErrNotMember      = errors.New("not a member of the group")
+	ErrAlreadyMember  = errors.New("already a member of the group")
+	ErrNotInvited     = errors.New("not invited to the group")
 )
+
+// clientErrors are the errors whose text a client may see.
+var clientErrors = []error{
+	ErrLoginFailed, ErrNoUser, ErrLabelInvalid, ErrTooManyDevices,
+	ErrAliasShort, ErrAliasInvalid, ErrAliasTaken, ErrAliasUnknown,
+	ErrFromNotSender, ErrNewAliasNotOwn, ErrGidShort, ErrGidInvalid,
+	ErrGidTaken, ErrNoGroup, ErrNotMember, ErrAlreadyMember, ErrNotInvited,
+}
 
 // TokenVerifier checks a third-party sign-up token: an OpenID Connect
 // id_token from one of the site's providers (SPEC §4 op 1, §8). The server's

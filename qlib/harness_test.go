@@ -37,23 +37,34 @@ func newFakeDir() *fakeDir {
 	return &fakeDir{devices: map[string][]string{}, nodes: map[string]string{}, aliases: map[string]string{}}
 }
 
-func (d *fakeDir) Register(label string) (uid, nodeid, dev string, err error) {
+func (d *fakeDir) Register(label string, claims map[string]any) (uid, nodeid, dev string, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.next++
 	uid = fmt.Sprintf("U%031d", d.next)
-	return uid, d.addDevice(uid), uid + ".0", nil
+	return uid, d.newDevice(uid), uid + ".0", nil
 }
 
-// AddDevice gives uid another device and returns its nodeid and key.
-func (d *fakeDir) AddDevice(uid string) (nodeid, dev string) {
+func (d *fakeDir) AddDevice(uid, label string) (nodeid, dev string, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	nodeid = d.addDevice(uid)
-	return nodeid, d.devices[uid][len(d.devices[uid])-1]
+	if _, ok := d.devices[uid]; !ok {
+		return "", "", ErrNoUser
+	}
+	nodeid = d.newDevice(uid)
+	return nodeid, d.devices[uid][len(d.devices[uid])-1], nil
 }
 
-func (d *fakeDir) addDevice(uid string) string {
+// device gives uid another device and returns its nodeid and key.
+func (d *fakeDir) device(uid string) (nodeid, dev string) {
+	nodeid, dev, err := d.AddDevice(uid, "extra")
+	if err != nil {
+		panic(err)
+	}
+	return nodeid, dev
+}
+
+func (d *fakeDir) newDevice(uid string) string {
 	b := make([]byte, 25)
 	rand.Read(b)
 	nodeid := tmtp.Base32.EncodeToString(b)
@@ -84,6 +95,27 @@ func (d *fakeDir) Devices(uid string) ([]string, error) {
 	}
 	return append([]string(nil), devs...), nil
 }
+
+func (d *fakeDir) Claims(uid string) (map[string]any, error) { return nil, nil }
+
+func (d *fakeDir) AliasUID(alias string) (string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	uid, ok := d.aliases[alias]
+	return uid, ok
+}
+
+// The fake has no groups: group operations are tested end to end with the
+// real user database.
+func (d *fakeDir) GroupInvite(uid, gid, from, to string) (GroupChange, error) {
+	return GroupChange{}, ErrNoGroup
+}
+
+func (d *fakeDir) GroupEdit(uid string, act GroupAct, gid, newalias, to string) (GroupChange, error) {
+	return GroupChange{}, ErrNoGroup
+}
+
+func (d *fakeDir) GroupMembers(uid, gid string) ([]string, error) { return nil, ErrNoGroup }
 
 func (d *fakeDir) AddAlias(uid, alias string) error {
 	d.mu.Lock()

@@ -34,11 +34,13 @@ type link struct {
 	// dmu guards the delivery state below.
 	dmu      sync.Mutex
 	running  bool     // a deliver goroutine is running
-	kicked   bool     // the queue changed while deliver was running
+	kicked   bool     // work arrived since deliver last looked
 	awaiting store.ID // the id sent and not yet acked; 0 = none
+	outbox   [][]byte // frames from other links, for deliver to write
 	closed   bool
 
-	acked chan struct{} // serve → deliver: the awaited id was acked (cap 1)
+	kick  chan struct{} // wake → deliver: look again (cap 1)
+	acked chan store.ID // serve → deliver: this awaited id was acked (cap 1)
 	done  chan struct{} // closed when the link ends
 
 	interrupted chan struct{} // closed by Shutdown
@@ -51,7 +53,8 @@ func newLink(s *Server, conn net.Conn) *link {
 		conn:        conn,
 		rd:          tmtp.NewReader(conn),
 		log:         s.log.With("remote", conn.RemoteAddr().String()),
-		acked:       make(chan struct{}, 1),
+		kick:        make(chan struct{}, 1),
+		acked:       make(chan store.ID, 1),
 		done:        make(chan struct{}),
 		interrupted: make(chan struct{}),
 	}

@@ -1,10 +1,9 @@
 package qlib
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"io"
-	"slices"
 	"time"
 
 	"mnm/qlib/store"
@@ -13,12 +12,7 @@ import (
 
 // Ack errors a client may see in {"error":..,"id":..,"op":"ack"}; the link
 // stays open.
-var (
-	errUnknownRecipient = errors.New("recipient not found")
-	errGroupsTodo       = errors.New("group recipients not supported")
-	errOpTodo           = errors.New("operation not supported")
-	errInternal         = errors.New("internal error")
-)
+var errInternal = errors.New("internal error")
 
 // handle runs one request. A *tmtp.ProtocolError return ends the link with that
 // quit reason; errQuit ends it after a reply already sent; any other error ends
@@ -31,20 +25,27 @@ func (l *link) handle(h *tmtp.Header) error {
 		return l.opRegister(h)
 	case tmtp.OpLogin:
 		return l.opLogin(h)
+	case tmtp.OpUserEdit:
+		return l.opUserEdit(h)
+	case tmtp.OpOhiEdit:
+		return l.opOhiEdit(h)
+	case tmtp.OpGroupInvite:
+		return l.opGroupInvite(h)
+	case tmtp.OpGroupEdit:
+		return l.opGroupEdit(h)
 	case tmtp.OpPost:
 		return l.opPost(h)
+	case tmtp.OpPostNotify:
+		return l.opPostNotify(h)
+	case tmtp.OpPing:
+		return l.opPing(h)
 	case tmtp.OpAck:
 		return l.onAck(h.ID)
 	case tmtp.OpPulse:
 		return nil // reading the frame reset the idle deadline
-	case tmtp.OpQuit:
+	default: // tmtp.OpQuit; the parser admits no other op
 		l.write(tmtp.Quit(tmtp.QuitLogout))
 		return errQuit
-	default:
-		if err := l.rd.Discard(h.Datalen); err != nil {
-			return err
-		}
-		return l.ackError(h.ID, errOpTodo)
 	}
 }
 
@@ -65,13 +66,18 @@ func (l *link) opTmtpRev(h *tmtp.Header) error {
 }
 
 func (l *link) opRegister(h *tmtp.Header) error {
+	var claims map[string]any
 	if l.srv.cfg.Auth > 0 {
-		// Third-party sign-up is not wired up yet: a site that requires it
-		// refuses every registration rather than admit unverified members.
-		return &tmtp.ProtocolError{Reason: tmtp.QuitAuthRequired}
+		var err error
+		if claims, err = l.verifyToken(h.Oidc); err != nil {
+			return err
+		}
 	}
 	dir := l.srv.cfg.Directory
-	uid, nodeid, dev, err := dir.Register(h.NewNode)
+	uid, nodeid, dev, err := dir.Register(h.NewNode, claims)
+	if errors.Is(err, ErrLabelInvalid) {
+		return &tmtp.ProtocolError{Reason: tmtp.QuitRegister}
+	}
 	if err != nil {
 		l.log.Error("register failed", "err", err)
 		return &tmtp.ProtocolError{Reason: tmtp.QuitRegister}
@@ -102,28 +108,83 @@ func (l *link) opLogin(h *tmtp.Header) error {
 	if err != nil {
 		return &tmtp.ProtocolError{Reason: tmtp.QuitBase32}
 	}
-	dev, err := l.srv.cfg.Directory.Login(h.UID, node)
+	dir := l.srv.cfg.Directory
+	dev, err := dir.Login(h.UID, node)
 	if err != nil {
 		if !errors.Is(err, ErrLoginFailed) {
 			l.log.Error("login lookup failed", "err", err)
 		}
 		return &tmtp.ProtocolError{Reason: tmtp.QuitLoginFailed}
 	}
+	if l.srv.cfg.Auth >= authLogin {
+		// The token must name the account the user signed up with.
+		claims, err := l.verifyToken(h.Oidc)
+		if err != nil {
+			return err
+		}
+		kept, err := dir.Claims(h.UID)
+		if err != nil {
+			return &tmtp.ProtocolError{Reason: tmtp.QuitLoginFailed}
+		}
+		if kept != nil && !sameSubject(claims, kept) {
+			l.log.Info("login token names another account")
+			return &tmtp.ProtocolError{Reason: tmtp.QuitAuthRequired}
+		}
+	}
 	return l.startSession(h.UID, dev, true)
+}
+
+// Auth levels (Config.Auth).
+const (
+	authRegister = 1
+	authLogin    = 2
+)
+
+// verifyTimeout bounds a token check, which may fetch a provider's keys.
+const verifyTimeout = 10 * time.Second
+
+// verifyToken checks a third-party token. Without one it passes only where
+// the site makes third-party auth optional (then the claims are nil).
+func (l *link) verifyToken(token string) (map[string]any, error) {
+	if token == "" {
+		if l.srv.cfg.AuthOptional {
+			return nil, nil
+		}
+		l.log.Info("auth refused", "err", "no token")
+		return nil, &tmtp.ProtocolError{Reason: tmtp.QuitAuthRequired}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
+	defer cancel()
+	claims, err := l.srv.cfg.Verifier.Verify(ctx, token)
+	if err != nil {
+		l.log.Info("auth refused", "err", err)
+		return nil, &tmtp.ProtocolError{Reason: tmtp.QuitAuthRequired}
+	}
+	return claims, nil
+}
+
+// sameSubject reports whether two claim sets name the same account: the same
+// subject at the same issuer (OpenID Connect Core §2).
+func sameSubject(a, b map[string]any) bool {
+	return a["iss"] == b["iss"] && a["sub"] == b["sub"] && a["sub"] != nil
 }
 
 // startSession makes l the live link of dev, replies info, stores the login
 // notice (for Login, not Register) and starts delivery.
 func (l *link) startSession(uid, dev string, notice bool) error {
 	l.uid, l.dev = uid, dev
-	if !l.srv.claimDevice(l) {
+	ohi, ok := l.srv.claimDevice(l)
+	if !ok {
 		l.uid, l.dev = "", ""
 		return &tmtp.ProtocolError{Reason: tmtp.QuitNodeConnected}
 	}
 	l.log = l.log.With("uid", uid, "dev", dev)
 	l.log.Info("login")
-	info := tmtp.AppendFrame(nil, tmtp.String("info", "login ok"), tmtp.String("op", "info"))
-	if err := l.write(info); err != nil {
+	f := []tmtp.Field{tmtp.String("info", "login ok"), tmtp.String("op", "info")}
+	if len(ohi) > 0 {
+		f = append(f, tmtp.Strings("ohi", ohi))
+	}
+	if err := l.write(tmtp.AppendFrame(nil, f...)); err != nil {
 		return err
 	}
 	if notice {
@@ -131,12 +192,7 @@ func (l *link) startSession(uid, dev string, notice bool) error {
 		if err != nil {
 			return fmt.Errorf("login notice: %w", err)
 		}
-		env := func(id store.ID, posted time.Time, _ []store.ID) []byte {
-			return tmtp.AppendStored(nil, std(uid, id, posted, 0,
-				tmtp.String("node", "tbd"), tmtp.String("op", "login"))...)
-		}
-		d := l.srv.cfg.Store.Draft()
-		if _, err := d.Commit(store.Message{To: devs, Envelope: env}); err != nil {
+		if _, err := l.storeNotice(store.Normal, devs, tmtp.String("node", "tbd"), tmtp.String("op", "login")); err != nil {
 			return fmt.Errorf("login notice: %w", err)
 		}
 	}
@@ -160,110 +216,6 @@ func std(from string, id store.ID, posted time.Time, datalen int64, extra ...tmt
 const postedLayout = "2006-01-02T15:04:05.000Z07:00"
 
 func formatPosted(t time.Time) string { return t.UTC().Format(postedLayout) }
-
-func (l *link) opPost(h *tmtp.Header) error {
-	if h.Datalen > l.srv.cfg.MaxPostBytes {
-		return &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
-	}
-	to, err := l.recipients(h.For)
-	if err != nil {
-		if err := l.rd.Discard(h.Datalen); err != nil {
-			return err
-		}
-		return l.ackError(h.ID, err)
-	}
-	d := l.srv.cfg.Store.Draft()
-	if err := l.readData(d, h.Datalen); err != nil {
-		d.Abort()
-		return err
-	}
-	uid, n := l.uid, h.Datalen
-	var extra []tmtp.Field
-	if h.Datahead != 0 {
-		extra = append(extra, tmtp.Int("datahead", h.Datahead))
-	}
-	if h.Datasum != 0 {
-		extra = append(extra, tmtp.Uint("datasum", h.Datasum))
-	}
-	env := func(id store.ID, posted time.Time, _ []store.ID) []byte {
-		return tmtp.AppendStored(nil, std(uid, id, posted, n,
-			append(extra, tmtp.String("op", "delivery"))...)...)
-	}
-	rs, err := d.Commit(store.Message{To: to, Len: n, Envelope: env})
-	if err != nil {
-		return fmt.Errorf("post: %w", err)
-	}
-	return l.ackStored(h.ID, rs[0])
-}
-
-// readData streams n octets of the current frame's data into w, extending the
-// read deadline as data keeps arriving so that a large post over a slow link
-// is not cut off by the idle timeout.
-func (l *link) readData(w io.Writer, n int64) error {
-	r := &deadlineReader{r: l.rd.Data(n), l: l}
-	_, err := io.CopyN(w, r, n)
-	return err
-}
-
-type deadlineReader struct {
-	r    io.Reader
-	l    *link
-	last time.Time
-}
-
-// deadlineStep limits how often a streaming read pushes the deadline out:
-// setting it costs a timer update, so not on every read.
-const deadlineStep = time.Second
-
-func (d *deadlineReader) Read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(d.last) > deadlineStep {
-		d.last = now
-		d.l.conn.SetReadDeadline(now.Add(d.l.srv.cfg.IdleTimeout))
-	}
-	return d.r.Read(p)
-}
-
-// recipients expands a post's for list to device keys: every device of every
-// listed user, plus the sender's other devices; the sending device only when
-// the sender listed itself (SPEC §5).
-func (l *link) recipients(list []tmtp.Recipient) ([]string, error) {
-	dir := l.srv.cfg.Directory
-	seen := make(map[string]bool)
-	var to []string
-	add := func(devs []string) {
-		for _, d := range devs {
-			if !seen[d] {
-				seen[d] = true
-				to = append(to, d)
-			}
-		}
-	}
-	for _, r := range list {
-		if r.Type != 1 {
-			return nil, errGroupsTodo
-		}
-		devs, err := dir.Devices(r.ID)
-		if errors.Is(err, ErrNoUser) {
-			return nil, fmt.Errorf("%w: %s", errUnknownRecipient, r.ID)
-		}
-		if err != nil {
-			l.log.Error("recipient lookup failed", "err", err)
-			return nil, errInternal
-		}
-		add(devs)
-	}
-	own, err := dir.Devices(l.uid)
-	if err != nil {
-		l.log.Error("sender lookup failed", "err", err)
-		return nil, errInternal
-	}
-	selfListed := seen[l.dev]
-	add(own)
-	if !selfListed {
-		to = slices.DeleteFunc(to, func(d string) bool { return d == l.dev })
-	}
-	return to, nil
-}
 
 // ackStored answers a request that stored a message.
 func (l *link) ackStored(reqID string, r store.Receipt) error {
@@ -292,7 +244,7 @@ func (l *link) ackError(reqID string, err error) error {
 // clientError maps a Directory error to what the client may see: its own
 // text for the documented errors, a generic one (logged here) for the rest.
 func (l *link) clientError(err error) error {
-	for _, e := range []error{ErrAliasShort, ErrAliasInvalid, ErrAliasTaken, ErrNoUser, ErrLoginFailed} {
+	for _, e := range clientErrors {
 		if errors.Is(err, e) {
 			return e
 		}

@@ -51,8 +51,13 @@ type Config struct {
 	// Auth is the site's third-party sign-up mode (SPEC §4 op 0): 0 none,
 	// 1 required for registration, 2 for registration and login. AuthBy is
 	// the provider list as sent in the tmtprev reply (a JSON array).
-	Auth   int
-	AuthBy []byte
+	// AuthOptional (an empty first provider entry) lets a client go without
+	// a token; one that sends a token must still send a valid one.
+	// Verifier checks the tokens; it is required when Auth > 0.
+	Auth         int
+	AuthBy       []byte
+	AuthOptional bool
+	Verifier     TokenVerifier
 
 	MaxPostBytes int64 // 0 = DefaultMaxPostBytes
 
@@ -73,15 +78,19 @@ type Server struct {
 	mu        sync.Mutex
 	closing   bool
 	listeners map[net.Listener]struct{}
-	links     map[*link]struct{} // every open link
-	devices   map[string]*link   // logged-in links by device key
-	users     map[string][]*link // logged-in links by uid
+	links     map[*link]struct{}         // every open link
+	devices   map[string]*link           // logged-in links by device key
+	users     map[string][]*link         // logged-in links by uid
+	ohi       map[string]map[string]bool // uid → uids told of its presence (presence.go)
 }
 
 // NewServer checks cfg and returns a Server ready to Serve.
 func NewServer(cfg Config) (*Server, error) {
 	if cfg.Directory == nil || cfg.Store == nil {
 		return nil, errors.New("qlib: Config needs a Directory and a Store")
+	}
+	if cfg.Auth > 0 && (cfg.Verifier == nil || len(cfg.AuthBy) == 0) {
+		return nil, errors.New("qlib: Config.Auth needs a Verifier and AuthBy")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -100,6 +109,7 @@ func NewServer(cfg Config) (*Server, error) {
 		links:     make(map[*link]struct{}),
 		devices:   make(map[string]*link),
 		users:     make(map[string][]*link),
+		ohi:       make(map[string]map[string]bool),
 	}, nil
 }
 
@@ -229,20 +239,22 @@ func (s *Server) Stats() Stats {
 	return Stats{Links: len(s.links), Devices: len(s.devices), Users: len(s.users)}
 }
 
-// claimDevice registers l as the live link of its device. It fails when the
-// device already has a live link (SPEC: "node already connected").
-func (s *Server) claimDevice(l *link) bool {
+// claimDevice registers l as the live link of its device and returns the
+// online users whose presence lists include l's user (for the login reply).
+// It fails when the device already has a live link (SPEC: "node already
+// connected").
+func (s *Server) claimDevice(l *link) (ohi []string, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
-		return false
+		return nil, false
 	}
 	if _, taken := s.devices[l.dev]; taken {
-		return false
+		return nil, false
 	}
 	s.devices[l.dev] = l
 	s.users[l.uid] = append(s.users[l.uid], l)
-	return true
+	return s.ohiForLocked(l.uid), true
 }
 
 // dropLink forgets l; called once when its goroutine ends.
@@ -263,6 +275,7 @@ func (s *Server) dropLink(l *link) {
 	}
 	if len(ls) == 0 {
 		delete(s.users, l.uid)
+		s.userOfflineLocked(l.uid)
 	} else {
 		s.users[l.uid] = ls
 	}

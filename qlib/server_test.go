@@ -117,8 +117,8 @@ func TestPostDeliveryAndAck(t *testing.T) {
 	ts := startServer(t, nil)
 	a, ra := ts.register()
 	_, rb := ts.register()
-	b2node, b2dev := ts.dir.AddDevice(rb.UID)
-	a2node, _ := ts.dir.AddDevice(ra.UID)
+	b2node, b2dev := ts.dir.device(rb.UID)
+	a2node, _ := ts.dir.device(ra.UID)
 
 	ack, err := a.Post([]testclient.Recipient{{ID: rb.UID, Type: 1}}, []byte("hello"))
 	if err != nil || ack.Error != "" {
@@ -175,7 +175,7 @@ func TestPostTooLarge(t *testing.T) {
 	c := ts.dialRev()
 	_, rb := ts.register()
 	_ = rb
-	nodeid, _ := ts.dir.AddDevice(ra.UID)
+	nodeid, _ := ts.dir.device(ra.UID)
 	c.WriteFrame(map[string]any{"Op": 2, "Uid": ra.UID, "Node": nodeid}, nil)
 	if f := mustRead(t, c); f.Op() != "info" {
 		t.Fatalf("login: %s", f.Raw)
@@ -241,7 +241,7 @@ func TestDisconnectMidPost(t *testing.T) {
 	// written to the log when the link drops.
 	for _, size := range []int{10, 300 << 10} {
 		c := ts.dialRev()
-		nodeid, _ := ts.dir.AddDevice(ra.UID)
+		nodeid, _ := ts.dir.device(ra.UID)
 		c.WriteFrame(map[string]any{"Op": 2, "Uid": ra.UID, "Node": nodeid}, nil)
 		if f := mustRead(t, c); f.Op() != "info" {
 			t.Fatalf("login: %s", f.Raw)
@@ -260,7 +260,7 @@ func TestDisconnectMidPost(t *testing.T) {
 func TestResendWithoutAck(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.ResendAfter = 50 * time.Millisecond })
 	_, ra := ts.register()
-	nodeid, _ := ts.dir.AddDevice(ra.UID)
+	nodeid, _ := ts.dir.device(ra.UID)
 	c := ts.login(ra.UID, nodeid)
 	first := nextMessage(t, c)
 	second := nextMessage(t, c)
@@ -292,7 +292,7 @@ func TestManyPostsInOrder(t *testing.T) {
 	ts := startServer(t, nil)
 	a, _ := ts.register()
 	b, rb := ts.register()
-	nodeid, _ := ts.dir.AddDevice(rb.UID)
+	nodeid, _ := ts.dir.device(rb.UID)
 	b2 := ts.login(rb.UID, nodeid)
 	const n = 1000
 	go func() {

@@ -58,8 +58,8 @@ func TestCompaction(t *testing.T) {
 	}
 	slices.Sort(offline)
 	wantOffline := queueOf(l, "offline")
-	drain(t, l, "online")
 	nBefore, totalBefore, _ := segStats(l)
+	drain(t, l, "online")
 	if !l.compactSync() {
 		t.Fatal("store closed")
 	}

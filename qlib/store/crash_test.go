@@ -453,7 +453,7 @@ func TestRotationAndCeilingErrors(t *testing.T) {
 func TestCrashRandomized(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	fsys := NewMemFS()
-	committed := map[ID]string{}   // every commit that returned
+	committed := map[ID]string{} // every commit that returned
 	acked := map[string]map[ID]bool{"a": {}, "b": {}}
 	for round := range 12 {
 		l, err := Open(Options{Dir: testDir, FS: fsys, Logger: quiet(), SegmentSize: 4 << 10})

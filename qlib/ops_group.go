@@ -1,0 +1,87 @@
+package qlib
+
+import (
+	"fmt"
+
+	"mnm/qlib/store"
+	"mnm/qlib/tmtp"
+)
+
+// opGroupInvite invites the user with alias to into group gid (op 5), creating
+// the group if needed. The invitee gets the invitation with its text; the
+// group's joined members get a member notice. Both are one commit.
+func (l *link) opGroupInvite(h *tmtp.Header) error {
+	text, err := l.readText(h)
+	if err != nil {
+		return err
+	}
+	dir := l.srv.cfg.Directory
+	ch, err := dir.GroupInvite(l.uid, h.Gid, h.From, h.To)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	inviteTo, err := dir.Devices(ch.Invitee)
+	if err != nil {
+		return fmt.Errorf("groupinvite: %w", err)
+	}
+	noticeTo, err := l.devicesOf(ch.Notify)
+	if err != nil {
+		return fmt.Errorf("groupinvite: %w", err)
+	}
+	invite, err := l.envelope(int64(len(text)), tmtp.String("alias", h.From), tmtp.String("gid", h.Gid),
+		tmtp.String("op", "invite"), tmtp.String("to", h.To))
+	if err != nil {
+		return l.ackError(h.ID, err)
+	}
+	notice, err := l.envelope(0, tmtp.String("act", "invite"), tmtp.String("alias", ch.Alias),
+		tmtp.String("gid", h.Gid), tmtp.String("op", "member"))
+	if err != nil {
+		return l.ackError(h.ID, err)
+	}
+	d := l.srv.cfg.Store.Draft()
+	d.Write(text)
+	rs, err := d.Commit(
+		store.Message{To: inviteTo, Len: int64(len(text)), Envelope: invite},
+		store.Message{To: noticeTo, Envelope: notice},
+	)
+	if err != nil {
+		return fmt.Errorf("groupinvite: %w", err)
+	}
+	return l.ackStored(h.ID, rs[0])
+}
+
+// opGroupEdit joins, renames or drops a group member (op 6) and tells the
+// group.
+func (l *link) opGroupEdit(h *tmtp.Header) error {
+	act := GroupAct(h.Act)
+	ch, err := l.srv.cfg.Directory.GroupEdit(l.uid, act, h.Gid, h.NewAlias, h.To)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	to, err := l.devicesOf(ch.Notify)
+	if err != nil {
+		return fmt.Errorf("groupedit: %w", err)
+	}
+	fields := []tmtp.Field{tmtp.String("act", h.Act), tmtp.String("alias", ch.Alias),
+		tmtp.String("gid", h.Gid), tmtp.String("op", "member")}
+	if ch.NewAlias != "" {
+		fields = append(fields, tmtp.String("newalias", ch.NewAlias))
+	}
+	if _, err := l.storeNotice(store.Normal, to, fields...); err != nil {
+		return fmt.Errorf("groupedit: %w", err)
+	}
+	return l.ackOK(h.ID)
+}
+
+// devicesOf returns the devices of every user in uids.
+func (l *link) devicesOf(uids []string) ([]string, error) {
+	var to []string
+	for _, uid := range uids {
+		devs, err := l.srv.cfg.Directory.Devices(uid)
+		if err != nil {
+			return nil, err
+		}
+		to = append(to, devs...)
+	}
+	return to, nil
+}

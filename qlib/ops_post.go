@@ -1,0 +1,234 @@
+package qlib
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"time"
+
+	"mnm/qlib/store"
+	"mnm/qlib/tmtp"
+)
+
+// Ack errors of Post and PostNotify.
+var (
+	errUnknownRecipient = errors.New("recipient not found")
+	errHeaderTooLong    = errors.New("message header too long")
+)
+
+// opPost stores a post (op 7) for its recipients (SPEC §4, §5).
+func (l *link) opPost(h *tmtp.Header) error {
+	if h.Datalen > l.srv.cfg.MaxPostBytes {
+		return &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
+	}
+	to, err := l.recipients(h.For, nil, true)
+	if err != nil {
+		return l.refuse(h, err)
+	}
+	var extra []tmtp.Field
+	if h.Datahead != 0 {
+		extra = append(extra, tmtp.Int("datahead", h.Datahead))
+	}
+	if h.Datasum != 0 {
+		extra = append(extra, tmtp.Uint("datasum", h.Datasum))
+	}
+	extra = append(extra, tmtp.String("op", "delivery"))
+	env, err := l.envelope(h.Datalen, extra...)
+	if err != nil {
+		return l.refuse(h, err)
+	}
+	d := l.srv.cfg.Store.Draft()
+	if err := l.readData(d, h.Datalen); err != nil {
+		d.Abort()
+		return err
+	}
+	rs, err := d.Commit(store.Message{To: to, Len: h.Datalen, Envelope: env})
+	if err != nil {
+		return fmt.Errorf("post: %w", err)
+	}
+	return l.ackStored(h.ID, rs[0])
+}
+
+// opPostNotify stores a post and a notification of it (op 8): the first
+// notelen octets of the data are the notification, the rest the post. Both
+// messages are committed together: a crash keeps both or neither.
+func (l *link) opPostNotify(h *tmtp.Header) error {
+	if h.Datalen > l.srv.cfg.MaxPostBytes {
+		return &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
+	}
+	withSender := !h.Fornotself
+	postTo, err := l.recipients(h.For, nil, withSender)
+	if err != nil {
+		return l.refuse(h, err)
+	}
+	noteTo, err := l.recipients(h.Notefor, h.For, withSender)
+	if err != nil {
+		return l.refuse(h, err)
+	}
+	notify := int64(len(h.For) + len(h.Notefor))
+	if withSender {
+		notify++
+	}
+	postLen := h.Datalen - h.Notelen
+	var post, note []tmtp.Field
+	if h.Datahead != 0 {
+		post = append(post, tmtp.Int("datahead", h.Datahead))
+	}
+	if h.Datasum != 0 {
+		post = append(post, tmtp.Uint("datasum", h.Datasum))
+	}
+	post = append(post, tmtp.Int("notify", notify), tmtp.String("op", "delivery"))
+	if h.Notehead != 0 {
+		note = append(note, tmtp.Int("datahead", h.Notehead))
+	}
+	if h.Notesum != 0 {
+		note = append(note, tmtp.Uint("datasum", h.Notesum))
+	}
+	note = append(note, tmtp.String("op", "notify"))
+	postEnv, err := l.envelope(postLen, post...)
+	if err != nil {
+		return l.refuse(h, err)
+	}
+	// The notification names its post, whose id is the first of the batch.
+	noteFields := append(note, tmtp.String("postid", ""))
+	if _, err := l.envelope(h.Notelen, noteFields...); err != nil {
+		return l.refuse(h, err)
+	}
+	uid, notelen := l.uid, h.Notelen
+	noteEnv := func(id store.ID, posted time.Time, batch []store.ID) []byte {
+		f := append(slices.Clip(note), tmtp.String("postid", batch[0].String()))
+		return tmtp.AppendStored(nil, std(uid, id, posted, notelen, f...)...)
+	}
+
+	d := l.srv.cfg.Store.Draft()
+	if err := l.readData(d, h.Datalen); err != nil {
+		d.Abort()
+		return err
+	}
+	rs, err := d.Commit(
+		store.Message{To: postTo, Off: h.Notelen, Len: postLen, Envelope: postEnv},
+		store.Message{To: noteTo, Off: 0, Len: h.Notelen, Envelope: noteEnv},
+	)
+	if err != nil {
+		return fmt.Errorf("postnotify: %w", err)
+	}
+	return l.ackStored(h.ID, rs[0])
+}
+
+// refuse answers a request with an ack error after skipping its data, so the
+// link stays in step.
+func (l *link) refuse(h *tmtp.Header, err error) error {
+	if err := l.rd.Discard(h.Datalen); err != nil {
+		return err
+	}
+	return l.ackError(h.ID, err)
+}
+
+// envelope returns the Envelope of a message from this link's user with the
+// given data length and fields besides (std). It first checks that the header
+// fits a frame with the widest id and headsum it could get, so that a request
+// whose echoed fields are too long is refused instead of stored unreadable.
+func (l *link) envelope(datalen int64, fields ...tmtp.Field) (store.Envelope, error) {
+	uid := l.uid
+	trial := tmtp.AppendStored(nil, std(uid, store.ID(math.MaxUint64), time.Now(), datalen, fields...)...)
+	if len(trial) == 0 || len(trial) > tmtp.MaxHeaderLen+4-len("4294967295") {
+		return nil, errHeaderTooLong
+	}
+	fields = slices.Clip(fields)
+	return func(id store.ID, posted time.Time, _ []store.ID) []byte {
+		return tmtp.AppendStored(nil, std(uid, id, posted, datalen, fields...)...)
+	}, nil
+}
+
+// readData streams n octets of the current frame's data into w, extending the
+// read deadline as data keeps arriving so that a large post over a slow link
+// is not cut off by the idle timeout.
+func (l *link) readData(w io.Writer, n int64) error {
+	r := &deadlineReader{r: l.rd.Data(n), l: l}
+	_, err := io.CopyN(w, r, n)
+	return err
+}
+
+type deadlineReader struct {
+	r    io.Reader
+	l    *link
+	last time.Time
+}
+
+// deadlineStep limits how often a streaming read pushes the deadline out:
+// setting it costs a timer update, so not on every read.
+const deadlineStep = time.Second
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(d.last) > deadlineStep {
+		d.last = now
+		d.l.conn.SetReadDeadline(now.Add(d.l.srv.cfg.IdleTimeout))
+	}
+	return d.r.Read(p)
+}
+
+// recipients expands for lists (list, then also) to device keys: every device
+// of every listed user or joined group member (type 3 leaves the sender out).
+// With withSender, the sender's other devices are added, and the sending
+// device too when the sender listed itself (type 1) or a group including it
+// (type 2) (SPEC §5); without, no device of the sender is added by that rule.
+func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]string, error) {
+	dir := l.srv.cfg.Directory
+	seen := make(map[string]bool)
+	var to []string
+	selfListed := false
+	addUser := func(uid string) error {
+		devs, err := dir.Devices(uid)
+		if err != nil {
+			return err
+		}
+		if uid == l.uid {
+			selfListed = true
+		}
+		for _, d := range devs {
+			if !seen[d] {
+				seen[d] = true
+				to = append(to, d)
+			}
+		}
+		return nil
+	}
+	for _, r := range slices.Concat(list, also) {
+		switch r.Type {
+		case tmtp.ForUser:
+			if err := addUser(r.ID); errors.Is(err, ErrNoUser) {
+				return nil, fmt.Errorf("%w: %s", errUnknownRecipient, r.ID)
+			} else if err != nil {
+				return nil, l.clientError(err)
+			}
+		default: // ForGroup, ForGroupExSender: the parser allows no other
+			members, err := dir.GroupMembers(l.uid, r.ID)
+			if errors.Is(err, ErrNoGroup) || errors.Is(err, ErrNotMember) {
+				return nil, fmt.Errorf("%w: %s", l.clientError(err), r.ID)
+			} else if err != nil {
+				return nil, l.clientError(err)
+			}
+			for _, m := range members {
+				if m == l.uid && r.Type == tmtp.ForGroupExSender {
+					continue
+				}
+				if err := addUser(m); err != nil {
+					return nil, l.clientError(err)
+				}
+			}
+		}
+	}
+	if !withSender {
+		return to, nil
+	}
+	listed := selfListed
+	if err := addUser(l.uid); err != nil {
+		return nil, l.clientError(err)
+	}
+	if !listed {
+		to = slices.DeleteFunc(to, func(d string) bool { return d == l.dev })
+	}
+	return to, nil
+}

@@ -1,0 +1,105 @@
+package qlib
+
+import (
+	"fmt"
+	"io"
+
+	"mnm/qlib/store"
+	"mnm/qlib/tmtp"
+)
+
+// opUserEdit adds an alias or a device to the user (op 3) and tells all of the
+// user's devices, ahead of everything else in their queues.
+func (l *link) opUserEdit(h *tmtp.Header) error {
+	dir := l.srv.cfg.Directory
+	var fields []tmtp.Field
+	if h.NewAlias != "" {
+		if err := dir.AddAlias(l.uid, h.NewAlias); err != nil {
+			return l.ackError(h.ID, l.clientError(err))
+		}
+		fields = []tmtp.Field{tmtp.String("newalias", h.NewAlias)}
+	} else {
+		nodeid, dev, err := dir.AddDevice(l.uid, h.NewNode)
+		if err != nil {
+			return l.ackError(h.ID, l.clientError(err))
+		}
+		// The new device starts with what this one has yet to receive.
+		if err := l.srv.cfg.Store.CopyQueue(l.dev, dev); err != nil {
+			return fmt.Errorf("useredit: %w", err)
+		}
+		l.log.Info("device added", "newdev", dev)
+		// The nodeid travels in the message: it is how the user's
+		// devices learn the new device's password (SPEC §4 op 3).
+		fields = []tmtp.Field{tmtp.String("newnode", h.NewNode), tmtp.String("nodeid", nodeid)}
+	}
+	devs, err := dir.Devices(l.uid)
+	if err != nil {
+		return fmt.Errorf("useredit: %w", err)
+	}
+	if _, err := l.storeNotice(store.High, devs, append(fields, tmtp.String("op", "user"))...); err != nil {
+		return fmt.Errorf("useredit: %w", err)
+	}
+	return l.ackOK(h.ID)
+}
+
+// storeNotice durably stores a message without data for devs.
+func (l *link) storeNotice(prio store.Priority, devs []string, fields ...tmtp.Field) (store.Receipt, error) {
+	env, err := l.envelope(0, fields...)
+	if err != nil {
+		return store.Receipt{}, err
+	}
+	rs, err := l.srv.cfg.Store.Draft().Commit(store.Message{Prio: prio, To: devs, Envelope: env})
+	if err != nil {
+		return store.Receipt{}, err
+	}
+	return rs[0], nil
+}
+
+// opPing stores a short text from one of the sender's aliases for the user
+// with alias to (op 9).
+func (l *link) opPing(h *tmtp.Header) error {
+	text, err := l.readText(h)
+	if err != nil {
+		return err
+	}
+	dir := l.srv.cfg.Directory
+	if uid, ok := dir.AliasUID(h.From); !ok || uid != l.uid {
+		return l.ackError(h.ID, ErrFromNotSender)
+	}
+	to, ok := dir.AliasUID(h.To)
+	if !ok {
+		return l.ackError(h.ID, fmt.Errorf("%w: %s", ErrAliasUnknown, h.To))
+	}
+	devs, err := dir.Devices(to)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	env, err := l.envelope(int64(len(text)),
+		tmtp.String("alias", h.From), tmtp.String("op", "ping"), tmtp.String("to", h.To))
+	if err != nil {
+		return l.ackError(h.ID, err)
+	}
+	d := l.srv.cfg.Store.Draft()
+	d.Write(text)
+	rs, err := d.Commit(store.Message{To: devs, Len: int64(len(text)), Envelope: env})
+	if err != nil {
+		return fmt.Errorf("ping: %w", err)
+	}
+	return l.ackStored(h.ID, rs[0])
+}
+
+// readText reads the short text of a Ping or GroupInvite and checks it
+// against SPEC §7's limits; a violation ends the link.
+func (l *link) readText(h *tmtp.Header) ([]byte, error) {
+	if h.Datalen > tmtp.MaxPingOctets { // the parser refuses this already
+		return nil, &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
+	}
+	text := make([]byte, h.Datalen)
+	if _, err := io.ReadFull(l.rd.Data(h.Datalen), text); err != nil {
+		return nil, err
+	}
+	if err := tmtp.CheckPing(text); err != nil {
+		return nil, err
+	}
+	return text, nil
+}

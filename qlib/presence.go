@@ -1,0 +1,133 @@
+package qlib
+
+import (
+	"fmt"
+	"slices"
+
+	"mnm/qlib/store"
+	"mnm/qlib/tmtp"
+)
+
+// Presence (SPEC §6): an online user U may hold a list of uids to be told
+// that U is online. The list lives while U has a device logged in; ohi
+// notices are best effort, never stored, and go through each recipient link's
+// outbox so that a slow link cannot block the sender.
+//
+// The lists live in Server.ohi, guarded by Server.mu with the links.
+
+// Presence statuses of an ohi notice.
+const (
+	ohiOnline  = 1
+	ohiOffline = 2
+)
+
+// OhiEdit types.
+const (
+	ohiAdd  = "add"
+	ohiDrop = "drop"
+	ohiInit = "init"
+)
+
+// opOhiEdit edits the list of users told of this user's presence (op 4).
+func (l *link) opOhiEdit(h *tmtp.Header) error {
+	dir := l.srv.cfg.Directory
+	uids := make([]string, 0, len(h.For))
+	for _, r := range h.For {
+		if _, err := dir.Devices(r.ID); err != nil {
+			return l.ackError(h.ID, fmt.Errorf("%w: %s", errUnknownRecipient, r.ID))
+		}
+		uids = append(uids, r.ID)
+	}
+	if h.Type != ohiInit {
+		echo := make([]tmtp.Recipient, len(h.For))
+		for i, r := range h.For {
+			echo[i] = tmtp.Recipient{ID: r.ID}
+		}
+		devs, err := dir.Devices(l.uid)
+		if err != nil {
+			return fmt.Errorf("ohiedit: %w", err)
+		}
+		_, err = l.storeNotice(store.Normal, devs, tmtp.OhiEditFor(echo), tmtp.String("op", "ohiedit"), tmtp.String("type", h.Type))
+		if err == errHeaderTooLong {
+			return l.ackError(h.ID, err)
+		} else if err != nil {
+			return fmt.Errorf("ohiedit: %w", err)
+		}
+	}
+	if err := l.ackOK(h.ID); err != nil {
+		return err
+	}
+	l.srv.editOhi(l.uid, h.Type, uids)
+	return nil
+}
+
+// editOhi applies an OhiEdit to uid's list and sends the resulting notices.
+func (s *Server) editOhi(uid, typ string, uids []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.users[uid]) == 0 {
+		return // the user went offline meanwhile; the list would be discarded
+	}
+	list := s.ohi[uid]
+	if list == nil {
+		list = make(map[string]bool)
+		s.ohi[uid] = list
+	}
+	switch typ {
+	case ohiInit:
+		for v := range list {
+			if !slices.Contains(uids, v) {
+				delete(list, v)
+				s.notifyLocked(v, uid, ohiOffline)
+			}
+		}
+		fallthrough
+	case ohiAdd:
+		for _, v := range uids {
+			list[v] = true
+			s.notifyLocked(v, uid, ohiOnline)
+		}
+	case ohiDrop:
+		for _, v := range uids {
+			if list[v] {
+				delete(list, v)
+				s.notifyLocked(v, uid, ohiOffline)
+			}
+		}
+	}
+}
+
+// notifyLocked tells every online device of user to that from's status
+// changed. s.mu is held.
+func (s *Server) notifyLocked(to, from string, status int64) {
+	links := s.users[to]
+	if len(links) == 0 {
+		return
+	}
+	f := tmtp.AppendFrame(nil, tmtp.String("from", from), tmtp.String("op", "ohi"), tmtp.Int("status", status))
+	for _, l := range links {
+		l.send(f)
+	}
+}
+
+// ohiFor lists the online users whose presence lists include uid, for the
+// login reply. s.mu is held.
+func (s *Server) ohiForLocked(uid string) []string {
+	var out []string
+	for u, list := range s.ohi {
+		if list[uid] && len(s.users[u]) > 0 {
+			out = append(out, u)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// userOfflineLocked runs when uid's last device goes offline: everyone on its
+// list is told, and the list is discarded. s.mu is held.
+func (s *Server) userOfflineLocked(uid string) {
+	for v := range s.ohi[uid] {
+		s.notifyLocked(v, uid, ohiOffline)
+	}
+	delete(s.ohi, uid)
+}
