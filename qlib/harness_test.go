@@ -31,10 +31,11 @@ type fakeDir struct {
 	devices map[string][]string // uid → device keys
 	nodes   map[string]string   // device key → nodeid
 	aliases map[string]string   // alias → uid
+	claims  map[string]map[string]any
 }
 
 func newFakeDir() *fakeDir {
-	return &fakeDir{devices: map[string][]string{}, nodes: map[string]string{}, aliases: map[string]string{}}
+	return &fakeDir{devices: map[string][]string{}, nodes: map[string]string{}, aliases: map[string]string{}, claims: map[string]map[string]any{}}
 }
 
 func (d *fakeDir) Register(label string, claims map[string]any) (uid, nodeid, dev string, err error) {
@@ -42,6 +43,7 @@ func (d *fakeDir) Register(label string, claims map[string]any) (uid, nodeid, de
 	defer d.mu.Unlock()
 	d.next++
 	uid = fmt.Sprintf("U%031d", d.next)
+	d.claims[uid] = claims
 	return uid, d.newDevice(uid), uid + ".0", nil
 }
 
@@ -96,7 +98,11 @@ func (d *fakeDir) Devices(uid string) ([]string, error) {
 	return append([]string(nil), devs...), nil
 }
 
-func (d *fakeDir) Claims(uid string) (map[string]any, error) { return nil, nil }
+func (d *fakeDir) Claims(uid string) (map[string]any, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.claims[uid], nil
+}
 
 func (d *fakeDir) AliasUID(alias string) (string, bool) {
 	d.mu.Lock()

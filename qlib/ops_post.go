@@ -162,7 +162,7 @@ type deadlineReader struct {
 const deadlineStep = time.Second
 
 func (d *deadlineReader) Read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(d.last) > deadlineStep {
+	if now := time.Now(); now.Sub(d.last) > deadlineStep && !d.l.isInterrupted() {
 		d.last = now
 		d.l.conn.SetReadDeadline(now.Add(d.l.srv.cfg.IdleTimeout))
 	}

@@ -2,6 +2,8 @@ package qlib
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -329,5 +331,87 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached within 10s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// fakeVerifier accepts tokens of the form "good:<sub>".
+type fakeVerifier struct{}
+
+func (fakeVerifier) Verify(_ context.Context, token string) (map[string]any, error) {
+	sub, ok := strings.CutPrefix(token, "good:")
+	if !ok {
+		return nil, errors.New("bad token")
+	}
+	return map[string]any{"iss": "https://issuer.example", "sub": sub}, nil
+}
+
+func TestThirdPartyRegister(t *testing.T) {
+	authBy := []byte(`[{"label":"X","login":["https://example.com/l","a&b&d"],"token":["https://example.com/t","c&d"]}]`)
+	for _, tc := range []struct {
+		name     string
+		auth     int
+		optional bool
+		token    string
+		quit     string // "" = registered
+	}{
+		{"required, none", 1, false, "", "authentication required"},
+		{"required, bad", 1, false, "forged", "authentication required"},
+		{"required, good", 1, false, "good:42", ""},
+		{"optional, none", 1, true, "", ""},
+		{"optional, bad", 1, true, "forged", "authentication required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, func(c *Config) {
+				c.Auth, c.AuthBy, c.AuthOptional, c.Verifier = tc.auth, authBy, tc.optional, fakeVerifier{}
+			})
+			c := ts.dial()
+			c.WriteFrame(map[string]any{"Op": 0, "Id": "1"}, nil)
+			want := `{"auth":1,"authby":` + string(authBy) + `,"id":"1","name":"test","op":"tmtprev"}`
+			if f := mustRead(t, c); string(f.Raw) != want {
+				t.Fatalf("tmtprev reply %s, want %s", f.Raw, want)
+			}
+			head := map[string]any{"Op": 1, "NewNode": "n", "NewAlias": "_"}
+			if tc.token != "" {
+				head["Oidc"] = tc.token
+			}
+			c.WriteFrame(head, nil)
+			if tc.quit != "" {
+				expectQuit(t, c, tc.quit)
+				return
+			}
+			if f := mustRead(t, c); f.Op() != "registered" {
+				t.Fatalf("reply %s", f.Raw)
+			}
+		})
+	}
+}
+
+func TestThirdPartyLogin(t *testing.T) {
+	ts := startServer(t, func(c *Config) {
+		c.Auth, c.AuthBy, c.Verifier = 2, []byte(`[]`), fakeVerifier{}
+	})
+	c := ts.dialRev()
+	c.WriteFrame(map[string]any{"Op": 1, "NewNode": "n", "NewAlias": "_", "Oidc": "good:42"}, nil)
+	reg := mustRead(t, c)
+	uid, nodeid := reg.Str("uid"), reg.Str("nodeid")
+	c.Close()
+	for _, tc := range []struct{ token, quit string }{
+		{"", "authentication required"},
+		{"good:43", "authentication required"},
+		{"good:42", ""},
+	} {
+		c := ts.dialRev()
+		head := map[string]any{"Op": 2, "Uid": uid, "Node": nodeid}
+		if tc.token != "" {
+			head["Oidc"] = tc.token
+		}
+		c.WriteFrame(head, nil)
+		if tc.quit != "" {
+			expectQuit(t, c, tc.quit)
+			continue
+		}
+		if f := mustRead(t, c); f.Op() != "info" {
+			t.Fatalf("login with %q: %s", tc.token, f.Raw)
+		}
 	}
 }
