@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -1955,13 +1956,13 @@ func TestUserDBGroupsDirMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	db2, _ := udbOpen(t, dir)
+	if _, err := os.Stat(filepath.Join(dir, groupSubdir)); err != nil {
+		t.Errorf("group directory not recreated: %v", err)
+	}
 	if _, err := db2.GroupInvite(a, "first group", "alice one", "bob smith"); err != nil {
 		t.Errorf("GroupInvite in a database without a group directory: %v", err)
 	}
-	if _, ok := db2.AliasUID("bob smith"); !ok {
-		t.Error("user lost")
-	}
-	_ = b
+	udbWantMembers(t, db2, b, "first group", a)
 }
 
 // TestUserDBGroupConcurrent races group creation against itself and against
@@ -1978,16 +1979,50 @@ func TestUserDBGroupConcurrent(t *testing.T) {
 	}
 	target := udbUser(t, db, "target user")
 
-	// Everyone creates "race group"; half create "contested" while the
-	// other half claim it as an alias.
-	inviteErrs := make([]error, n)
-	contestErrs := make([]error, n)
+	// Everyone creates each of the "race" groups at once, released together
+	// so that some find the group created between their look and their
+	// claim; a loser must be told it is not a member, as for any group.
+	const rounds = 8
+	creators := make([]int, rounds)
 	var wg sync.WaitGroup
+	for r := range rounds {
+		gid := fmt.Sprintf("race group %d", r)
+		inviteErrs := make([]error, n)
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				_, inviteErrs[i] = db.GroupInvite(uids[i], gid, aliases[i], "target user")
+			})
+		}
+		close(start)
+		wg.Wait()
+		creators[r] = -1
+		for i, err := range inviteErrs {
+			switch err {
+			case nil:
+				if creators[r] >= 0 {
+					t.Errorf("%s created by both %d and %d", gid, creators[r], i)
+				}
+				creators[r] = i
+			case qlib.ErrNotMember:
+			default:
+				t.Errorf("%s: racer %d: %v", gid, i, err)
+			}
+		}
+		if creators[r] < 0 {
+			t.Fatalf("nobody created %s", gid)
+		}
+		udbWantMembers(t, db, target, gid, uids[creators[r]])
+	}
+	creator := creators[0]
+
+	// Half create "contested" while the other half claim it as an alias.
+	contestErrs := make([]error, n)
+	start := make(chan struct{})
 	for i := range n {
 		wg.Go(func() {
-			_, inviteErrs[i] = db.GroupInvite(uids[i], "race group", aliases[i], "target user")
-		})
-		wg.Go(func() {
+			<-start
 			if i%2 == 0 {
 				_, contestErrs[i] = db.GroupInvite(uids[i], "contested", aliases[i], "target user")
 			} else {
@@ -1995,24 +2030,8 @@ func TestUserDBGroupConcurrent(t *testing.T) {
 			}
 		})
 	}
+	close(start)
 	wg.Wait()
-	creator := -1
-	for i, err := range inviteErrs {
-		switch err {
-		case nil:
-			if creator >= 0 {
-				t.Errorf("race group created by both %d and %d", creator, i)
-			}
-			creator = i
-		case qlib.ErrNotMember:
-		default:
-			t.Errorf("racer %d: %v", i, err)
-		}
-	}
-	if creator < 0 {
-		t.Fatal("nobody created race group")
-	}
-	udbWantMembers(t, db, target, "race group", uids[creator])
 	winner := -1
 	for i, err := range contestErrs {
 		switch err {
@@ -2045,7 +2064,7 @@ func TestUserDBGroupConcurrent(t *testing.T) {
 			continue
 		}
 		wg.Go(func() {
-			ch, err := db.GroupInvite(uids[creator], "race group", aliases[creator], aliases[i])
+			ch, err := db.GroupInvite(uids[creator], "race group 0", aliases[creator], aliases[i])
 			if err != nil || ch.Invitee != uids[i] {
 				errs <- fmt.Errorf("invite %d: %+v, %v", i, ch, err)
 			}
@@ -2058,7 +2077,7 @@ func TestUserDBGroupConcurrent(t *testing.T) {
 			continue
 		}
 		wg.Go(func() {
-			ch, err := db.GroupEdit(uids[i], qlib.GroupJoin, "race group", "", "")
+			ch, err := db.GroupEdit(uids[i], qlib.GroupJoin, "race group 0", "", "")
 			if err != nil || !slices.Contains(ch.Notify, uids[i]) || !slices.Contains(ch.Notify, uids[creator]) {
 				errs <- fmt.Errorf("join %d: %+v, %v", i, ch, err)
 				return
@@ -2066,7 +2085,7 @@ func TestUserDBGroupConcurrent(t *testing.T) {
 			notifyLens <- len(ch.Notify)
 		})
 		wg.Go(func() {
-			if _, err := db.GroupMembers(uids[i], "race group"); err != nil {
+			if _, err := db.GroupMembers(uids[i], "race group 0"); err != nil {
 				errs <- fmt.Errorf("GroupMembers %d: %w", i, err)
 			}
 		})
@@ -2089,7 +2108,7 @@ func TestUserDBGroupConcurrent(t *testing.T) {
 		}
 	}
 
-	members, err := db.GroupMembers(target, "race group")
+	members, err := db.GroupMembers(target, "race group 0")
 	if err != nil || len(members) != n || members[0] != uids[creator] {
 		t.Fatalf("GroupMembers = %v, %v; want all %d racers, creator first", members, err, n)
 	}
@@ -2098,7 +2117,7 @@ func TestUserDBGroupConcurrent(t *testing.T) {
 	}
 	db.Close()
 	db2, _ := udbOpen(t, dir)
-	udbWantMembers(t, db2, target, "race group", members...)
+	udbWantMembers(t, db2, target, "race group 0", members...)
 }
 
 // FuzzUserDBParseGroup feeds arbitrary file contents to the group record
@@ -2173,4 +2192,148 @@ func FuzzUserDBGid(f *testing.F) {
 			t.Fatalf("file stem %q for %q", stem, gid)
 		}
 	})
+}
+
+// TestUserDBTempAliasIsGid checks that an interrupted user write claiming a
+// gid as an alias is discarded, not completed over the group's name.
+func TestUserDBTempAliasIsGid(t *testing.T) {
+	dir := t.TempDir()
+	db, _ := udbOpen(t, dir)
+	a := udbUser(t, db, "alice one")
+	b := udbUser(t, db, "bob smith")
+	if _, err := db.GroupInvite(a, "the group", "alice one", "bob smith"); err != nil {
+		t.Fatal(err)
+	}
+	rec := db.users[b].rec.Load().clone()
+	db.Close()
+	rec.Rev++
+	rec.Aliases = append(rec.Aliases, "the group")
+	tmp := udbWriteTemp(t, dir, rec, nil)
+
+	db2, logs := udbOpen(t, dir)
+	if _, err := os.Stat(tmp); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("temp file still exists: %v", err)
+	}
+	if !strings.Contains(logs.String(), "discarded interrupted write") {
+		t.Errorf("no log of discarding %s:\n%s", tmp, logs)
+	}
+	if owner, ok := db2.AliasUID("the group"); ok {
+		t.Errorf("gid resolves as an alias of %s", owner)
+	}
+	udbWantMembers(t, db2, b, "the group", a)
+}
+
+// udbWaitBlocked waits until some goroutine is blocked on a mutex inside
+// the UserDB method fn, or fails the test after a deadline. It reads the
+// goroutine stacks: the blocked call has no other way to say it is waiting.
+func udbWaitBlocked(t *testing.T, fn string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); runtime.Gosched() {
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		for _, g := range strings.Split(stacks, "\n\n") {
+			if strings.Contains(g, "sync.(*Mutex).Lock") && strings.Contains(g, ".(*UserDB)."+fn+"(") {
+				return
+			}
+		}
+	}
+	t.Fatalf("no goroutine blocked in %s", fn)
+}
+
+// TestUserDBGroupCreationInProgress checks that requests for a gid whose
+// creation is being written wait for it, and go on correctly whether it
+// succeeds or fails. The creation is simulated by listing a group state
+// without a record, its write lock held, as createGroupRecord does.
+func TestUserDBGroupCreationInProgress(t *testing.T) {
+	db, _ := udbOpen(t, t.TempDir())
+	a := udbUser(t, db, "alice one")
+	b := udbUser(t, db, "bob smith")
+	c := udbUser(t, db, "carol c1")
+	begin := func(gid string) *groupState {
+		g := &groupState{}
+		g.wmu.Lock()
+		db.mu.Lock()
+		db.groups[gid] = g
+		db.names[gid] = &nameEntry{kind: nameGroup, owner: gid, pending: true}
+		db.mu.Unlock()
+		return g
+	}
+
+	// The creation succeeds: the waiting invite goes into the new group.
+	g := begin("group one")
+	if _, err := db.GroupMembers(a, "group one"); err != qlib.ErrNoGroup {
+		t.Errorf("GroupMembers during creation = %v, want ErrNoGroup", err)
+	}
+	if err := db.AddAlias(c, "group one"); err != qlib.ErrAliasTaken {
+		t.Errorf("AddAlias of a gid being created = %v, want ErrAliasTaken", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ch, err := db.GroupInvite(a, "group one", "alice one", "carol c1")
+		if err == nil && !slices.Equal(ch.Notify, []string{a, b}) {
+			err = fmt.Errorf("notify %v, want [%s %s]", ch.Notify, a, b)
+		}
+		done <- err
+	}()
+	udbWaitBlocked(t, "lockGroup")
+	rec := &groupRecord{GID: "group one", Rev: 1, Members: []memberRecord{
+		{UID: a, Alias: "alice one", Status: memberJoined},
+		{UID: b, Alias: "bob smith", Status: memberJoined},
+	}}
+	if err := db.writeGroup(rec); err != nil {
+		t.Fatal(err)
+	}
+	db.mu.Lock()
+	g.rec.Store(rec)
+	db.names["group one"].pending = false
+	db.mu.Unlock()
+	g.wmu.Unlock()
+	if err := <-done; err != nil {
+		t.Errorf("invite waiting for a creation: %v", err)
+	}
+	udbWantMembers(t, db, c, "group one", a, b)
+
+	// The creation fails: the waiting invite creates the group itself.
+	g = begin("group two")
+	go func() {
+		ch, err := db.GroupInvite(b, "group two", "bob smith", "carol c1")
+		if err == nil && !slices.Equal(ch.Notify, []string{b}) {
+			err = fmt.Errorf("notify %v, want [%s]", ch.Notify, b)
+		}
+		done <- err
+	}()
+	udbWaitBlocked(t, "lockGroup")
+	db.mu.Lock()
+	delete(db.groups, "group two")
+	delete(db.names, "group two")
+	db.mu.Unlock()
+	g.wmu.Unlock()
+	if err := <-done; err != nil {
+		t.Errorf("invite waiting for a failed creation: %v", err)
+	}
+	udbWantMembers(t, db, c, "group two", b)
+}
+
+// BenchmarkUserDBGroupEdit measures a membership change in a group of 100
+// members: each rewrites and fsyncs the whole group record.
+func BenchmarkUserDBGroupEdit(b *testing.B) {
+	const members = 100
+	db, _ := udbOpen(b, b.TempDir())
+	owner := udbUser(b, db, "group owner")
+	var last string
+	for i := range members - 1 {
+		alias := fmt.Sprintf("member %03d", i)
+		last = udbUser(b, db, alias)
+		if _, err := db.GroupInvite(owner, "bench group", "group owner", alias); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		if _, err := db.GroupEdit(last, qlib.GroupJoin, "bench group", "", ""); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := db.GroupEdit(last, qlib.GroupDrop, "bench group", "", fmt.Sprintf("member %03d", members-2)); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
