@@ -230,6 +230,7 @@ func readSmallFile(path string, limit int64) ([]byte, error) {
 // parseConfig decodes data, checks every value and resolves relative paths
 // against dir. It touches no files, so it can be fuzzed.
 func parseConfig(data []byte, dir string) (*Config, error) {
+	data = stripComments(data)
 	present, err := checkShape(data, reflect.TypeFor[Config]())
 	if err != nil {
 		return nil, err
@@ -244,6 +245,36 @@ func parseConfig(data []byte, dir string) (*Config, error) {
 	}
 	cfg.resolve(dir)
 	return &cfg, nil
+}
+
+// stripComments blanks out "//" comments that run to the end of a line
+// outside JSON strings, so that the example configuration can explain itself.
+// It replaces them with spaces rather than removing them, so that the
+// decoder's error offsets still point at the right line and column.
+func stripComments(data []byte) []byte {
+	out := bytes.Clone(data)
+	inString, escaped := false, false
+	for i := 0; i < len(out); i++ {
+		c := out[i]
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '/' && i+1 < len(out) && out[i+1] == '/':
+			for ; i < len(out) && out[i] != '\n'; i++ {
+				out[i] = ' '
+			}
+		}
+	}
+	return out
 }
 
 // checkShape walks the JSON document against the shape of t, because
