@@ -3,42 +3,93 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
 // BenchmarkCommit measures durable commits on the real file system: 1 KB
-// messages for two devices, from many goroutines, each commit fsynced before
-// it returns. It reports commits/s and fsyncs per commit (group commit makes
-// that well below one).
+// messages for two devices, from n goroutines at once (links posting), each
+// commit fsynced before it returns. It reports commits/s and fsyncs per
+// commit: group commit makes that well below one.
 func BenchmarkCommit(b *testing.B) {
+	for _, n := range []int{8, 64, 256} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			l, err := Open(Options{Dir: b.TempDir(), Logger: quiet()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			data := bytes.Repeat([]byte("m"), 1000)
+			envelope := func(id ID, _ time.Time, _ []ID) []byte { return []byte(id.String()) }
+			var left atomic.Int64
+			left.Store(int64(b.N))
+			syncs0 := l.nSyncs.Load()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for i := range n {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					to := []string{fmt.Sprint("dev", i), fmt.Sprint("dev", i+1)}
+					for left.Add(-1) >= 0 {
+						d := l.Draft()
+						d.Write(data)
+						if _, err := d.Commit(Message{To: to, Len: int64(len(data)), Envelope: envelope}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "commits/s")
+			b.ReportMetric(float64(l.nSyncs.Load()-syncs0)/float64(b.N), "fsyncs/commit")
+		})
+	}
+}
+
+// BenchmarkCommitSerial is one committer: every commit waits for its own
+// fsync, so this measures the disk's fsync latency.
+func BenchmarkCommitSerial(b *testing.B) {
 	l, err := Open(Options{Dir: b.TempDir(), Logger: quiet()})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer l.Close()
 	data := bytes.Repeat([]byte("m"), 1000)
-	envelope := func(id ID, _ time.Time, _ []ID) []byte { return []byte(id.String()) }
-	var n atomic.Int64
-	syncs0 := l.nSyncs.Load()
-	b.SetParallelism(32) // goroutines per CPU: many links posting at once
 	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := n.Add(1)
-		to := []string{fmt.Sprint("dev", i), fmt.Sprint("dev", i+1)}
-		for pb.Next() {
-			d := l.Draft()
-			d.Write(data)
-			if _, err := d.Commit(Message{To: to, Len: int64(len(data)), Envelope: envelope}); err != nil {
-				b.Error(err)
-				return
-			}
+	for range b.N {
+		d := l.Draft()
+		d.Write(data)
+		if _, err := d.Commit(Message{To: []string{"a", "b"}, Len: int64(len(data))}); err != nil {
+			b.Fatal(err)
 		}
-	})
-	b.StopTimer()
+	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "commits/s")
-	b.ReportMetric(float64(l.nSyncs.Load()-syncs0)/float64(b.N), "fsyncs/commit")
+}
+
+// fill commits n messages of 1 KB for dev, many per commit so that setup
+// does not wait for n fsyncs.
+func fill(b *testing.B, l *Log, n int, dev string) {
+	const per = 1000
+	data := bytes.Repeat([]byte("m"), 1000)
+	for n > 0 {
+		k := min(n, per)
+		d := l.Draft()
+		msgs := make([]Message, k)
+		for i := range msgs {
+			d.Write(data)
+			msgs[i] = Message{To: []string{dev}, Off: int64(i * len(data)), Len: int64(len(data))}
+		}
+		if _, err := d.Commit(msgs...); err != nil {
+			b.Fatal(err)
+		}
+		n -= k
+	}
 }
 
 // BenchmarkDeliver measures the read side: Head, WriteTo and Ack of 1 KB
@@ -49,12 +100,7 @@ func BenchmarkDeliver(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer l.Close()
-	data := bytes.Repeat([]byte("m"), 1000)
-	for range b.N {
-		d := l.Draft()
-		d.Write(data)
-		d.Commit(Message{To: []string{"dev"}, Len: int64(len(data))})
-	}
+	fill(b, l, b.N, "dev")
 	var sink bytes.Buffer
 	b.ResetTimer()
 	for range b.N {
@@ -67,4 +113,56 @@ func BenchmarkDeliver(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkIndex reports the index memory per queued message and the time to
+// recover a store of 200k queued messages, each committed on its own.
+func BenchmarkIndex(b *testing.B) {
+	const n = 200_000
+	dir := b.TempDir()
+	l, err := Open(Options{Dir: dir, Logger: quiet()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	// One message per commit, as posts arrive, from many goroutines.
+	var wg sync.WaitGroup
+	var left atomic.Int64
+	left.Store(n)
+	data := bytes.Repeat([]byte("m"), 1000)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for left.Add(-1) >= 0 {
+				d := l.Draft()
+				d.Write(data)
+				if _, err := d.Commit(Message{To: []string{"dev"}, Len: int64(len(data))}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	l.Close()
+	var before, after runtime.MemStats
+	b.ResetTimer()
+	for range b.N {
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		l, err := Open(Options{Dir: dir, Logger: quiet()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if l.Len("dev") != n {
+			b.Fatalf("recovered %d of %d", l.Len("dev"), n)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heap-bytes/msg")
+		l.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "open-ns/msg")
 }

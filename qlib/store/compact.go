@@ -164,21 +164,15 @@ func (l *Log) compactOnce() (bool, error) {
 // liveIn returns the ids of the live messages with bytes in seg, sorted, and
 // prunes dead blobs from seg's list. mu must be held.
 func (l *Log) liveIn(seg *segment) []ID {
+	seg.pruneBlobs()
 	var ids []ID
-	blobs := seg.blobs[:0]
 	for _, b := range seg.blobs {
-		if b.live == 0 {
-			continue
-		}
-		blobs = append(blobs, b)
 		for i := range ID(b.count) {
 			if m := l.msgs[b.first+i]; m != nil && m.blob == b {
 				ids = append(ids, b.first+i)
 			}
 		}
 	}
-	clear(seg.blobs[len(blobs):])
-	seg.blobs = blobs
 	slices.Sort(ids)
 	return slices.Compact(ids)
 }
@@ -281,11 +275,11 @@ func (l *Log) dropOldest(old *segment) error {
 	// back after later segments were deleted, replay would resurrect
 	// messages. Fail stop.
 	if err := l.fs.Remove(old.path); err != nil {
-		l.fail(fmt.Errorf("store: remove %s: %w", old.path, err))
+		l.fail(fmt.Errorf("store: %w", err))
 		return l.failure()
 	}
 	if err := l.fs.SyncDir(l.dir); err != nil {
-		l.fail(fmt.Errorf("store: sync %s: %w", l.dir, err))
+		l.fail(fmt.Errorf("store: %w", err))
 		return l.failure()
 	}
 	l.log.Debug("store: deleted segment", "file", old.path)

@@ -13,7 +13,7 @@ type draft struct {
 	// so that compaction leaves the chunks alone.
 	pin  *segment
 	done bool
-	err  error // a failed chunk write; the draft can only be aborted
+	err  error // a failed write; Commit returns it
 }
 
 // Write implements io.Writer.
@@ -25,6 +25,7 @@ func (d *draft) Write(p []byte) (int, error) {
 		return 0, d.err
 	}
 	if err := d.l.writable(); err != nil {
+		d.err = err
 		return 0, err
 	}
 	total := len(p)

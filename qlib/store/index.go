@@ -30,11 +30,30 @@ type segment struct {
 	live      int     // references from live blobs: records and chunks
 	liveBytes int64   // bytes of those references
 	blobs     []*blob // blobs with bytes here, for compaction; may hold dead ones
+	dead      int     // blobs in the list that died since it was last pruned
 	readers   int     // WriteTo calls and copies reading the file
 	removed   bool    // unlinked; close f when readers reaches zero
 
 	// Writer goroutine only.
 	syncs uint32 // fsyncs completed: the epoch of frames written now
+}
+
+// pruneAt is the least number of dead blobs for which a segment's list is
+// pruned; pruning when half the list is dead keeps the cost amortised O(1)
+// and the dead blobs' memory at most that of the live ones.
+const pruneAt = 64
+
+// pruneBlobs drops dead blobs from s.blobs. Log.mu must be held.
+func (s *segment) pruneBlobs() {
+	live := s.blobs[:0]
+	for _, b := range s.blobs {
+		if b.live > 0 {
+			live = append(live, b)
+		}
+	}
+	clear(s.blobs[len(live):])
+	s.blobs = live
+	s.dead = 0
 }
 
 func newSegment(dir string, seq uint64) *segment {
@@ -64,18 +83,20 @@ func parseSegName(name string) (uint64, bool) {
 // blob is the stored data of one commit or copy record: the record (holding
 // envelopes and the inline tail) and the chunk records before it. It is shared
 // by the messages of the record and lives while any of them does.
+//
+// There is one per commit, so it is kept small: offsets within the record are
+// 32 bits (a frame is at most maxPayload long).
 type blob struct {
 	seg     *segment // holds the record
+	chunks  []chunk  // data before the tail, in order
 	recOff  int64    // file offset of the record's frame
-	recLen  int64    // frame length
-	payOff  int64    // file offset of the record's payload
-	tailOff int64    // file offset of the inline tail
-	tailLen int64
-	chunks  []chunk // data before the tail, in order
-	first   ID      // the record's messages are first, first+1, …
+	first   ID       // the record's messages are first, first+1, …
+	recLen  uint32   // frame length
+	tailRel uint32   // offset of the inline tail from recOff
+	tailLen uint32
 	count   uint32
-	missing bool // recovery: a chunk's segment was deleted (fine unless a message still lives)
-	live    int  // live messages using it; guarded by Log.mu
+	live    int32 // live messages using it; guarded by Log.mu
+	missing bool  // recovery: a chunk's segment was deleted (fine unless a message still lives)
 }
 
 // segments appends to dst each distinct segment b has bytes in.
@@ -108,19 +129,20 @@ func (b *blob) pieces(off, n int64, fn func(f File, at, n int64) error) error {
 		}
 		pos += c.n
 	}
-	if lo, hi := max(off, pos), min(end, pos+b.tailLen); lo < hi {
-		return fn(b.seg.f, b.tailOff+lo-pos, hi-lo)
+	if lo, hi := max(off, pos), min(end, pos+int64(b.tailLen)); lo < hi {
+		return fn(b.seg.f, b.recOff+int64(b.tailRel)+lo-pos, hi-lo)
 	}
 	return nil
 }
 
-// message is a stored message with at least one queue entry.
+// message is a stored message with at least one queue entry. There may be
+// millions, so it is kept small.
 type message struct {
 	blob   *blob
-	env    int64 // file offset of the envelope in blob.seg
-	envLen int64
-	off, n int64 // data range within the blob
-	refs   int   // queue entries
+	off, n int64  // data range within the blob
+	envRel uint32 // offset of the envelope from blob.recOff
+	envLen uint32
+	refs   int32 // queue entries
 	prio   Priority
 }
 

@@ -52,24 +52,17 @@ const (
 	tmpSuffix = ".tmp"
 )
 
-// Errors of this implementation, besides those of Store.
-var (
-	// ErrNoMessage: WriteTo named an id that is not stored (never was, or
-	// every device has acknowledged it).
-	ErrNoMessage = errors.New("store: no such message")
-	// ErrFailed: an earlier I/O error left the store unable to guarantee
-	// durability; it refuses all work (fail stop).
-	ErrFailed = errors.New("store: failed after an i/o error")
-	// ErrPriority: a Message's priority is not Normal or High.
-	ErrPriority = errors.New("store: unknown priority")
-	// ErrDraftDone: the draft was already committed or aborted.
-	ErrDraftDone = errors.New("store: draft already finished")
-	// ErrTooBig: a record would exceed the format's size limit.
-	ErrTooBig = errors.New("store: record too big")
-)
+// ErrTooBig: a commit (envelopes, device lists, inline data) or a queue copy
+// would exceed the log format's record size limit.
+var ErrTooBig = errors.New("store: record too big")
 
 // Log is the log-structured Store: append-only segment files written by one
 // goroutine with group commit, and an in-memory index rebuilt at Open.
+//
+// Envelope functions run while the log's tail is locked (their ids must be
+// issued in log order): they must be quick and must not call the store.
+// Watch functions run on the writer goroutine: they must not block, and in
+// particular must not Commit or CopyQueue, which wait for that goroutine.
 //
 // Locks: mu guards the index; pendMu guards the tail of the log (the batch
 // being gathered for the writer, the head segment, id issue). Where both are
@@ -208,7 +201,7 @@ func Open(opts Options) (*Log, error) {
 		}
 		return nil, err
 	}
-	l.log.Info("store: opened", "dir", l.dir, "segments", len(l.segs)-1,
+	l.log.Info("store: opened", "dir", l.dir, "segments", len(l.segs),
 		"messages", len(l.msgs), "queues", len(l.queues), "elapsed", time.Since(start))
 	go l.run()
 	go l.compactor()
@@ -277,7 +270,7 @@ func (l *Log) open() error {
 	head.f = f
 	l.segs = append(l.segs, head)
 	if err := l.fs.SyncDir(l.dir); err != nil {
-		return fmt.Errorf("store: sync %s: %w", l.dir, err)
+		return fmt.Errorf("store: %w", err)
 	}
 	l.head, l.cur = head, head
 	l.pend = l.newBatch()
@@ -383,16 +376,14 @@ func (l *Log) appendBlob(t recType, d *draft, msgs []recMsg) (*batch, *blob, err
 	if err != nil {
 		return nil, nil, err
 	}
-	pay := off + frameHeaderSize
 	bl := &blob{
 		seg:     seg,
-		recOff:  off,
-		recLen:  int64(len(b.buf) - start),
-		payOff:  pay,
-		tailOff: pay + int64(tailPos),
-		tailLen: int64(len(d.buf)),
 		chunks:  d.chunks,
+		recOff:  off,
 		first:   msgs[0].id,
+		recLen:  uint32(len(b.buf) - start),
+		tailRel: uint32(frameHeaderSize + tailPos),
+		tailLen: uint32(len(d.buf)),
 		count:   uint32(len(msgs)),
 	}
 	for i := range msgs {
@@ -550,7 +541,7 @@ func (l *Log) writeBatch(b *batch) error {
 		}
 		stampFrames(part, l.cur.syncs)
 		if _, err := l.cur.f.Write(part); err != nil {
-			return fmt.Errorf("store: write %s: %w", l.cur.path, err)
+			return fmt.Errorf("store: %w", err)
 		}
 		l.dirty = true
 		l.mu.Lock()
@@ -566,7 +557,7 @@ func (l *Log) writeBatch(b *batch) error {
 
 func (l *Log) syncCur() error {
 	if err := l.cur.f.Sync(); err != nil {
-		return fmt.Errorf("store: sync %s: %w", l.cur.path, err)
+		return fmt.Errorf("store: %w", err)
 	}
 	l.cur.syncs++
 	l.dirty = false
@@ -586,7 +577,7 @@ func (l *Log) rotate(next *segment) error {
 	}
 	if err := l.fs.SyncDir(l.dir); err != nil {
 		f.Close()
-		return fmt.Errorf("store: sync %s: %w", l.dir, err)
+		return fmt.Errorf("store: %w", err)
 	}
 	l.mu.Lock()
 	next.f = f
@@ -656,11 +647,11 @@ func (l *Log) apply(b *batch) []func() {
 func (l *Log) newMessage(b *blob, rm *recMsg) *message {
 	m := &message{
 		blob:   b,
-		env:    b.payOff + int64(rm.envPos),
-		envLen: int64(rm.envLen),
 		off:    rm.off,
 		n:      rm.n,
-		refs:   len(rm.devs),
+		envRel: uint32(frameHeaderSize + rm.envPos),
+		envLen: uint32(rm.envLen),
+		refs:   int32(len(rm.devs)),
 		prio:   rm.prio,
 	}
 	l.blobRef(b)
@@ -671,8 +662,8 @@ func (l *Log) newMessage(b *blob, rm *recMsg) *message {
 func (l *Log) relocate(m *message, b *blob, rm *recMsg) {
 	old := m.blob
 	m.blob = b
-	m.env = b.payOff + int64(rm.envPos)
-	m.envLen = int64(rm.envLen)
+	m.envRel = uint32(frameHeaderSize + rm.envPos)
+	m.envLen = uint32(rm.envLen)
 	m.off, m.n = rm.off, rm.n
 	l.blobRef(b)
 	l.blobUnref(old)
@@ -722,7 +713,7 @@ func (l *Log) blobUnref(b *blob) {
 // account adds (sign 1) or removes (sign -1) the bytes of a blob that became
 // live or dead to its segments' tallies. mu must be held.
 func (l *Log) account(b *blob, sign int) {
-	l.accountSeg(b.seg, b.recLen, sign, b)
+	l.accountSeg(b.seg, int64(b.recLen), sign, b)
 	for _, c := range b.chunks {
 		l.accountSeg(c.seg, c.n+frameHeaderSize, sign, b)
 	}
@@ -735,8 +726,13 @@ func (l *Log) accountSeg(s *segment, n int64, sign int, b *blob) {
 	s.live += sign
 	s.liveBytes += int64(sign) * n
 	l.live += int64(sign) * n
-	if sign > 0 && (len(s.blobs) == 0 || s.blobs[len(s.blobs)-1] != b) {
+	switch {
+	case sign > 0 && (len(s.blobs) == 0 || s.blobs[len(s.blobs)-1] != b):
 		s.blobs = append(s.blobs, b)
+	case sign < 0:
+		if s.dead++; s.dead >= pruneAt && 2*s.dead >= len(s.blobs) {
+			s.pruneBlobs()
+		}
 	}
 }
 
@@ -888,7 +884,7 @@ func (l *Log) acquire(id ID) (msgRef, error) {
 	if m == nil {
 		return msgRef{}, ErrNoMessage
 	}
-	r := msgRef{blob: m.blob, prio: m.prio, env: m.env, envLen: m.envLen, off: m.off, n: m.n}
+	r := msgRef{blob: m.blob, prio: m.prio, env: m.blob.recOff + int64(m.envRel), envLen: int64(m.envLen), off: m.off, n: m.n}
 	r.segs = m.blob.segments(nil)
 	for _, s := range r.segs {
 		s.readers++

@@ -179,10 +179,10 @@ func (r *replayer) tornTail(seg *segment, s *scanner, off int64, above uint32) e
 	}
 	r.l.log.Warn("store: truncating torn tail", "file", seg.path, "offset", off, "dropped", seg.size-off)
 	if err := seg.f.Truncate(off); err != nil {
-		return fmt.Errorf("store: truncate %s: %w", seg.path, err)
+		return fmt.Errorf("store: %w", err)
 	}
 	if err := seg.f.Sync(); err != nil {
-		return fmt.Errorf("store: sync %s: %w", seg.path, err)
+		return fmt.Errorf("store: %w", err)
 	}
 	r.l.total -= seg.size - off
 	seg.size = off
@@ -260,15 +260,13 @@ func (r *replayer) blobRecord(seg *segment, off int64, fh frameHeader, p []byte)
 	if fh.typ == recCopy && len(msgs) != 1 {
 		return fmt.Errorf("copy record of %d messages", len(msgs))
 	}
-	pay := off + frameHeaderSize
 	b := &blob{
 		seg:     seg,
 		recOff:  off,
-		recLen:  frameHeaderSize + fh.n,
-		payOff:  pay,
-		tailOff: pay + int64(br.tailPos),
-		tailLen: br.tailLen,
 		first:   msgs[0].id,
+		recLen:  uint32(frameHeaderSize + fh.n),
+		tailRel: uint32(frameHeaderSize + br.tailPos),
+		tailLen: uint32(br.tailLen),
 		count:   uint32(len(msgs)),
 	}
 	for _, c := range br.chunks {

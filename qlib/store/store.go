@@ -87,13 +87,24 @@ var (
 	ErrNotQueued = errors.New("store: message not in queue")
 	// ErrRange: a Message's data range lies outside the draft's data.
 	ErrRange = errors.New("store: message range outside draft data")
+	// ErrPriority: a Message's priority is neither Normal nor High.
+	ErrPriority = errors.New("store: unknown priority")
+	// ErrDraftDone: the draft was already committed or aborted.
+	ErrDraftDone = errors.New("store: draft already finished")
+	// ErrNoMessage: WriteTo named an id that is not stored (it never was,
+	// or every device has acknowledged it).
+	ErrNoMessage = errors.New("store: no such message")
+	// ErrFailed: an earlier I/O error left stable storage in an unknown
+	// state and the store has stopped (see Store). Errors returned after
+	// that wrap both ErrFailed and the original error.
+	ErrFailed = errors.New("store: failed after an i/o error")
 )
 
 // Store is the durable message store. All methods are safe for concurrent use.
 //
 // After an I/O error that may have left stable storage in an unknown state the
-// store fails stop: every later call returns an error, and the server shuts down
-// rather than acknowledge anything it cannot keep.
+// store fails stop: every later call returns an error wrapping ErrFailed, and
+// the server shuts down rather than acknowledge anything it cannot keep.
 type Store interface {
 	// Draft starts new messages. Data written to the draft is kept with bounded
 	// memory whatever its size (large data is written through to storage), but
@@ -105,6 +116,7 @@ type Store interface {
 	Head(dev string) (id ID, ok bool)
 
 	// WriteTo writes message id (its envelope, then its data) to w.
+	// ErrNoMessage if the store does not hold id.
 	WriteTo(w io.Writer, id ID) (int64, error)
 
 	// Ack removes id from dev's queue; ErrNotQueued if it is not there. The
@@ -114,7 +126,9 @@ type Store interface {
 
 	// Watch registers fn to be called whenever entries are added to dev's queue
 	// (after they are durable). fn is called from the store's own goroutine and
-	// must not block. A nil fn removes the watcher. One watcher per device.
+	// must not block: it may call Head, Len, WriteTo and Ack, but not Commit
+	// or CopyQueue, which wait for that goroutine. A nil fn removes the
+	// watcher. One watcher per device.
 	Watch(dev string, fn func())
 
 	// CopyQueue durably gives dst a queue referencing the same messages as
@@ -137,7 +151,9 @@ type Draft interface {
 	// Commit durably stores msgs and returns one receipt per message. On
 	// success or failure, the draft is finished. All messages of one Commit
 	// become durable together or not at all; their ids are consecutive in the
-	// order given.
+	// order given. ErrRange or ErrPriority for a bad Message, ErrDraftDone if
+	// the draft was already finished. Each Envelope is called with the
+	// store's append lock held: it must be quick and must not call the store.
 	Commit(msgs ...Message) ([]Receipt, error)
 
 	// Abort discards the draft. Safe to call after Commit (then a no-op).
