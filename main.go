@@ -3,6 +3,7 @@
 //
 //	mnm               run the server (creates mnm.config and a certificate on first start)
 //	mnm --version     print the version
+//	mnm load [flags]  the load benchmark (load.go, BENCHMARKS.md)
 //
 // See README.md for operating it and Protocol.md for what it speaks.
 package main
@@ -47,6 +48,17 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	// Subcommands come first; anything else is the server's flags.
+	if len(args) > 0 {
+		switch args[0] {
+		case "load":
+			return runLoad(args[1:], stdout, stderr)
+		}
+		// A number N: simulate N members against an in-process server.
+		if n, ok := simMembers(args[0]); ok {
+			return runSim(n, args[1:], stdout, stderr)
+		}
+	}
 	fs := flag.NewFlagSet("mnm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -74,32 +86,51 @@ func run(args []string, stdout, stderr io.Writer) int {
 		logger.Error("startup failed", "err", err)
 		return exitFailure
 	}
+	return waitForStop(d, logger)
+}
+
+// waitForStop serves until SIGINT/SIGTERM or a store failure, then shuts the
+// daemon down. SIGHUP reloads the certificate, so a renewed one takes effect
+// without dropping links.
+func waitForStop(d *daemon, logger *slog.Logger) int {
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	s := <-sig
-	for s == syscall.SIGHUP {
-		// SIGHUP reloads the certificate, so a renewed one takes effect
-		// without dropping links.
-		if err := d.certs.Reload(); err != nil {
-			logger.Error("certificate reload failed; keeping the old one", "err", err)
-		} else {
-			logger.Info("certificate reloaded", "notAfter", d.certs.NotAfter())
+	code := exitOK
+	for stop := false; !stop; {
+		select {
+		case s := <-sig:
+			if s != syscall.SIGHUP {
+				logger.Info("shutting down", "signal", s.String())
+				stop = true
+				break
+			}
+			if err := d.certs.Reload(); err != nil {
+				logger.Error("certificate reload failed; keeping the old one", "err", err)
+			} else {
+				logger.Info("certificate reloaded", "notAfter", d.certs.NotAfter())
+			}
+		case err := <-d.fatal:
+			// Fail stop: nothing more can be acknowledged safely.
+			logger.Error("shutting down after a store failure", "err", err)
+			code = exitFailure
+			stop = true
 		}
-		s = <-sig
 	}
-	logger.Info("shutting down", "signal", s.String())
 	go func() {
 		// A second signal means "now": the operator does not want to wait.
-		<-sig
-		logger.Warn("second signal; exiting at once")
-		os.Exit(exitFailure)
+		for s := range sig {
+			if s != syscall.SIGHUP {
+				logger.Warn("second signal; exiting at once")
+				os.Exit(exitFailure)
+			}
+		}
 	}()
 	if err := d.shutdown(); err != nil {
 		logger.Error("shutdown failed", "err", err)
 		return exitFailure
 	}
 	logger.Info("stopped")
-	return exitOK
+	return code
 }
 
 // daemon is a running server with everything it owns.
@@ -111,6 +142,7 @@ type daemon struct {
 	ln     net.Listener
 	certs  *CertReloader // nil when the caller manages certificates
 	served chan error
+	fatal  chan error // the store failed: qlib.Config.OnFatal
 }
 
 // startDaemon reads (or creates) the configuration and starts serving.
@@ -178,6 +210,7 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		users.Close()
 		return nil, err
 	}
+	d := &daemon{log: logger, served: make(chan error, 1), fatal: make(chan error, 1)}
 	srv, err := qlib.NewServer(qlib.Config{
 		Name:         cfg.Name,
 		Directory:    users,
@@ -188,13 +221,19 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		AuthBy:       authBy,
 		AuthOptional: optional,
 		Verifier:     verifier,
+		OnFatal: func(err error) {
+			select {
+			case d.fatal <- err:
+			default:
+			}
+		},
 	})
 	if err != nil {
 		st.Close()
 		users.Close()
 		return nil, err
 	}
-	d := &daemon{log: logger, users: users, store: st, srv: srv, ln: ln, served: make(chan error, 1)}
+	d.srv, d.users, d.store, d.ln = srv, users, st, ln
 	go func() { d.served <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
 	return d, nil
 }

@@ -167,9 +167,20 @@ func (s *syncBuffer) String() string {
 // startServer starts a server; tweak may change its Config (timeouts).
 func startServer(t *testing.T, tweak func(*Config)) *testServer {
 	t.Helper()
+	return startServerFS(t, nil, tweak)
+}
+
+// startServerFS starts a server whose store does its I/O through fsys (nil:
+// the real filesystem in a temporary directory).
+func startServerFS(t *testing.T, fsys store.FS, tweak func(*Config)) *testServer {
+	t.Helper()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	st, err := store.Open(store.Options{Dir: t.TempDir(), Logger: logger})
+	dir := "/qstore"
+	if fsys == nil {
+		dir = t.TempDir()
+	}
+	st, err := store.Open(store.Options{Dir: dir, FS: fsys, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +214,7 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 		if err := <-served; err != ErrServerClosed {
 			t.Errorf("Serve returned %v", err)
 		}
-		if err := st.Close(); err != nil {
+		if err := st.Close(); err != nil && fsys == nil {
 			t.Errorf("store close: %v", err)
 		}
 		if t.Failed() {

@@ -114,6 +114,9 @@ func (l *link) serve() {
 			return
 		case errors.Is(err, errQuit):
 			return
+		case errors.Is(err, store.ErrFailed):
+			l.srv.fatal(err)
+			return
 		default:
 			l.log.Info("link closed", "op", int(h.Op), "err", err)
 			return

@@ -61,6 +61,11 @@ type Config struct {
 
 	MaxPostBytes int64 // 0 = DefaultMaxPostBytes
 
+	// OnFatal is called (once, from a link goroutine) when the store has
+	// failed and nothing more can be acknowledged: the owner should shut
+	// the server down. nil: the failure is only logged.
+	OnFatal func(error)
+
 	LoginTimeout time.Duration // 0 = DefaultLoginTimeout
 	IdleTimeout  time.Duration // 0 = DefaultIdleTimeout
 	ResendAfter  time.Duration // 0 = DefaultResendAfter
@@ -72,7 +77,8 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
-	wg sync.WaitGroup // one per running link goroutine
+	wg        sync.WaitGroup // one per running link goroutine
+	fatalOnce sync.Once
 
 	// mu guards the fields below it.
 	mu        sync.Mutex
@@ -223,6 +229,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		return ctx.Err()
 	}
+}
+
+// fatal reports a store failure to the owner, once. Links keep refusing work
+// (every store call fails) until the owner shuts the server down.
+func (s *Server) fatal(err error) {
+	s.fatalOnce.Do(func() {
+		s.log.Error("store failed; the server must stop", "err", err)
+		if s.cfg.OnFatal != nil {
+			s.cfg.OnFatal(err)
+		}
+	})
 }
 
 // Stats is a snapshot of the server's links.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"mnm/qlib/store"
 	"mnm/testclient"
 )
 
@@ -413,5 +414,30 @@ func TestThirdPartyLogin(t *testing.T) {
 		if f := mustRead(t, c); f.Op() != "info" {
 			t.Fatalf("login with %q: %s", tc.token, f.Raw)
 		}
+	}
+}
+
+// TestStoreFailureStops: when the store cannot fsync, the post is not acked,
+// the link closes, and the owner is told to stop the server.
+func TestStoreFailureStops(t *testing.T) {
+	fsys := store.NewMemFS()
+	fatal := make(chan error, 1)
+	ts := startServerFS(t, fsys, func(c *Config) {
+		c.OnFatal = func(err error) { fatal <- err }
+	})
+	a, _ := ts.register()
+	_, rb := ts.register()
+	fsys.FailNth(store.OpSync, 1, errors.New("injected: disk gone"))
+	ack, err := a.Post([]testclient.Recipient{{ID: rb.UID, Type: 1}}, []byte("lost?"))
+	if err == nil {
+		t.Fatalf("post acked after the store failed: %+v", ack)
+	}
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, store.ErrFailed) {
+			t.Fatalf("OnFatal(%v), want a store.ErrFailed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnFatal not called")
 	}
 }
