@@ -43,7 +43,14 @@ func (l *link) wake() {
 		return
 	}
 	l.running = true
-	go l.deliver()
+	// Counted with the link goroutines, so that Shutdown returns only when
+	// nothing touches the store any more. serve is still running (closed is
+	// false), so the group's counter cannot be at zero here.
+	l.srv.wg.Add(1)
+	go func() {
+		defer l.srv.wg.Done()
+		l.deliver()
+	}()
 }
 
 // send queues a frame that is not a stored message (a presence notice) for
