@@ -260,6 +260,8 @@ type UserDB struct {
 	groupDir string
 	logger   *slog.Logger
 	now      func() time.Time
+	// groupLimit is maxGroupMembers; tests lower it.
+	groupLimit int
 
 	// mu guards the fields below. It is held only for map operations, never
 	// across file I/O.
@@ -280,13 +282,14 @@ func OpenUserDB(dir string, logger *slog.Logger) (*UserDB, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	db := &UserDB{
-		userDir:  filepath.Join(dir, userSubdir),
-		groupDir: filepath.Join(dir, groupSubdir),
-		logger:   logger,
-		now:      time.Now,
-		users:    make(map[string]*userState),
-		groups:   make(map[string]*groupState),
-		names:    make(map[string]*nameEntry),
+		userDir:    filepath.Join(dir, userSubdir),
+		groupDir:   filepath.Join(dir, groupSubdir),
+		logger:     logger,
+		now:        time.Now,
+		groupLimit: maxGroupMembers,
+		users:      make(map[string]*userState),
+		groups:     make(map[string]*groupState),
+		names:      make(map[string]*nameEntry),
 	}
 	for _, sub := range []string{db.userDir, db.groupDir} {
 		if err := ensureRecordDir(sub); err != nil {
@@ -1327,6 +1330,8 @@ func (db *UserDB) invite(g *groupState, uid, invitee, to string) (qlib.GroupChan
 	}
 	// to is the invitee's own alias, so no other member is listed under it.
 	switch i := rec.member(invitee); {
+	case i < 0 && len(rec.Members) >= db.groupLimit:
+		return qlib.GroupChange{}, qlib.ErrGroupFull
 	case i < 0:
 		rec.Members = append(rec.Members, memberRecord{UID: invitee, Alias: to, Status: memberInvited})
 	case rec.Members[i].Status == memberJoined:
@@ -1339,6 +1344,13 @@ func (db *UserDB) invite(g *groupState, uid, invitee, to string) (qlib.GroupChan
 	}
 	return qlib.GroupChange{Alias: to, Invitee: invitee, Notify: rec.joined()}, nil
 }
+
+// maxGroupMembers bounds a group's member list (invited, joined and barred).
+// Every group edit rewrites the whole record and every group post fans out
+// to every joined member's devices, so an unbounded list would let one
+// member make each edit and post arbitrarily expensive; distribution groups
+// of real people stay far below this.
+const maxGroupMembers = 5000
 
 // createGroup creates gid with uid joined under from and invitee invited
 // under to. ErrGroupExists if gid became a group meanwhile.

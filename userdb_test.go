@@ -2337,3 +2337,36 @@ func BenchmarkUserDBGroupEdit(b *testing.B) {
 		}
 	}
 }
+
+func TestUserDBGroupFull(t *testing.T) {
+	db, err := OpenUserDB(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.groupLimit = 3
+	var uids []string
+	for i := range 4 {
+		uid, _, _, err := db.Register("dev", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.AddAlias(uid, fmt.Sprintf("member %d alias", i)); err != nil {
+			t.Fatal(err)
+		}
+		uids = append(uids, uid)
+	}
+	const gid = "small group"
+	for i := 1; i < 3; i++ {
+		if _, err := db.GroupInvite(uids[0], gid, "member 0 alias", fmt.Sprintf("member %d alias", i)); err != nil {
+			t.Fatalf("invite %d: %v", i, err)
+		}
+	}
+	if _, err := db.GroupInvite(uids[0], gid, "member 0 alias", "member 3 alias"); err != qlib.ErrGroupFull {
+		t.Fatalf("fourth member: %v, want ErrGroupFull", err)
+	}
+	// Re-inviting someone already listed needs no room.
+	if _, err := db.GroupInvite(uids[0], gid, "member 0 alias", "member 2 alias"); err != nil {
+		t.Fatalf("re-invite in a full group: %v", err)
+	}
+}

@@ -50,7 +50,8 @@ type Directory interface {
 	// does not exist. The invitee is listed under to until it joins.
 	// ErrFromNotSender, ErrAliasUnknown (to), ErrGidShort, ErrGidInvalid,
 	// ErrGidTaken (a new gid equal to an alias), ErrNotMember (uid is not a
-	// joined member of an existing group), ErrAlreadyMember (to is joined).
+	// joined member of an existing group), ErrAlreadyMember (to is joined),
+	// ErrGroupFull (the directory's bound on members is reached).
 	// Inviting an invited or barred user again is accepted.
 	GroupInvite(uid, gid, from, to string) (GroupChange, error)
 
@@ -116,6 +117,7 @@ var (
 	ErrNotMember      = errors.New("not a member of the group")
 	ErrAlreadyMember  = errors.New("already a member of the group")
 	ErrNotInvited     = errors.New("not invited to the group")
+	ErrGroupFull      = errors.New("group is full")
 )
 
 // clientErrors are the errors whose text a client may see.
@@ -124,6 +126,7 @@ var clientErrors = []error{
 	ErrAliasShort, ErrAliasInvalid, ErrAliasTaken, ErrAliasUnknown,
 	ErrFromNotSender, ErrNewAliasNotOwn, ErrGidShort, ErrGidInvalid,
 	ErrGidTaken, ErrNoGroup, ErrNotMember, ErrAlreadyMember, ErrNotInvited,
+	ErrGroupFull,
 }
 
 // TokenVerifier checks a third-party sign-up token: an OpenID Connect
