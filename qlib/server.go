@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mnm/qlib/store"
@@ -61,6 +62,12 @@ type Config struct {
 
 	MaxPostBytes int64 // 0 = DefaultMaxPostBytes
 
+	// MaxLinks bounds the open links; a connection beyond it is closed at
+	// once. It keeps a flood of connections from using up the process's
+	// file descriptors, which the store and user database need to write.
+	// 0 = no bound.
+	MaxLinks int
+
 	// OnFatal is called (once, from a link goroutine) when the store has
 	// failed and nothing more can be acknowledged: the owner should shut
 	// the server down. nil: the failure is only logged.
@@ -79,6 +86,7 @@ type Server struct {
 
 	wg        sync.WaitGroup // one per running link goroutine
 	fatalOnce sync.Once
+	refused   atomic.Int64 // connections closed at MaxLinks
 
 	// mu guards the fields below it.
 	mu        sync.Mutex
@@ -177,12 +185,18 @@ func (s *Server) Serve(ln net.Listener) error {
 // ServeConn runs a link on conn in a new goroutine. It reports false, leaving
 // conn to the caller, when the server is shutting down.
 func (s *Server) ServeConn(conn net.Conn) bool {
-	l := newLink(s, conn)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		return false
 	}
+	if s.cfg.MaxLinks > 0 && len(s.links) >= s.cfg.MaxLinks {
+		s.mu.Unlock()
+		s.refused.Add(1)
+		s.log.Warn("link refused: at the link limit", "remote", conn.RemoteAddr().String(), "limit", s.cfg.MaxLinks)
+		return false
+	}
+	l := newLink(s, conn)
 	s.links[l] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -244,16 +258,17 @@ func (s *Server) fatal(err error) {
 
 // Stats is a snapshot of the server's links.
 type Stats struct {
-	Links   int // open links, logged in or not
-	Devices int // logged-in devices
-	Users   int // users with at least one logged-in device
+	Links   int   // open links, logged in or not
+	Devices int   // logged-in devices
+	Users   int   // users with at least one logged-in device
+	Refused int64 // connections closed at MaxLinks since start
 }
 
 // Stats reports the server's current links.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Links: len(s.links), Devices: len(s.devices), Users: len(s.users)}
+	return Stats{Links: len(s.links), Devices: len(s.devices), Users: len(s.users), Refused: s.refused.Load()}
 }
 
 // claimDevice registers l as the live link of its device and returns the

@@ -441,3 +441,17 @@ func TestStoreFailureStops(t *testing.T) {
 		t.Fatal("OnFatal not called")
 	}
 }
+
+func TestMaxLinks(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.MaxLinks = 2 })
+	ts.dialRev()
+	ts.dialRev()
+	// The third is closed before its TLS handshake completes.
+	if c, err := testclient.Dial(ts.addr, nil); err == nil {
+		defer c.Close()
+		expectClosed(t, c)
+	}
+	if got := ts.srv.Stats().Refused; got != 1 {
+		t.Fatalf("refused %d, want 1", got)
+	}
+}

@@ -25,7 +25,7 @@ const readBufSize = 32 << 10
 
 // maxKeptWriteBuf is the largest write buffer a Conn keeps for reuse; a rare
 // large post should not pin its size for the life of the link.
-const maxKeptWriteBuf = 1 << 20
+const maxKeptWriteBuf = 64 << 10
 
 // Conn is a raw TMTP link: it writes frames or arbitrary bytes and reads
 // frames, with no goroutines of its own.
