@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"mnm/testclient"
+)
+
+// TestLoadAgainstServer runs the load engine against our server: every post
+// is acked and every delivery arrives whole, once and in order.
+func TestLoadAgainstServer(t *testing.T) {
+	e, err := startEphemeral(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cfg := testclient.LoadConfig{
+		Addr: e.Addr, Users: 4, Posts: 20, Size: 1000, Recipients: 2, Window: 4,
+		Timeout: 30 * time.Second, ServerPID: os.Getpid(), Strict: true,
+	}
+	res, err := testclient.RunLoad(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", res)
+	if res.Posted != 80 || res.Expected != 160 || res.Delivered != 160 || res.PostErrors != 0 {
+		t.Errorf("posted %d, expected %d, delivered %d, post errors %d; want 80, 160, 160, 0", res.Posted, res.Expected, res.Delivered, res.PostErrors)
+	}
+	if res.Lost+res.Duplicates+res.Reordered+res.Corrupt != 0 || res.TimedOut || res.Err != "" {
+		t.Errorf("trouble: %+v", res)
+	}
+	if res.DeliveryRate <= 0 || res.AckP50 <= 0 || res.AckP99 < res.AckP50 || res.DeliveryP99 < res.DeliveryP50 {
+		t.Errorf("insane figures: %+v", res)
+	}
+	if res.ServerRSSPeak <= 0 || res.ServerHWM <= 0 {
+		t.Errorf("no memory figures for this process: %+v", res)
+	}
+}
+
+// TestLoadCommand runs `mnm load` with a small configuration against the
+// in-process server and checks the JSON line it prints.
+func TestLoadCommand(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"load", "-users", "3", "-posts", "5", "-size", "300", "-recipients", "2", "-window", "2"}, &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var res map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatalf("output %q: %v", stdout.String(), err)
+	}
+	if strings.Count(stdout.String(), "\n") != 1 {
+		t.Errorf("output is not one line: %q", stdout.String())
+	}
+	for key, want := range map[string]float64{"delivered": 30, "expected": 30, "lost": 0, "duplicates": 0, "reordered": 0, "corrupt": 0} {
+		if res[key] != want {
+			t.Errorf("%s = %v, want %v", key, res[key], want)
+		}
+	}
+	if rss, _ := res["server_rss_peak_bytes"].(float64); rss <= 0 {
+		t.Errorf("server_rss_peak_bytes = %v; the in-process server is measurable", res["server_rss_peak_bytes"])
+	}
+}
+
+// TestLoadIdleCommand runs `mnm load -idle` against the in-process server.
+func TestLoadIdleCommand(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"load", "-idle", "5", "-settle", "1ms"}, &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var res map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatalf("output %q: %v", stdout.String(), err)
+	}
+	if res["links"] != 5.0 {
+		t.Errorf("links = %v, want 5", res["links"])
+	}
+	for _, key := range []string{"server_rss_start_bytes", "server_rss_before_bytes", "server_rss_after_bytes", "login_s"} {
+		if v, _ := res[key].(float64); v <= 0 {
+			t.Errorf("%s = %v, want > 0", key, res[key])
+		}
+	}
+}
+
+func TestLoadFlagErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"load", "-pid", "12"},                 // -pid without -addr
+		{"load", "-serve", "-addr", "=a:1"},    // -serve with -addr
+		{"load", "-users", "x"},                // not a number
+		{"load", "extra"},                      // stray argument
+		{"load", "-nosuchflag"},                // unknown flag
+		{"load", "-users", "1", "-posts", "1"}, // rejected by the engine: exits 1
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code == exitOK || stdout.Len() > 0 {
+			t.Errorf("%q: exit %d, stdout %q; want a failure and no result", args, code, stdout.String())
+		}
+	}
+}
+
+// TestLoadServe runs the -serve mode and loads it from "another process"
+// (here: this one, through the printed site address).
+func TestLoadServe(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	exit := make(chan int, 1)
+	go func() {
+		exit <- loadServe(ctx, pw, slog.New(slog.DiscardHandler))
+		pw.Close()
+	}()
+	site, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, tlsConf, err := testclient.ParseSite(strings.TrimSpace(site))
+	if err != nil {
+		t.Fatalf("site %q: %v", site, err)
+	}
+	res, err := testclient.RunLoad(ctx, testclient.LoadConfig{
+		Addr: addr, TLS: tlsConf, Users: 2, Posts: 3, Size: 100, Recipients: 1, Window: 1, Timeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Delivered != 6 || res.Lost != 0 {
+		t.Errorf("delivered %d, lost %d; want 6, 0", res.Delivered, res.Lost)
+	}
+	cancel()
+	if code := <-exit; code != exitOK {
+		t.Errorf("serve exited %d", code)
+	}
+}

@@ -1,0 +1,533 @@
+package testclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+// These tests drive the simulation's ledger directly, without links: a
+// post is begun and settled as a member would, and deliveries are handed to
+// receive as a link would. RunSim against a real server is tested in package
+// main (sim_test.go), where the server lives.
+
+// newTestSim returns a simulation of n members with made-up uids.
+func newTestSim(t *testing.T, n int) *simulation {
+	t.Helper()
+	cfg, err := SimConfig{Addr: "127.0.0.1:1", Members: n, Seed: 1}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim := newSimulation(cfg, io.Discard)
+	for _, m := range sim.members {
+		m.uid = fmt.Sprintf("uid-of-member-%d", m.idx)
+		sim.byUID[m.uid] = m
+	}
+	return sim
+}
+
+// post begins a post of s to the members to and settles it with state
+// (postSending leaves it unsettled); it returns the post's seq.
+func (sim *simulation) testPost(s *simMember, state postState, to ...int32) uint64 {
+	seq := s.claimSeq()
+	sim.begin(s, seq, to, 100)
+	if state != postSending {
+		sim.settle(s, seq, state)
+	}
+	return seq
+}
+
+// delivery is the frame that carries post seq of s.
+func delivery(s *simMember, seq uint64) *Frame {
+	return &Frame{
+		Head: map[string]any{"op": "delivery", "from": s.uid, "id": "0000000000000001"},
+		Data: MakePayload(seq, s.uid, 100, nil),
+	}
+}
+
+// tally is the counters that tests check.
+type tally struct {
+	deliveries, corrupt, duplicates, misdelivered, skipped, reordered uint64
+	owed                                                              int64
+}
+
+func (sim *simulation) tally() tally {
+	st := &sim.st
+	return tally{
+		deliveries: st.deliveries.Load(), corrupt: st.corrupt.Load(), duplicates: st.duplicates.Load(),
+		misdelivered: st.misdelivered.Load(), skipped: st.skipped.Load(), reordered: st.reordered.Load(),
+		owed: st.owed.Load(),
+	}
+}
+
+func TestSimLedgerChecks(t *testing.T) {
+	sim := newTestSim(t, 3)
+	a, b, c := sim.members[0], sim.members[1], sim.members[2]
+	now := time.Now()
+	steps := []struct {
+		name string
+		do   func()
+		want tally
+	}{
+		{"delivery before the ack", func() {
+			seq := sim.testPost(a, postSending, 1, 2)
+			sim.receive(b, delivery(a, seq), now)
+		}, tally{deliveries: 1}},
+		{"ack: c is owed it", func() { sim.settle(a, 0, postAcked) }, tally{deliveries: 1, owed: 1}},
+		{"c receives it", func() { sim.receive(c, delivery(a, 0), now) }, tally{deliveries: 2}},
+		{"again after every recipient had it", func() { sim.receive(b, delivery(a, 0), now) },
+			tally{deliveries: 2, duplicates: 1}},
+		{"twice while others still wait", func() {
+			seq := sim.testPost(a, postAcked, 1, 2)
+			sim.receive(b, delivery(a, seq), now)
+			sim.receive(b, delivery(a, seq), now)
+		}, tally{deliveries: 3, duplicates: 2, owed: 1}},
+		{"to a member the post does not name", func() {
+			seq := sim.testPost(a, postAcked, 1)
+			sim.receive(c, delivery(a, seq), now)
+		}, tally{deliveries: 3, duplicates: 2, misdelivered: 1, owed: 2}},
+		{"a post never made", func() { sim.receive(c, delivery(a, 99), now) },
+			tally{deliveries: 3, duplicates: 2, misdelivered: 2, owed: 2}},
+		{"a changed octet", func() {
+			f := delivery(a, 1)
+			f.Data[len(f.Data)-1] ^= 1
+			sim.receive(c, f, now)
+		}, tally{deliveries: 3, duplicates: 2, misdelivered: 2, corrupt: 1, owed: 2}},
+		{"from another sender than the payload's", func() {
+			f := delivery(a, 1)
+			f.Head["from"] = b.uid
+			sim.receive(c, f, now)
+		}, tally{deliveries: 3, duplicates: 2, misdelivered: 2, corrupt: 2, owed: 2}},
+		{"truncated", func() {
+			f := delivery(a, 1)
+			f.Data = f.Data[:50]
+			sim.receive(c, f, now)
+		}, tally{deliveries: 3, duplicates: 2, misdelivered: 2, corrupt: 3, owed: 2}},
+		{"from no member", func() {
+			f := &Frame{Head: map[string]any{"op": "delivery", "from": "stranger"}, Data: MakePayload(0, "stranger", 100, nil)}
+			sim.receive(c, f, now)
+		}, tally{deliveries: 3, duplicates: 2, misdelivered: 3, corrupt: 3, owed: 2}},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := sim.tally(); got != s.want {
+			t.Fatalf("%s: %+v, want %+v", s.name, got, s.want)
+		}
+	}
+	if sim.st.skipped.Load() != 0 {
+		t.Error("order errors where there were none")
+	}
+}
+
+func TestSimLedgerOrder(t *testing.T) {
+	sim := newTestSim(t, 2)
+	a, b := sim.members[0], sim.members[1]
+	now := time.Now()
+	q := sim.testPost(a, postAcked, 1)
+	sim.testPost(a, postAcked, 1) // never delivered
+	h := sim.testPost(a, postAcked, 1)
+	sim.receive(b, delivery(a, h), now)
+	if got := sim.tally(); got != (tally{deliveries: 1, skipped: 2, owed: 2}) {
+		t.Fatalf("h before q and g: %+v", got)
+	}
+	sim.receive(b, delivery(a, q), now)
+	if got := sim.tally(); got != (tally{deliveries: 2, skipped: 2, reordered: 1, owed: 1}) {
+		t.Fatalf("then q: %+v", got)
+	}
+	// g never comes: a later post overtook it, so it is lost, not in flight.
+	sum := sim.summary()
+	if sum.Lost != 1 || sum.Reordered != 1 || sum.InFlight != 0 || sum.IntegrityErrors() != 2 {
+		t.Errorf("summary %+v", sum)
+	}
+}
+
+func TestSimLedgerInFlight(t *testing.T) {
+	sim := newTestSim(t, 2)
+	a, b := sim.members[0], sim.members[1]
+	seq := sim.testPost(a, postAcked, 1)
+	sum := sim.summary()
+	if sum.InFlight != 1 || sum.Lost != 0 || sum.IntegrityErrors() != 0 {
+		t.Fatalf("an acked post not yet received: %+v", sum)
+	}
+	sim.final.Store(true)
+	select {
+	case <-sim.drained:
+		t.Fatal("drained with a delivery owed")
+	default:
+	}
+	if got := b.owed.Load(); got != 1 {
+		t.Fatalf("b is owed %d, want 1", got)
+	}
+	sim.receive(b, delivery(a, seq), time.Now())
+	select {
+	case <-sim.drained:
+	default:
+		t.Fatal("not drained once the last owed delivery came")
+	}
+	select {
+	case <-b.wake:
+	default:
+		t.Fatal("b not woken when it had everything owed to it")
+	}
+	if got := b.owed.Load(); got != 0 {
+		t.Errorf("b is owed %d after delivery", got)
+	}
+	if sum := sim.summary(); sum.InFlight != 0 || len(a.posts) != 0 {
+		t.Errorf("after delivery: %+v, %d posts in the ledger", sum, len(a.posts))
+	}
+}
+
+// TestSimLedgerUnsettledPosts: a post whose ack never came may or may not
+// have been stored, and a refused one was not; neither may be taken for an
+// order error, nor be owed.
+func TestSimLedgerUnsettledPosts(t *testing.T) {
+	sim := newTestSim(t, 2)
+	a, b := sim.members[0], sim.members[1]
+	now := time.Now()
+	q := sim.testPost(a, postAcked, 1)
+	u := sim.testPost(a, postUnknown, 1)
+	sim.testPost(a, postRefused, 1)
+	h := sim.testPost(a, postAcked, 1)
+	if got := sim.tally(); got.owed != 2 {
+		t.Fatalf("owed %d, want 2 (q and h)", got.owed)
+	}
+	// h overtakes u (passed over: maybe never stored) and q (acked: an error).
+	sim.receive(b, delivery(a, h), now)
+	if got := sim.tally(); got != (tally{deliveries: 1, skipped: 1, owed: 1}) {
+		t.Fatalf("h first: %+v", got)
+	}
+	sim.receive(b, delivery(a, u), now)
+	sim.receive(b, delivery(a, q), now)
+	if got := sim.tally(); got != (tally{deliveries: 3, skipped: 1, reordered: 1}) {
+		t.Fatalf("then u and q: %+v", got)
+	}
+	if sum := sim.summary(); sum.Unacked != 1 || sum.Lost != 0 || sum.InFlight != 0 || sum.Posts != 2 {
+		t.Errorf("summary %+v", sum)
+	}
+	if len(a.posts) != 0 || len(a.pending) != 0 {
+		t.Errorf("ledger not empty: %d posts, %d pending", len(a.posts), len(a.pending))
+	}
+}
+
+// TestSimDeliveryLatencyExcludesOffline: a delivery's latency runs from the
+// post, or from the recipient's login if that came later.
+func TestSimDeliveryLatencyExcludesOffline(t *testing.T) {
+	sim := newTestSim(t, 3)
+	a, b, c := sim.members[0], sim.members[1], sim.members[2]
+	b.onlineSince.Store(time.Now().Add(-time.Hour).UnixNano())
+	seq := sim.testPost(a, postAcked, 1, 2)
+	sent := a.posts[seq].sent
+	sim.receive(b, delivery(a, seq), sent.Add(40*time.Millisecond))
+	login := sent.Add(time.Hour)
+	c.onlineSince.Store(login.UnixNano())
+	sim.receive(c, delivery(a, seq), login.Add(40*time.Millisecond))
+	h := sim.st.deliveryLatency.counts()
+	p0, ok := h.quantile(0.01)
+	p100, _ := h.quantile(1)
+	if !ok || p0 < 36*time.Millisecond || p100 > 44*time.Millisecond {
+		t.Errorf("latencies from %v to %v, want both 40ms", p0, p100)
+	}
+}
+
+func TestLatencyHist(t *testing.T) {
+	var h latencyHist
+	if _, ok := h.counts().quantile(0.5); ok {
+		t.Error("quantile of no samples")
+	}
+	for ms := 1; ms <= 100; ms++ {
+		h.observe(time.Duration(ms) * time.Millisecond)
+	}
+	before := h.counts()
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 50 * time.Millisecond}, {0.99, 99 * time.Millisecond}, {0.01, time.Millisecond}} {
+		got, ok := before.quantile(c.q)
+		// Buckets are an eighth of an octave: within 5% of the truth.
+		if !ok || got < c.want*95/100 || got > c.want*105/100 {
+			t.Errorf("q%.2f = %v, want about %v", c.q, got, c.want)
+		}
+	}
+	h.observe(10 * time.Second)
+	h.observe(0)
+	h.observe(-time.Second)     // a clock step: counted, not a crash
+	h.observe(1000 * time.Hour) // beyond the last bucket
+	d := h.counts().sub(before)
+	if got, _ := d.quantile(1); got < 18*time.Hour { // the last bucket: 2^36 µs
+		t.Errorf("max of the difference %v, want the last bucket", got)
+	}
+	if got, _ := d.quantile(0.25); got > 2*time.Microsecond {
+		t.Errorf("min of the difference %v, want the first bucket", got)
+	}
+}
+
+func TestPartition(t *testing.T) {
+	for _, n := range []int{2, 3, 99, 100, 101, 199, 250, 1000, 10001} {
+		groups := partition(n, simGroupMax)
+		if want := (n + simGroupMax - 1) / simGroupMax; len(groups) != want {
+			t.Errorf("n=%d: %d groups, want %d", n, len(groups), want)
+		}
+		lo, smallest, largest := 0, n, 0
+		for _, g := range groups {
+			if g[0] != lo {
+				t.Fatalf("n=%d: group %v does not start at %d", n, g, lo)
+			}
+			size := g[1] - g[0]
+			smallest, largest = min(smallest, size), max(largest, size)
+			lo = g[1]
+		}
+		if lo != n || smallest < 2 || largest > simGroupMax || largest-smallest > 1 {
+			t.Errorf("n=%d: groups %v", n, groups)
+		}
+	}
+}
+
+func TestSessionPlanAndRecipients(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	plan := sessionPlan(rng)
+	count := map[postKind]int{}
+	for _, k := range plan {
+		count[k]++
+	}
+	if count[postDirect] != 15 || count[postGroup] != 1 || count[postGroupOthers] != 1 || len(plan) != 17 {
+		t.Errorf("plan %v", plan)
+	}
+	for _, n := range []int{2, 3, 10} {
+		for self := range n {
+			for range 50 {
+				to := directRecipients(self, n, rng)
+				want := min(2, n-1)
+				if len(to) != want || slices.Contains(to, int32(self)) ||
+					slices.ContainsFunc(to, func(r int32) bool { return r < 0 || int(r) >= n }) ||
+					(len(to) == 2 && to[0] == to[1]) {
+					t.Fatalf("n=%d self=%d: recipients %v", n, self, to)
+				}
+			}
+		}
+	}
+}
+
+func TestPostSize(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	const samples = 20000
+	sizes := make([]int, samples)
+	big := 0
+	for i := range sizes {
+		sizes[i] = postSize(rng)
+		if sizes[i] < simSizeMin || sizes[i] > simSizeMax {
+			t.Fatalf("size %d out of range", sizes[i])
+		}
+		if sizes[i] > 110000 {
+			big++
+		}
+	}
+	slices.Sort(sizes)
+	// Log-uniform: median √(80·250000) ≈ 4472; P(size > 110 KB) ≈ 10%.
+	if med := sizes[samples/2]; med < 3500 || med > 5700 {
+		t.Errorf("median %d, want about 4472", med)
+	}
+	if frac := float64(big) / samples; frac < 0.08 || frac > 0.12 {
+		t.Errorf("%.3f over 110 KB, want about 0.10", frac)
+	}
+}
+
+func TestSimConfig(t *testing.T) {
+	bad := []SimConfig{
+		{Members: 5},
+		{Addr: "x:1", Members: 1},
+		{Addr: "x:1", Members: 5, Timescale: -1},
+		{Addr: "x:1", Members: 5, Drain: -time.Second},
+	}
+	for _, c := range bad {
+		if _, err := c.withDefaults(); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+		if _, err := RunSim(context.Background(), c, io.Discard); err == nil {
+			t.Errorf("RunSim ran %+v", c)
+		}
+	}
+	c, err := SimConfig{Addr: "x:1", Members: 2}.withDefaults()
+	if err != nil || c.Timescale != 1 || c.Interval != DefaultSimInterval || c.Drain != DefaultSimDrain || c.Seed == 0 {
+		t.Errorf("defaults %+v, %v", c, err)
+	}
+}
+
+// TestRunSimSetupFails: a server that cannot be reached fails setup with an
+// error, promptly.
+func TestRunSimSetupFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	var out strings.Builder
+	_, err = RunSim(context.Background(), SimConfig{Addr: addr, Members: 3}, &out)
+	if err == nil || !strings.Contains(err.Error(), "register") {
+		t.Fatalf("RunSim against a closed port: %v", err)
+	}
+}
+
+func TestSimLinkEnded(t *testing.T) {
+	sim := newTestSim(t, 2)
+	m := sim.members[0]
+	for _, c := range []struct {
+		err                  error
+		wantErrs, wantIntegr uint64
+	}{
+		{nil, 0, 0},
+		{ErrClosed, 0, 0},
+		{&QuitError{Reason: "idle"}, 1, 0},
+		{fmt.Errorf("testclient: link ended: %w", fmt.Errorf("%w: bad headsum", ErrProtocol)), 1, 1},
+	} {
+		l := &simLink{sim: sim, m: m}
+		m.onlineSince.Store(1)
+		sim.st.online.Add(1)
+		sim.ended(l, c.err)
+		sim.ended(l, errors.New("accounted once"))
+		if m.onlineSince.Load() != 0 || sim.st.online.Load() != 0 {
+			t.Errorf("%v: still online", c.err)
+		}
+		if got := sim.st.errors.Load() + sim.st.corrupt.Load(); got != c.wantErrs {
+			t.Errorf("%v: %d errors, want %d", c.err, got, c.wantErrs)
+		}
+		if got := sim.st.corrupt.Load(); got != c.wantIntegr {
+			t.Errorf("%v: %d integrity errors, want %d", c.err, got, c.wantIntegr)
+		}
+		sim.st.errors.Store(0)
+		sim.st.corrupt.Store(0)
+	}
+}
+
+// TestSimLedgerConcurrent has members post to every other and receive on
+// their own goroutines, as links do (run with -race).
+func TestSimLedgerConcurrent(t *testing.T) {
+	const members, posts = 8, 200
+	sim := newTestSim(t, members)
+	var others [members][]int32
+	for i := range members {
+		for j := range members {
+			if j != i {
+				others[i] = append(others[i], int32(j))
+			}
+		}
+	}
+	// Each receiver gets every sender's posts in order, interleaved across
+	// senders by the scheduler.
+	inbox := make([]chan *Frame, members)
+	for i := range inbox {
+		inbox[i] = make(chan *Frame, members*posts)
+	}
+	var senders, receivers sync.WaitGroup
+	for i, s := range sim.members {
+		senders.Go(func() {
+			for range posts {
+				seq := s.claimSeq()
+				sim.begin(s, seq, others[i], 100)
+				for _, r := range others[i] {
+					inbox[r] <- delivery(s, seq)
+				}
+				sim.settle(s, seq, postAcked)
+			}
+		})
+	}
+	for i, r := range sim.members {
+		receivers.Go(func() {
+			for f := range inbox[i] {
+				sim.receive(r, f, time.Now())
+			}
+		})
+	}
+	senders.Wait()
+	for _, ch := range inbox {
+		close(ch)
+	}
+	receivers.Wait()
+	want := tally{deliveries: members * (members - 1) * posts}
+	if got := sim.tally(); got != want {
+		t.Errorf("%+v, want %+v", got, want)
+	}
+	for _, m := range sim.members {
+		if len(m.posts) != 0 || len(m.pending) != 0 {
+			t.Errorf("member %d: %d posts, %d pending left", m.idx, len(m.posts), len(m.pending))
+		}
+	}
+}
+
+func TestFmtLatency(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		ok   bool
+		want string
+	}{
+		{0, false, "-"},
+		{635 * time.Microsecond, true, "635µs"},
+		{37345 * time.Microsecond, true, "37.3ms"},
+		{2500 * time.Millisecond, true, "2.50s"},
+	} {
+		if got := fmtLatency(c.d, c.ok); got != c.want {
+			t.Errorf("fmtLatency(%v) = %q, want %q", c.d, got, c.want)
+		}
+	}
+}
+
+// FuzzSimReceive hands receive arbitrary delivery data: it must classify
+// every one (a delivery or an integrity error), never panic.
+func FuzzSimReceive(f *testing.F) {
+	f.Add(MakePayload(0, "uid-of-member-0", 100, nil), "uid-of-member-0") // a real delivery
+	f.Add(MakePayload(7, "uid-of-member-0", 100, nil), "uid-of-member-0") // a post never made
+	f.Add(MakePayload(0, "uid-of-member-1", 90, nil), "uid-of-member-0")  // payload of another sender
+	f.Add([]byte{}, "")                                                   // empty
+	f.Add([]byte("m\x01\x00\x00\x00\x00\x00\x1c"), "uid-of-member-0")     // a fixed part, cut short
+	f.Fuzz(func(t *testing.T, data []byte, from string) {
+		sim := newTestSim(t, 2)
+		sim.testPost(sim.members[0], postAcked, 1)
+		frame := &Frame{Head: map[string]any{"op": "delivery", "from": from}, Data: data}
+		sim.receive(sim.members[1], frame, time.Now())
+		got := sim.tally()
+		if n := got.deliveries + got.corrupt + got.duplicates + got.misdelivered; n != 1 {
+			t.Errorf("%+v: want exactly one outcome", got)
+		}
+	})
+}
+
+func TestSimDeliverySize(t *testing.T) {
+	// The ledger holds one per recipient of every post in flight.
+	if got := unsafe.Sizeof(simDelivery{}); got != 16 {
+		t.Errorf("simDelivery is %d octets, want 16", got)
+	}
+}
+
+func TestSimOnlineSlots(t *testing.T) {
+	cfg, err := SimConfig{Addr: "x:1", Members: 3, MaxOnline: 1}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim := newSimulation(cfg, io.Discard)
+	if !sim.acquire(context.Background()) {
+		t.Fatal("first slot refused")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan bool)
+	go func() { got <- sim.acquire(ctx) }()
+	cancel()
+	if <-got {
+		t.Fatal("second slot granted beyond MaxOnline")
+	}
+	sim.release()
+	if !sim.acquire(context.Background()) {
+		t.Fatal("slot not reusable after release")
+	}
+	if _, err := (SimConfig{Addr: "x:1", Members: 3, MaxOnline: -1}).withDefaults(); err == nil {
+		t.Error("negative MaxOnline accepted")
+	}
+}
