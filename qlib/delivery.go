@@ -74,6 +74,20 @@ func (l *link) send(frame []byte) bool {
 	return true
 }
 
+// queueAck queues the ack of a committed post for the deliver goroutine. It
+// is called from the store's writer goroutine, so it must not block; the
+// number of queued acks is bounded by maxInflight.
+func (l *link) queueAck(frame []byte) {
+	l.dmu.Lock()
+	if l.closed {
+		l.dmu.Unlock()
+		return
+	}
+	l.acks = append(l.acks, frame)
+	l.dmu.Unlock()
+	l.wake()
+}
+
 // deliver writes the outbox, sends the queue's head and waits for its Ack (or
 // resends it), until there is nothing left to do or the link ends.
 func (l *link) deliver() {
@@ -85,44 +99,47 @@ func (l *link) deliver() {
 	for {
 		l.dmu.Lock()
 		l.kicked = false
-		out := l.outbox
-		l.outbox = nil
+		out := append(l.acks, l.outbox...)
+		l.acks, l.outbox = nil, nil
 		l.dmu.Unlock()
-		for _, f := range out {
-			if l.write(f) != nil {
-				l.stopDelivery()
-				return
+
+		var send store.ID
+		if inFlight == 0 {
+			if id, ok := st.Head(l.dev); ok {
+				send = id
+				l.dmu.Lock()
+				l.awaiting = id
+				l.dmu.Unlock()
 			}
 		}
-
-		if inFlight == 0 {
-			id, ok := st.Head(l.dev)
-			if !ok {
-				l.dmu.Lock()
-				if l.kicked || len(l.outbox) > 0 || l.closed {
-					// Work arrived since the top of the loop (or
-					// the link is going: let the select see done).
-					l.dmu.Unlock()
-					if l.isDone() {
-						l.stopDelivery()
-						return
-					}
-					continue
-				}
-				l.running = false
-				l.dmu.Unlock()
-				return
-			}
-			l.dmu.Lock()
-			l.awaiting = id
-			l.dmu.Unlock()
-			if err := l.writeStored(id); err != nil {
-				l.log.Info("delivery failed", "id", id.String(), "err", err)
+		if len(out) > 0 || send != 0 {
+			// One write for everything ready: fewer system calls and
+			// TLS records than a write per frame.
+			if err := l.writeFrames(out, send); err != nil {
+				l.log.Info("delivery failed", "err", err)
 				l.stopDelivery()
 				return
 			}
-			inFlight = id
-			timer.Reset(l.srv.cfg.ResendAfter)
+			if send != 0 {
+				inFlight = send
+				timer.Reset(l.srv.cfg.ResendAfter)
+			}
+		}
+		if inFlight == 0 {
+			l.dmu.Lock()
+			if l.kicked || len(l.outbox) > 0 || len(l.acks) > 0 || l.closed {
+				// Work arrived since the top of the loop (or the
+				// link is going: let the select see done).
+				l.dmu.Unlock()
+				if l.isDone() {
+					l.stopDelivery()
+					return
+				}
+				continue
+			}
+			l.running = false
+			l.dmu.Unlock()
+			return
 		}
 
 		select {

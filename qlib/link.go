@@ -37,7 +37,12 @@ type link struct {
 	kicked   bool     // work arrived since deliver last looked
 	awaiting store.ID // the id sent and not yet acked; 0 = none
 	outbox   [][]byte // frames from other links, for deliver to write
+	acks     [][]byte // acks of committed posts, for deliver to write
 	closed   bool
+
+	// inflight holds a token per post whose commit is in flight (see
+	// opPost); made at login.
+	inflight chan struct{}
 
 	kick  chan struct{} // wake → deliver: look again (cap 1)
 	acked chan store.ID // serve → deliver: this awaited id was acked (cap 1)
@@ -187,6 +192,9 @@ func (l *link) isInterrupted() bool {
 
 // finish tears the link down: it runs once, when serve returns.
 func (l *link) finish() {
+	// Posts already handed to the store are answered before the link goes,
+	// so that a post made durable is acked when the link is still up.
+	l.flushPosts()
 	l.dmu.Lock()
 	l.closed = true
 	l.dmu.Unlock()
@@ -218,14 +226,23 @@ func (l *link) write(frame []byte) error {
 // into few TLS records; links borrow one only while writing.
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
 
-// writeStored sends stored message id to the link.
-func (l *link) writeStored(id store.ID) error {
+// writeFrames sends frames and then, unless id is 0, stored message id, in
+// one buffered write.
+func (l *link) writeFrames(frames [][]byte, id store.ID) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	l.conn.SetWriteDeadline(time.Now().Add(l.srv.cfg.WriteTimeout))
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(l.conn)
-	_, err := l.srv.cfg.Store.WriteTo(bw, id)
+	var err error
+	for _, f := range frames {
+		if _, err = bw.Write(f); err != nil {
+			break
+		}
+	}
+	if err == nil && id != 0 {
+		_, err = l.srv.cfg.Store.WriteTo(bw, id)
+	}
 	if err == nil {
 		err = bw.Flush()
 	}

@@ -44,6 +44,7 @@ func (l *link) handle(h *tmtp.Header) error {
 	case tmtp.OpPulse:
 		return nil // reading the frame reset the idle deadline
 	default: // tmtp.OpQuit; the parser admits no other op
+		l.flushPosts()
 		l.write(tmtp.Quit(tmtp.QuitLogout))
 		return errQuit
 	}
@@ -173,6 +174,7 @@ func sameSubject(a, b map[string]any) bool {
 // notice (for Login, not Register) and starts delivery.
 func (l *link) startSession(uid, dev string, notice bool) error {
 	l.uid, l.dev = uid, dev
+	l.inflight = make(chan struct{}, maxInflight)
 	ohi, ok := l.srv.claimDevice(l)
 	if !ok {
 		l.uid, l.dev = "", ""
@@ -219,12 +221,17 @@ func formatPosted(t time.Time) string { return t.UTC().Format(postedLayout) }
 
 // ackStored answers a request that stored a message.
 func (l *link) ackStored(reqID string, r store.Receipt) error {
-	return l.write(tmtp.AppendFrame(nil,
+	return l.write(ackFrame(reqID, r))
+}
+
+// ackFrame is the ack of a request that stored the message r.
+func ackFrame(reqID string, r store.Receipt) []byte {
+	return tmtp.AppendFrame(nil,
 		tmtp.String("id", reqID),
 		tmtp.String("msgid", r.ID.String()),
 		tmtp.String("op", "ack"),
 		tmtp.String("posted", formatPosted(r.Posted)),
-	))
+	)
 }
 
 // ackOK answers a request that stored nothing for the sender to refer to.

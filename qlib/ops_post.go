@@ -44,11 +44,60 @@ func (l *link) opPost(h *tmtp.Header) error {
 		d.Abort()
 		return err
 	}
-	rs, err := d.Commit(store.Message{To: to, Len: h.Datalen, Envelope: env})
+	return l.commitPost(d, h.ID, store.Message{To: to, Len: h.Datalen, Envelope: env})
+}
+
+// maxInflight bounds the posts of one link whose commits are in flight. The
+// link reads its next request while earlier posts wait for their fsync, so
+// that a client with a window of posts gets them into one group commit; the
+// bound keeps one client from holding an unbounded number of commits.
+const maxInflight = 32
+
+// commitPost hands a post's messages to the store without waiting for the
+// fsync; the ack is queued for the link when the commit is durable. Commits
+// of one link complete in order, so its acks go out in request order.
+func (l *link) commitPost(d store.Draft, reqID string, msgs ...store.Message) error {
+	l.inflight <- struct{}{}
+	err := d.CommitAsync(func(rs []store.Receipt, err error) {
+		defer func() { <-l.inflight }()
+		if err != nil {
+			// Not acked: the client will send it again elsewhere.
+			l.log.Error("post not stored", "err", err)
+			if errors.Is(err, store.ErrFailed) {
+				l.srv.fatal(err)
+			}
+			l.conn.Close()
+			return
+		}
+		l.queueAck(ackFrame(reqID, rs[0]))
+	}, msgs...)
 	if err != nil {
+		<-l.inflight
 		return fmt.Errorf("post: %w", err)
 	}
-	return l.ackStored(h.ID, rs[0])
+	return nil
+}
+
+// flushPosts waits for the link's posts in flight and writes their acks.
+func (l *link) flushPosts() {
+	if l.inflight == nil {
+		return
+	}
+	for range maxInflight {
+		l.inflight <- struct{}{}
+	}
+	for range maxInflight {
+		<-l.inflight
+	}
+	l.dmu.Lock()
+	acks := l.acks
+	l.acks = nil
+	l.dmu.Unlock()
+	for _, a := range acks {
+		if l.write(a) != nil {
+			return
+		}
+	}
 }
 
 // opPostNotify stores a post and a notification of it (op 8): the first
@@ -107,14 +156,10 @@ func (l *link) opPostNotify(h *tmtp.Header) error {
 		d.Abort()
 		return err
 	}
-	rs, err := d.Commit(
+	return l.commitPost(d, h.ID,
 		store.Message{To: postTo, Off: h.Notelen, Len: postLen, Envelope: postEnv},
 		store.Message{To: noteTo, Off: 0, Len: h.Notelen, Envelope: noteEnv},
 	)
-	if err != nil {
-		return fmt.Errorf("postnotify: %w", err)
-	}
-	return l.ackStored(h.ID, rs[0])
 }
 
 // refuse answers a request with an ack error after skipping its data, so the
