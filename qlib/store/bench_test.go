@@ -93,26 +93,82 @@ func fill(b *testing.B, l *Log, n int, dev string) {
 }
 
 // BenchmarkDeliver measures the read side: Head, WriteTo and Ack of 1 KB
-// messages.
+// messages. "recent" delivers each message soon after its commit, as a
+// server with its devices online does (rounds of 1,000 single-message
+// commits, the commits untimed); "backlog" drains a queue filled beforehand
+// with messages whose data is in chunk records.
 func BenchmarkDeliver(b *testing.B) {
-	l, err := Open(Options{Dir: b.TempDir(), Logger: quiet()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	fill(b, l, b.N, "dev")
-	var sink bytes.Buffer
-	b.ResetTimer()
-	for range b.N {
-		id, _ := l.Head("dev")
-		sink.Reset()
-		if _, err := l.WriteTo(&sink, id); err != nil {
+	b.Run("recent", func(b *testing.B) {
+		l, err := Open(Options{Dir: b.TempDir(), Logger: quiet()})
+		if err != nil {
 			b.Fatal(err)
 		}
-		if err := l.Ack("dev", id); err != nil {
+		defer l.Close()
+		const round = 1000
+		data := bytes.Repeat([]byte("m"), 1000)
+		envelope := func(id ID, _ time.Time, _ []ID) []byte { return []byte(id.String()) }
+		var sink bytes.Buffer
+		b.ResetTimer()
+		for left := b.N; left > 0; {
+			b.StopTimer()
+			k := min(left, round)
+			commitAsync(b, l, k, data, envelope, "dev")
+			b.StartTimer()
+			for range k {
+				id, _ := l.Head("dev")
+				sink.Reset()
+				if _, err := l.WriteTo(&sink, id); err != nil {
+					b.Fatal(err)
+				}
+				if err := l.Ack("dev", id); err != nil {
+					b.Fatal(err)
+				}
+			}
+			left -= k
+		}
+	})
+	b.Run("backlog", func(b *testing.B) {
+		l, err := Open(Options{Dir: b.TempDir(), Logger: quiet()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer l.Close()
+		fill(b, l, b.N, "dev")
+		var sink bytes.Buffer
+		b.ResetTimer()
+		for range b.N {
+			id, _ := l.Head("dev")
+			sink.Reset()
+			if _, err := l.WriteTo(&sink, id); err != nil {
+				b.Fatal(err)
+			}
+			if err := l.Ack("dev", id); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// commitAsync commits n messages of data for dev, one per commit, all in
+// flight at once, and waits for them.
+func commitAsync(b *testing.B, l *Log, n int, data []byte, e Envelope, dev string) {
+	var wg sync.WaitGroup
+	to := []string{dev}
+	for range n {
+		d := l.Draft()
+		d.Write(data)
+		wg.Add(1)
+		err := d.CommitAsync(func(_ []Receipt, err error) {
+			if err != nil {
+				b.Error(err)
+			}
+			wg.Done()
+		}, Message{To: to, Len: int64(len(data)), Envelope: e})
+		if err != nil {
 			b.Fatal(err)
 		}
 	}
+	wg.Wait()
 }
 
 // BenchmarkIndex reports the index memory per queued message and the time to

@@ -180,7 +180,7 @@ func (l *Log) liveIn(seg *segment) []ID {
 // copyForward appends a copy record of message id to the head of the log and
 // returns the bytes copied, or -1 if the message died meanwhile.
 func (l *Log) copyForward(id ID) (int64, error) {
-	r, err := l.acquire(id)
+	r, err := l.acquire(id, false)
 	if errors.Is(err, ErrNoMessage) {
 		return -1, nil
 	}

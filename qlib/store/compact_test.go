@@ -197,7 +197,7 @@ func TestReadDuringCompaction(t *testing.T) {
 	}
 	// Take the reader's reference before the messages die, as the
 	// compactor may move keep as soon as they do.
-	r, err := l.acquire(keep)
+	r, err := l.acquire(keep, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -66,37 +66,58 @@ func (d *draft) flush() error {
 // buffered reports the bytes held in memory (for tests of the memory bound).
 func (d *draft) buffered() int { return len(d.buf) }
 
-// Commit implements Draft.
+// Commit implements Draft: CommitAsync, then wait for its completion.
 func (d *draft) Commit(msgs ...Message) ([]Receipt, error) {
-	if d.done {
-		return nil, ErrDraftDone
+	type result struct {
+		rcpts []Receipt
+		err   error
 	}
-	defer d.finish()
-	d.done = true
-	if d.err != nil {
-		return nil, d.err
-	}
-	if len(msgs) == 0 {
-		return nil, nil
-	}
-	for _, m := range msgs {
-		if m.Off < 0 || m.Len < 0 || m.Off > d.n || m.Len > d.n-m.Off {
-			return nil, ErrRange
-		}
-		if m.Prio >= numPrio {
-			return nil, ErrPriority
-		}
-	}
-	b, rcpts, err := d.l.appendCommit(d, msgs)
-	d.releaseBuf() // the batch holds a copy
+	c := make(chan result, 1)
+	err := d.CommitAsync(func(rs []Receipt, err error) { c <- result{rs, err} }, msgs...)
 	if err != nil {
 		return nil, err
 	}
-	<-b.done
-	if b.err != nil {
-		return nil, b.err
+	r := <-c
+	return r.rcpts, r.err
+}
+
+// CommitAsync implements Draft. On success the draft's pin passes to the
+// pending batch, whose writer releases it once the commit is applied (or has
+// failed), when the chunks belong to live messages.
+func (d *draft) CommitAsync(done func([]Receipt, error), msgs ...Message) error {
+	if d.done {
+		return ErrDraftDone
 	}
-	return rcpts, nil
+	d.done = true
+	if err := d.check(msgs); err != nil {
+		d.finish()
+		return err
+	}
+	if err := d.l.appendCommit(d, msgs, done); err != nil {
+		d.finish()
+		return err
+	}
+	// The batch holds a copy of the data and owns the pin now.
+	d.releaseBuf()
+	d.pin = nil
+	d.chunks = nil
+	return nil
+}
+
+// check returns why msgs cannot be committed from this draft, or nil.
+func (d *draft) check(msgs []Message) error {
+	if d.err != nil {
+		return d.err
+	}
+	for _, m := range msgs {
+		if m.Off < 0 || m.Len < 0 || m.Off > d.n || m.Len > d.n-m.Off {
+			return ErrRange
+		}
+		if m.Prio >= numPrio {
+			return ErrPriority
+		}
+	}
+	return nil
 }
 
 // Abort implements Draft.
@@ -107,8 +128,8 @@ func (d *draft) Abort() {
 	}
 }
 
-// finish releases the draft's buffer and pin. After a commit it runs once
-// the commit is applied, when the chunks belong to live messages.
+// finish releases the draft's buffer and pin, when it is aborted or its
+// commit refused.
 func (d *draft) finish() {
 	d.releaseBuf()
 	if d.pin != nil {

@@ -44,6 +44,15 @@ const (
 	// (a big queue copy) is not kept around.
 	maxSpare = 2 * maxPending
 
+	// ackSyncDelay bounds how long acks, written without an fsync, wait for
+	// the next commit's fsync to make them durable too. Under load a commit
+	// comes within milliseconds and acks cost no fsync of their own; on an
+	// idle server this bounds how far back a crash can take acknowledged
+	// deliveries (they come again), at one fsync per interval at most.
+	// (Chunks of uploads in progress need no such bound: their commit will
+	// fsync them, and an upload cut short is garbage.)
+	ackSyncDelay = 200 * time.Millisecond
+
 	dirPerm  = 0o700
 	filePerm = 0o600
 
@@ -57,7 +66,8 @@ const (
 var ErrTooBig = errors.New("store: record too big")
 
 // Log is the log-structured Store: append-only segment files written by one
-// goroutine with group commit, and an in-memory index rebuilt at Open.
+// goroutine with group commit, an in-memory index rebuilt at Open, and a
+// bounded cache of recent messages for WriteTo (cache.go).
 //
 // Envelope functions run while the log's tail is locked (their ids must be
 // issued in log order): they must be quick and must not call the store.
@@ -91,7 +101,8 @@ type Log struct {
 	total  int64           // bytes in segs
 	live   int64           // bytes of live blobs
 	closed bool
-	stamp  uint64 // count of applied batches
+	stamp  uint64   // count of applied batches
+	cache  msgCache // bytes of recent messages, for WriteTo
 
 	pendMu sync.Mutex
 	wake   sync.Cond // the writer waits for work
@@ -103,10 +114,16 @@ type Log struct {
 	headSize int64    // its size, counting records not yet written
 	nextID   ID
 	ceiling  ID // persisted: no id at or above it has been issued
+	// syncDue is set by syncTimer: the writer is to fsync what it wrote.
+	syncDue   bool
+	syncDelay time.Duration // ackSyncDelay; tests change it
 
 	// Writer goroutine only.
-	cur   *segment // the segment the writer appends to
-	dirty bool     // cur has writes not yet fsynced
+	cur          *segment // the segment the writer appends to
+	dirty        bool     // cur has writes not yet fsynced
+	unsyncedAcks bool     // among them ack records
+	syncTimer    *time.Timer
+	syncArmed    bool // syncTimer runs or has fired and set syncDue
 
 	stop        chan struct{}      // closed by Close
 	compactC    chan chan struct{} // wakes the compactor; see compactSync
@@ -128,9 +145,20 @@ type batch struct {
 	buf     []byte
 	cuts    []cut   // where each segment's records begin in buf; cuts[0].pos is 0
 	sync    bool    // a caller waits for durability: fsync after writing
+	acks    bool    // holds ack records
 	applies []apply // index changes to make once written (and synced if sync)
+	commits []completion
 	done    chan struct{}
 	err     error // set before done is closed
+}
+
+// completion is a commit of the batch to report, in the order committed.
+type completion struct {
+	fn    func([]Receipt, error)
+	rcpts []Receipt
+	// pin is the committing draft's pin (see segment.pins), released once
+	// the commit is applied or has failed.
+	pin *segment
 }
 
 type cut struct {
@@ -138,7 +166,7 @@ type cut struct {
 	seg *segment
 }
 
-func (b *batch) empty() bool { return len(b.buf) == 0 && !b.sync }
+func (b *batch) empty() bool { return len(b.buf) == 0 && !b.sync && len(b.commits) == 0 }
 
 type applyKind uint8
 
@@ -169,6 +197,7 @@ func Open(opts Options) (*Log, error) {
 		log:         opts.Logger,
 		msgs:        map[ID]*message{},
 		queues:      map[string]*devQueue{},
+		cache:       newMsgCache(defaultCacheBudget),
 		stop:        make(chan struct{}),
 		compactC:    make(chan chan struct{}, 1),
 		writerDone:  make(chan struct{}),
@@ -192,6 +221,7 @@ func Open(opts Options) (*Log, error) {
 	}
 	l.wake.L = &l.pendMu
 	l.space.L = &l.pendMu
+	l.syncDelay = ackSyncDelay
 	start := time.Now()
 	if err := l.open(); err != nil {
 		for _, s := range l.segs {
@@ -392,19 +422,26 @@ func (l *Log) appendBlob(t recType, d *draft, msgs []recMsg) (*batch, *blob, err
 	return b, bl, nil
 }
 
-// appendCommit issues ids for msgs and appends their commit record. The
-// caller waits for the returned batch.
-func (l *Log) appendCommit(d *draft, msgs []Message) (*batch, []Receipt, error) {
+// appendCommit issues ids for msgs and appends their commit record to the
+// pending batch, whose writer calls done once the batch is durable and
+// applied, or has failed. On success the batch owns d's pin. An empty commit
+// stores nothing but still completes in turn.
+func (l *Log) appendCommit(d *draft, msgs []Message, done func([]Receipt, error)) error {
 	l.pendMu.Lock()
 	defer l.pendMu.Unlock()
 	if err := l.writable(); err != nil {
-		return nil, nil, err
+		return err
+	}
+	if len(msgs) == 0 {
+		l.pend.commits = append(l.pend.commits, completion{fn: done, pin: d.pin})
+		l.wake.Signal()
+		return nil
 	}
 	n := ID(len(msgs))
 	if l.nextID+n > l.ceiling {
 		if err := l.raiseCeiling(l.nextID + n); err != nil {
 			l.fail(err)
-			return nil, nil, l.failure()
+			return l.failure()
 		}
 	}
 	ids := make([]ID, len(msgs))
@@ -421,16 +458,20 @@ func (l *Log) appendCommit(d *draft, msgs []Message) (*batch, []Receipt, error) 
 			env = m.Envelope(ids[i], posted, ids)
 		}
 		rms[i] = recMsg{id: ids[i], prio: m.Prio, off: m.Off, n: m.Len, env: env, devs: dedup(m.To)}
+		if len(rms[i].devs) > 0 {
+			rms[i].cache = cacheCopy(d, env, m.Off, m.Len)
+		}
 		rcpts[i] = Receipt{ID: ids[i], Posted: posted}
 	}
 	b, bl, err := l.appendBlob(recCommit, d, rms)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	b.applies = append(b.applies, apply{kind: applyCommit, blob: bl, msgs: rms})
+	b.commits = append(b.commits, completion{fn: done, rcpts: rcpts, pin: d.pin})
 	b.sync = true
 	l.wake.Signal()
-	return b, rcpts, nil
+	return nil
 }
 
 // dedup returns the distinct device keys of to, in a new slice.
@@ -454,6 +495,7 @@ func (l *Log) appendAck(dev string, id ID) error {
 	if _, _, err := l.place(b, start); err != nil {
 		return err
 	}
+	b.acks = true
 	l.wake.Signal()
 	return nil
 }
@@ -475,22 +517,30 @@ func (l *Log) barrier() error {
 
 // run is the writer goroutine: it takes each batch, writes it, fsyncs it if
 // anyone waits for durability, applies it to the index and wakes the waiters.
+// Acks it writes without an fsync are fsynced within syncDelay.
 func (l *Log) run() {
 	defer close(l.writerDone)
 	for {
 		l.pendMu.Lock()
-		for l.pend.empty() && !l.closing.Load() {
+		for l.pend.empty() && !l.syncDue && !l.closing.Load() {
 			l.wake.Wait()
 		}
 		b := l.pend
-		if b.empty() {
+		due := l.syncDue
+		if b.empty() && !due {
 			l.pendMu.Unlock()
 			l.finish()
 			return
 		}
+		l.syncDue = false
+		delay := l.syncDelay
 		l.pend = l.newBatch()
 		l.space.Broadcast()
 		l.pendMu.Unlock()
+		if due {
+			b.sync = true
+			l.syncArmed = false
+		}
 
 		err := l.failure()
 		if err == nil {
@@ -505,6 +555,7 @@ func (l *Log) run() {
 		if err != nil {
 			b.err = err
 			close(b.done)
+			l.complete(b, err)
 			continue
 		}
 		fns := l.apply(b)
@@ -512,10 +563,50 @@ func (l *Log) run() {
 		for _, fn := range fns {
 			fn()
 		}
+		// After the watchers, so that a receipt means the messages are
+		// durable, visible to Head and announced.
+		l.complete(b, nil)
+		if b.acks && !b.sync {
+			l.unsyncedAcks = true
+		}
+		if l.unsyncedAcks && !l.syncArmed {
+			l.armSync(delay)
+		}
 		if cap(b.buf) <= maxSpare {
 			l.pendMu.Lock()
 			l.spare = b.buf[:0]
 			l.pendMu.Unlock()
+		}
+	}
+}
+
+// armSync has the writer fsync within delay, in case no commit comes to make
+// the acks written durable. An fsync by a commit meanwhile does not disarm it: the timer then finds
+// nothing to sync, or syncs later writes early.
+func (l *Log) armSync(delay time.Duration) {
+	if l.syncTimer == nil {
+		l.syncTimer = time.AfterFunc(delay, func() {
+			l.pendMu.Lock()
+			l.syncDue = true
+			l.wake.Signal()
+			l.pendMu.Unlock()
+		})
+	} else {
+		l.syncTimer.Reset(delay)
+	}
+	l.syncArmed = true
+}
+
+// complete reports b's commits, in order, and releases their pins.
+func (l *Log) complete(b *batch, err error) {
+	for _, c := range b.commits {
+		if c.pin != nil && c.pin.pins.Add(-1) == 0 {
+			l.kickCompactor() // it may have been waiting for this segment
+		}
+		if err != nil {
+			c.fn(nil, err)
+		} else {
+			c.fn(c.rcpts, nil)
 		}
 	}
 }
@@ -561,6 +652,7 @@ func (l *Log) syncCur() error {
 	}
 	l.cur.syncs++
 	l.dirty = false
+	l.unsyncedAcks = false
 	l.nSyncs.Add(1)
 	return nil
 }
@@ -589,6 +681,9 @@ func (l *Log) rotate(next *segment) error {
 
 // finish makes everything written durable as the writer stops.
 func (l *Log) finish() {
+	if l.syncTimer != nil {
+		l.syncTimer.Stop()
+	}
 	if l.dirty && l.failure() == nil {
 		if err := l.syncCur(); err != nil {
 			l.fail(err)
@@ -619,6 +714,10 @@ func (l *Log) apply(b *batch) []func() {
 					continue
 				}
 				l.msgs[rm.id] = l.newMessage(a.blob, rm)
+				if rm.cache != nil {
+					l.cache.put(rm.id, rm.cache)
+					rm.cache = nil
+				}
 				for _, dev := range rm.devs {
 					q := l.queue(dev)
 					q.prio[rm.prio].push(rm.id)
@@ -692,6 +791,7 @@ func (l *Log) unref(id ID, m *message) {
 	m.refs--
 	if m.refs <= 0 {
 		delete(l.msgs, id)
+		l.cache.drop(id)
 		l.blobUnref(m.blob)
 	}
 }
@@ -864,9 +964,13 @@ func (l *Log) CopyQueue(src, dst string) error {
 	return b.err
 }
 
-// msgRef is a message being read: where its parts are, with read references
-// on their segments so that compaction cannot close the files meanwhile.
+// msgRef is a message being read: its cached bytes, or where its parts are,
+// with read references on their segments so that compaction cannot close the
+// files meanwhile.
 type msgRef struct {
+	cached []byte // if hit, the message; the rest is unset
+	hit    bool
+
 	blob        *blob
 	prio        Priority
 	env, envLen int64
@@ -874,11 +978,18 @@ type msgRef struct {
 	segs        []*segment
 }
 
-func (l *Log) acquire(id ID) (msgRef, error) {
+// acquire returns message id for reading, from the cache if useCache and it
+// is there. The caller releases it.
+func (l *Log) acquire(id ID, useCache bool) (msgRef, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		return msgRef{}, ErrClosed
+	}
+	if useCache {
+		if p, ok := l.cache.get(id); ok {
+			return msgRef{cached: p, hit: true}, nil
+		}
 	}
 	m := l.msgs[id]
 	if m == nil {
@@ -893,6 +1004,9 @@ func (l *Log) acquire(id ID) (msgRef, error) {
 }
 
 func (l *Log) release(r *msgRef) {
+	if len(r.segs) == 0 {
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, s := range r.segs {
@@ -912,15 +1026,23 @@ func (l *Log) closeIfIdle(s *segment) {
 	}
 }
 
-// WriteTo implements Store. It streams the message from its segment files
-// through one pooled buffer.
+// WriteTo implements Store. It writes the message from the cache if it is
+// there, else streams it from its segment files through one pooled buffer.
 func (l *Log) WriteTo(w io.Writer, id ID) (int64, error) {
+	return l.writeTo(w, id, true)
+}
+
+func (l *Log) writeTo(w io.Writer, id ID, useCache bool) (int64, error) {
 	if err := l.failure(); err != nil {
 		return 0, err
 	}
-	r, err := l.acquire(id)
+	r, err := l.acquire(id, useCache)
 	if err != nil {
 		return 0, err
+	}
+	if r.hit {
+		n, err := w.Write(r.cached)
+		return int64(n), err
 	}
 	defer l.release(&r)
 	bp := l.bufs.Get().(*[]byte)
@@ -981,6 +1103,7 @@ func (l *Log) Close() error {
 		<-l.writerDone
 		l.mu.Lock()
 		l.closed = true
+		l.cache.reset()
 		for _, s := range l.segs {
 			l.closeIfIdle(s)
 		}

@@ -145,6 +145,7 @@ type recMsg struct {
 	envPos int // offset of env within the payload
 	envLen int
 	devs   []string
+	cache  []byte // envelope and data for the cache (see cache.go), or nil
 }
 
 // appendBlobPayload appends the payload of a commit or copy record: data made

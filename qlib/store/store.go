@@ -156,6 +156,16 @@ type Draft interface {
 	// store's append lock held: it must be quick and must not call the store.
 	Commit(msgs ...Message) ([]Receipt, error)
 
+	// CommitAsync is Commit without the wait, so that one caller can have
+	// several commits in flight and let them share an fsync. Errors that
+	// Commit would return at once (ErrRange, ErrPriority, ErrDraftDone,
+	// ErrClosed, ErrFailed) are returned here and done is not called.
+	// Otherwise done is called exactly once, from the store's writer
+	// goroutine, when the messages are durable (receipts) or cannot be
+	// (error); commits of one caller complete in the order they were made.
+	// done must not block and must not call the store.
+	CommitAsync(done func([]Receipt, error), msgs ...Message) error
+
 	// Abort discards the draft. Safe to call after Commit (then a no-op).
 	Abort()
 }
