@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -277,8 +279,17 @@ func TestResendWithoutAck(t *testing.T) {
 
 func TestLoginTimeout(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.LoginTimeout = 100 * time.Millisecond })
-	c := ts.dialRev()
-	expectClosed(t, c)
+	// A bare TCP connection that never even starts TLS: the server's
+	// login deadline covers the handshake too.
+	conn, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := conn.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read %d bytes, %v; want the server to close the link", n, err)
+	}
 }
 
 func TestIdleTimeout(t *testing.T) {
