@@ -138,23 +138,10 @@ func writeFileOnce(path string, data []byte, perm fs.FileMode) (err error) {
 	if err := os.Link(tmp.Name(), path); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
-	if err := syncDirEntries(dir); err != nil {
+	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
 	return nil
-}
-
-// syncDirEntries makes the directory entries in dir durable.
-func syncDirEntries(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // certHint tells an operator how to get a certificate and key at the given

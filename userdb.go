@@ -1654,17 +1654,8 @@ func writeRecordFile(path string, data []byte) error {
 	return nil
 }
 
-// syncRecordDir fsyncs a directory, making the names created in it durable.
 func syncRecordDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("userdb: open %s: %w", dir, err)
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("userdb: sync %s: %w", dir, err)
 	}
 	return nil
