@@ -168,16 +168,30 @@ func ParseHeader(b []byte) (*Header, error) {
 	if len(b) > MaxHeaderLen {
 		return nil, badHeader("header over 65535 octets")
 	}
+	// Almost every header takes the fast path (headerscan.go); what it does
+	// not handle, encoding/json decides, so both give the same result.
+	h, ok := scanHeader(b)
+	if !ok {
+		var err error
+		if h, err = decodeHeader(b); err != nil {
+			return nil, err
+		}
+	}
+	if err := h.check(); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// decodeHeader decodes a header with encoding/json, without checking it: the
+// definition of what a header means, which scanHeader must match.
+func decodeHeader(b []byte) (*Header, error) {
 	w := &wireHeader{headerJSON: headerJSON{Op: opMissing}}
 	if err := json.Unmarshal(b, w); err != nil {
 		return nil, badHeader(jsonDetail(err))
 	}
 	w.headerJSON.Type = string(w.Type)
-	h := (*Header)(&w.headerJSON)
-	if err := h.check(); err != nil {
-		return nil, err
-	}
-	return h, nil
+	return (*Header)(&w.headerJSON), nil
 }
 
 func badHeader(detail string) error {
@@ -257,17 +271,23 @@ func (h *Header) check() error {
 
 // checkSizes bounds every string and list, whatever the op.
 func (h *Header) checkSizes() error {
-	strs := [...]struct {
-		key string
-		v   string
-	}{
-		{"id", h.ID}, {"type", h.Type}, {"uid", h.UID}, {"node", h.Node},
-		{"newnode", h.NewNode}, {"newalias", h.NewAlias}, {"gid", h.Gid},
-		{"act", h.Act}, {"from", h.From}, {"to", h.To},
-	}
-	for _, s := range strs {
-		if len(s.v) > MaxStringLen {
-			return badHeader(s.key + " too long")
+	// The table that names the strings costs more to build than the rest of
+	// the check (it runs for every request), so first see if it is needed.
+	longest := max(len(h.ID), len(h.Type), len(h.UID), len(h.Node), len(h.NewNode),
+		len(h.NewAlias), len(h.Gid), len(h.Act), len(h.From), len(h.To))
+	if longest > MaxStringLen {
+		strs := [...]struct {
+			key string
+			v   string
+		}{
+			{"id", h.ID}, {"type", h.Type}, {"uid", h.UID}, {"node", h.Node},
+			{"newnode", h.NewNode}, {"newalias", h.NewAlias}, {"gid", h.Gid},
+			{"act", h.Act}, {"from", h.From}, {"to", h.To},
+		}
+		for _, s := range strs {
+			if len(s.v) > MaxStringLen {
+				return badHeader(s.key + " too long")
+			}
 		}
 	}
 	if len(h.Oidc) > MaxTokenLen {

@@ -198,70 +198,75 @@ func TestParseHeaderRequired(t *testing.T) {
 	}
 }
 
+// invalidHeaders are headers that ParseHeader refuses, with the reason. They
+// also seed the fuzz tests.
+var invalidHeaders = []struct{ name, in, reason string }{
+	{"not JSON", `{"Op":12f3`, QuitHeader},
+	{"truncated", `{"op":1`, QuitHeader},
+	{"trailing data", `{"op":11}{}`, QuitHeader},
+	{"array", `[{"op":11}]`, QuitHeader},
+	{"string", `"op"`, QuitHeader},
+	{"null", `null`, QuitHeader},
+	{"empty object", `{}`, QuitHeader},
+	{"empty input", ``, QuitHeader},
+	{"datalen float", `{"op":7,"id":"x","for":[],"Datalen":1.5}`, QuitHeader},
+	{"datalen string", `{"op":7,"id":"x","for":[],"Datalen":"5"}`, QuitHeader},
+	{"datalen exponent", `{"op":7,"id":"x","for":[],"Datalen":1e3}`, QuitHeader},
+	{"datalen overflow", `{"op":7,"id":"x","for":[],"Datalen":9223372036854775808}`, QuitHeader},
+	{"datasum negative", `{"op":7,"id":"x","for":[],"datalen":1,"datasum":-1}`, QuitHeader},
+	{"op string", `{"Op":"x"}`, QuitHeader},
+	{"op 13", `{"Op":13}`, QuitHeader},
+	{"op -1", `{"Op":-1}`, QuitHeader},
+	{"op float", `{"Op":11.0}`, QuitHeader},
+	{"op null", `{"Op":null}`, QuitHeader},
+	{"id number", `{"op":0,"id":1}`, QuitHeader},
+	{"for object", `{"op":7,"id":"x","datalen":1,"for":{}}`, QuitHeader},
+	{"for of numbers", `{"op":7,"id":"x","datalen":1,"for":[1]}`, QuitHeader},
+	{"for type string", `{"op":7,"id":"x","datalen":1,"for":[{"id":"u","type":"1"}]}`, QuitHeader},
+	{"fornotself string", `{"op":8,"id":"x","datalen":2,"notelen":1,"for":[],"fornotself":"yes"}`, QuitHeader},
+	{"datalen negative", `{"op":7,"id":"x","for":[],"datalen":-1}`, QuitHeader},
+	{"datahead negative", `{"op":7,"id":"x","for":[],"datalen":5,"datahead":-1}`, QuitHeader},
+	{"datahead over datalen", `{"op":7,"id":"x","for":[],"datalen":5,"datahead":6}`, QuitHeader},
+	{"notelen negative", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":-1}`, QuitHeader},
+	{"notehead negative", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":2,"notehead":-1}`, QuitHeader},
+	{"notehead over notelen", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":2,"notehead":3}`, QuitHeader},
+	{"notelen on post", `{"op":7,"id":"x","for":[],"datalen":5,"notelen":2}`, QuitHeader},
+	{"notelen on ping", `{"op":9,"id":"x","from":"a","to":"b","datalen":5,"notelen":2}`, QuitHeader},
+	{"login with data", `{"Op":2,"Uid":"u","Node":"n","Datalen":5}`, QuitHeader},
+	{"login without node", `{"Op":2,"Uid":"noone","NoId":"none"}`, QuitHeader},
+	{"post for empty id", `{"op":7,"id":"x","datalen":1,"for":[{"id":"","type":1}]}`, QuitHeader},
+	{"post for null element", `{"op":7,"id":"x","datalen":1,"for":[null]}`, QuitHeader},
+	{"post for type 0", `{"op":7,"id":"x","datalen":1,"for":[{"id":"u"}]}`, QuitHeader},
+	{"post for type 4", `{"op":7,"id":"x","datalen":1,"for":[{"id":"u","type":4}]}`, QuitHeader},
+	{"notify for type 0", `{"op":8,"id":"x","datalen":2,"notelen":1,"for":[{"id":"u"}]}`, QuitHeader},
+	{"notify notefor empty id", `{"op":8,"id":"x","datalen":2,"notelen":1,"for":[],"notefor":[{"type":1}]}`, QuitHeader},
+	{"notify notefor type 9", `{"op":8,"id":"x","datalen":2,"notelen":1,"for":[],"notefor":[{"id":"u","type":9}]}`, QuitHeader},
+	{"ohiedit for empty id", `{"op":4,"id":"0","for":[{"id":"u"},{"type":1}],"type":"add"}`, QuitHeader},
+	{"ohiedit type", `{"op":4,"id":"0","for":[{"id":"u"}],"type":"remove"}`, QuitHeader},
+	{"ohiedit type case", `{"op":4,"id":"0","for":[{"id":"u"}],"type":"ADD"}`, QuitHeader},
+	{"ohiedit type number", `{"op":4,"id":"0","for":[{"id":"u"}],"type":1}`, QuitHeader},
+	{"useredit both", `{"op":3,"id":"0","newalias":"sam walker","newnode":"ref"}`, QuitHeader},
+	{"useredit neither", `{"op":3,"id":"0"}`, QuitHeader},
+	{"groupedit act", `{"op":6,"id":"0","gid":"g","act":"leave"}`, QuitHeader},
+	{"groupedit alias without newalias", `{"op":6,"id":"0","gid":"g","act":"alias"}`, QuitHeader},
+	{"groupedit drop without to", `{"op":6,"id":"0","gid":"g","act":"drop","newalias":"x"}`, QuitHeader},
+	{"id too long", `{"op":0,"id":"` + long + `"}`, QuitHeader},
+	{"newalias too long", `{"op":3,"id":"0","newalias":"` + long + `"}`, QuitHeader},
+	{"unused string too long", `{"op":11,"gid":"` + long + `"}`, QuitHeader},
+	{"recipient id too long", `{"op":7,"id":"x","datalen":1,"for":[{"id":"` + long + `","type":1}]}`, QuitHeader},
+	{"oidc too long", `{"op":1,"newnode":"n","newalias":"_","oidc":"` + strings.Repeat("t", MaxTokenLen+1) + `"}`, QuitHeader},
+	{"header too long", `{"op":11,"x":"` + strings.Repeat("x", MaxHeaderLen) + `"}`, QuitHeader},
+	{"ping too long", `{"op":9,"id":"x","from":"a","to":"b","datalen":421}`, QuitDataTooLong},
+	{"invite too long", `{"op":5,"id":"x","gid":"g","from":"a","to":"b","datalen":421}`, QuitDataTooLong},
+	{"notify data too short", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":5}`, QuitDataTooShort},
+	{"notify fornotself empty for", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":2,"fornotself":true}`, QuitRecipientEmpty},
+}
+
+// long is a string value one octet over MaxStringLen.
+var long = strings.Repeat("x", MaxStringLen+1)
+
 func TestParseHeaderInvalid(t *testing.T) {
-	long := strings.Repeat("x", MaxStringLen+1)
-	cases := []struct{ name, in, reason string }{
-		{"not JSON", `{"Op":12f3`, QuitHeader},
-		{"truncated", `{"op":1`, QuitHeader},
-		{"trailing data", `{"op":11}{}`, QuitHeader},
-		{"array", `[{"op":11}]`, QuitHeader},
-		{"string", `"op"`, QuitHeader},
-		{"null", `null`, QuitHeader},
-		{"empty object", `{}`, QuitHeader},
-		{"empty input", ``, QuitHeader},
-		{"datalen float", `{"op":7,"id":"x","for":[],"Datalen":1.5}`, QuitHeader},
-		{"datalen string", `{"op":7,"id":"x","for":[],"Datalen":"5"}`, QuitHeader},
-		{"datalen exponent", `{"op":7,"id":"x","for":[],"Datalen":1e3}`, QuitHeader},
-		{"datalen overflow", `{"op":7,"id":"x","for":[],"Datalen":9223372036854775808}`, QuitHeader},
-		{"datasum negative", `{"op":7,"id":"x","for":[],"datalen":1,"datasum":-1}`, QuitHeader},
-		{"op string", `{"Op":"x"}`, QuitHeader},
-		{"op 13", `{"Op":13}`, QuitHeader},
-		{"op -1", `{"Op":-1}`, QuitHeader},
-		{"op float", `{"Op":11.0}`, QuitHeader},
-		{"op null", `{"Op":null}`, QuitHeader},
-		{"id number", `{"op":0,"id":1}`, QuitHeader},
-		{"for object", `{"op":7,"id":"x","datalen":1,"for":{}}`, QuitHeader},
-		{"for of numbers", `{"op":7,"id":"x","datalen":1,"for":[1]}`, QuitHeader},
-		{"for type string", `{"op":7,"id":"x","datalen":1,"for":[{"id":"u","type":"1"}]}`, QuitHeader},
-		{"fornotself string", `{"op":8,"id":"x","datalen":2,"notelen":1,"for":[],"fornotself":"yes"}`, QuitHeader},
-		{"datalen negative", `{"op":7,"id":"x","for":[],"datalen":-1}`, QuitHeader},
-		{"datahead negative", `{"op":7,"id":"x","for":[],"datalen":5,"datahead":-1}`, QuitHeader},
-		{"datahead over datalen", `{"op":7,"id":"x","for":[],"datalen":5,"datahead":6}`, QuitHeader},
-		{"notelen negative", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":-1}`, QuitHeader},
-		{"notehead negative", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":2,"notehead":-1}`, QuitHeader},
-		{"notehead over notelen", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":2,"notehead":3}`, QuitHeader},
-		{"notelen on post", `{"op":7,"id":"x","for":[],"datalen":5,"notelen":2}`, QuitHeader},
-		{"notelen on ping", `{"op":9,"id":"x","from":"a","to":"b","datalen":5,"notelen":2}`, QuitHeader},
-		{"login with data", `{"Op":2,"Uid":"u","Node":"n","Datalen":5}`, QuitHeader},
-		{"login without node", `{"Op":2,"Uid":"noone","NoId":"none"}`, QuitHeader},
-		{"post for empty id", `{"op":7,"id":"x","datalen":1,"for":[{"id":"","type":1}]}`, QuitHeader},
-		{"post for null element", `{"op":7,"id":"x","datalen":1,"for":[null]}`, QuitHeader},
-		{"post for type 0", `{"op":7,"id":"x","datalen":1,"for":[{"id":"u"}]}`, QuitHeader},
-		{"post for type 4", `{"op":7,"id":"x","datalen":1,"for":[{"id":"u","type":4}]}`, QuitHeader},
-		{"notify for type 0", `{"op":8,"id":"x","datalen":2,"notelen":1,"for":[{"id":"u"}]}`, QuitHeader},
-		{"notify notefor empty id", `{"op":8,"id":"x","datalen":2,"notelen":1,"for":[],"notefor":[{"type":1}]}`, QuitHeader},
-		{"notify notefor type 9", `{"op":8,"id":"x","datalen":2,"notelen":1,"for":[],"notefor":[{"id":"u","type":9}]}`, QuitHeader},
-		{"ohiedit for empty id", `{"op":4,"id":"0","for":[{"id":"u"},{"type":1}],"type":"add"}`, QuitHeader},
-		{"ohiedit type", `{"op":4,"id":"0","for":[{"id":"u"}],"type":"remove"}`, QuitHeader},
-		{"ohiedit type case", `{"op":4,"id":"0","for":[{"id":"u"}],"type":"ADD"}`, QuitHeader},
-		{"ohiedit type number", `{"op":4,"id":"0","for":[{"id":"u"}],"type":1}`, QuitHeader},
-		{"useredit both", `{"op":3,"id":"0","newalias":"sam walker","newnode":"ref"}`, QuitHeader},
-		{"useredit neither", `{"op":3,"id":"0"}`, QuitHeader},
-		{"groupedit act", `{"op":6,"id":"0","gid":"g","act":"leave"}`, QuitHeader},
-		{"groupedit alias without newalias", `{"op":6,"id":"0","gid":"g","act":"alias"}`, QuitHeader},
-		{"groupedit drop without to", `{"op":6,"id":"0","gid":"g","act":"drop","newalias":"x"}`, QuitHeader},
-		{"id too long", `{"op":0,"id":"` + long + `"}`, QuitHeader},
-		{"newalias too long", `{"op":3,"id":"0","newalias":"` + long + `"}`, QuitHeader},
-		{"unused string too long", `{"op":11,"gid":"` + long + `"}`, QuitHeader},
-		{"recipient id too long", `{"op":7,"id":"x","datalen":1,"for":[{"id":"` + long + `","type":1}]}`, QuitHeader},
-		{"oidc too long", `{"op":1,"newnode":"n","newalias":"_","oidc":"` + strings.Repeat("t", MaxTokenLen+1) + `"}`, QuitHeader},
-		{"header too long", `{"op":11,"x":"` + strings.Repeat("x", MaxHeaderLen) + `"}`, QuitHeader},
-		{"ping too long", `{"op":9,"id":"x","from":"a","to":"b","datalen":421}`, QuitDataTooLong},
-		{"invite too long", `{"op":5,"id":"x","gid":"g","from":"a","to":"b","datalen":421}`, QuitDataTooLong},
-		{"notify data too short", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":5}`, QuitDataTooShort},
-		{"notify fornotself empty for", `{"op":8,"id":"x","for":[],"datalen":5,"notelen":2,"fornotself":true}`, QuitRecipientEmpty},
-	}
-	for _, c := range cases {
+	for _, c := range invalidHeaders {
 		h, err := ParseHeader([]byte(c.in))
 		if h != nil {
 			t.Errorf("%s: got header %+v with error %v", c.name, h, err)
@@ -295,26 +300,31 @@ func repeatList(elem string, n int) string {
 	return strings.TrimSuffix(strings.Repeat(elem+",", n), ",")
 }
 
+// limitHeaders are valid headers at the limits. They also seed the fuzz
+// tests.
+var limitHeaders = []string{
+	`{"op":0,"id":"` + maxString + `"}`,
+	`{"op":1,"newnode":"n","newalias":"_","oidc":"` + strings.Repeat("t", MaxTokenLen) + `"}`,
+	`{"op":4,"id":"x","type":"add","for":[` + repeatList(`{"id":"u"}`, MaxRecipients) + `]}`,
+	`{"op":7,"id":"x","datalen":1,"for":[{"id":"` + maxString + `","type":3}]}`,
+	`{"op":9,"id":"x","from":"a","to":"b","datalen":420}`,
+	`{"op":5,"id":"x","gid":"g","from":"a","to":"b","datalen":0}`,
+	`{"op":8,"id":"x","for":[],"datalen":6,"notelen":5,"notehead":5}`,
+	`{"op":8,"id":"x","for":[{"id":"u","type":2}],"datalen":6,"notelen":5,"fornotself":true}`,
+	`{"op":4,"id":"0","for":[{"id":"u","type":7}],"type":"drop"}`, // OhiEdit: any type
+	`{"op":6,"id":"0","gid":"g","act":"drop","to":"a"}`,
+	`{"op":6,"id":"0","gid":"g","act":"join","newalias":"b"}`,
+	`{"op":3,"id":"0","newnode":"ref"}`,
+	`{"op":7,"id":"x","datalen":5,"datahead":5,"for":[],"datasum":18446744073709551615}`,
+	`{"op":11,"datalen":0,"notelen":0,"for":null,"type":null,"id":null}`,
+	`{"op":12} `,
+}
+
+// maxString is a string value of MaxStringLen octets.
+var maxString = strings.Repeat("x", MaxStringLen)
+
 func TestParseHeaderAtLimits(t *testing.T) {
-	max := strings.Repeat("x", MaxStringLen)
-	valid := []string{
-		`{"op":0,"id":"` + max + `"}`,
-		`{"op":1,"newnode":"n","newalias":"_","oidc":"` + strings.Repeat("t", MaxTokenLen) + `"}`,
-		`{"op":4,"id":"x","type":"add","for":[` + repeatList(`{"id":"u"}`, MaxRecipients) + `]}`,
-		`{"op":7,"id":"x","datalen":1,"for":[{"id":"` + max + `","type":3}]}`,
-		`{"op":9,"id":"x","from":"a","to":"b","datalen":420}`,
-		`{"op":5,"id":"x","gid":"g","from":"a","to":"b","datalen":0}`,
-		`{"op":8,"id":"x","for":[],"datalen":6,"notelen":5,"notehead":5}`,
-		`{"op":8,"id":"x","for":[{"id":"u","type":2}],"datalen":6,"notelen":5,"fornotself":true}`,
-		`{"op":4,"id":"0","for":[{"id":"u","type":7}],"type":"drop"}`, // OhiEdit: any type
-		`{"op":6,"id":"0","gid":"g","act":"drop","to":"a"}`,
-		`{"op":6,"id":"0","gid":"g","act":"join","newalias":"b"}`,
-		`{"op":3,"id":"0","newnode":"ref"}`,
-		`{"op":7,"id":"x","datalen":5,"datahead":5,"for":[],"datasum":18446744073709551615}`,
-		`{"op":11,"datalen":0,"notelen":0,"for":null,"type":null,"id":null}`,
-		`{"op":12} `,
-	}
-	for _, s := range valid {
+	for _, s := range limitHeaders {
 		if _, err := ParseHeader([]byte(s)); err != nil {
 			t.Errorf("%.80s: %v", s, err)
 		}
@@ -378,11 +388,22 @@ func TestCheckPing(t *testing.T) {
 	}
 }
 
+// benchHeaders are the requests that the server parses most, with the most
+// allocations ParseHeader may make for them: the Header, one string for all
+// its strings, and one array for its recipients.
+var benchHeaders = []struct {
+	name   string
+	in     string
+	allocs float64
+}{
+	{"ack", `{"Op":10,"Id":"18a2b3c4d5e6f708","Type":"n"}`, 2},
+	{"post1", `{"Op":7,"Id":"zyx","Datalen":15,"Datahead":5,"Datasum":1,"For":[{"Id":"LB27ML46LB27ML46LB27ML46LB27ML46","Type":1}]}`, 3},
+	{"post10", `{"Op":7,"Id":"zyx","Datalen":15,"Datahead":5,"Datasum":1,"For":[` +
+		repeatList(`{"Id":"LB27ML46LB27ML46LB27ML46LB27ML46","Type":1}`, 10) + `]}`, 3},
+}
+
 func BenchmarkParseHeader(b *testing.B) {
-	for _, c := range []struct{ name, in string }{
-		{"ack", `{"Op":10,"Id":"18a2b3c4d5e6f708","Type":"n"}`},
-		{"post", `{"Op":7,"Id":"zyx","Datalen":15,"Datahead":5,"Datasum":1,"For":[{"Id":"LB27ML46LB27ML46LB27ML46LB27ML46","Type":1}]}`},
-	} {
+	for _, c := range benchHeaders {
 		in := []byte(c.in)
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -392,6 +413,23 @@ func BenchmarkParseHeader(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseHeaderAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector changes allocation counts")
+	}
+	for _, c := range benchHeaders {
+		in := []byte(c.in)
+		n := testing.AllocsPerRun(100, func() {
+			if _, err := ParseHeader(in); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if n > c.allocs {
+			t.Errorf("%s: %v allocations, want at most %v", c.name, n, c.allocs)
+		}
 	}
 }
 
