@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,13 +16,55 @@ import (
 	"mnm/testclient"
 )
 
-// A short simulation: 6 members at 1/1000 of the published pauses (1–30 ms)
-// for under a second of traffic is a few hundred posts and deliveries.
+// Short simulations: 6 members at 1/1000 of the published pauses (1–30 ms).
+// A run stops once it has shown what the tests check, testSimDeliveries
+// deliveries and a status line (simStopper), which takes well under a
+// second on an idle machine; a loaded one gets there later rather than
+// with too little traffic. testSimBound stops a run that cannot get there.
 const (
-	testSimMembers   = 6
-	testSimTimescale = "0.001"
-	testSimDuration  = 700 * time.Millisecond
+	testSimMembers    = 6
+	testSimTimescale  = "0.001"
+	testSimDeliveries = 100
+	testSimInterval   = 50 * time.Millisecond
+	testSimBound      = time.Minute
 )
+
+// simStopper ends a test simulation, as Ctrl-C would, once it has seen
+// testSimDeliveries deliveries (through SimConfig.Tamper) and a status line
+// (written through it to out).
+type simStopper struct {
+	out        io.Writer
+	cancel     context.CancelFunc // set before the run starts
+	deliveries atomic.Int64
+	status     atomic.Bool
+}
+
+var statusLine = regexp.MustCompile(`^sim: \d+s online `)
+
+func (s *simStopper) Write(p []byte) (int, error) {
+	if statusLine.Match(p) {
+		s.status.Store(true)
+		s.check()
+	}
+	return s.out.Write(p)
+}
+
+// tamper returns a SimConfig.Tamper that counts deliveries, after inner.
+func (s *simStopper) tamper(inner func(*testclient.Frame)) func(*testclient.Frame) {
+	return func(f *testclient.Frame) {
+		if inner != nil {
+			inner(f)
+		}
+		s.deliveries.Add(1)
+		s.check()
+	}
+}
+
+func (s *simStopper) check() {
+	if s.status.Load() && s.deliveries.Load() >= testSimDeliveries && s.cancel != nil {
+		s.cancel()
+	}
+}
 
 // quietLogger discards the server's routine log but lets a test see
 // warnings and errors.
@@ -52,18 +96,23 @@ func runTestSim(t *testing.T, adjust func(*testclient.SimConfig)) (testclient.Si
 		Addr:      e.Addr,
 		Members:   testSimMembers,
 		Timescale: 0.001,
-		Duration:  testSimDuration,
-		Interval:  200 * time.Millisecond,
+		Duration:  testSimBound,
+		Interval:  testSimInterval,
 		Drain:     10 * time.Second,
 		Seed:      1,
-		RSS:       processRSS,
+		Proc:      procStats(os.Getpid()),
+		ProcName:  "server+members",
 		Logger:    quietLogger(t),
 	}
 	if adjust != nil {
 		adjust(&cfg)
 	}
 	var out bytes.Buffer
-	sum, err := testclient.RunSim(context.Background(), cfg, &out)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := &simStopper{out: &out, cancel: cancel}
+	cfg.Tamper = stop.tamper(cfg.Tamper)
+	sum, err := testclient.RunSim(ctx, cfg, stop)
 	if err != nil {
 		t.Fatalf("RunSim: %v\n%s", err, out.String())
 	}
@@ -74,8 +123,11 @@ func TestRunSim(t *testing.T) {
 	sum, out := runTestSim(t, nil)
 	t.Log(out)
 	checkCleanRun(t, sum)
-	if !regexp.MustCompile(`(?m)^sim: \d+s online \d+/6, posts \d+ .* rss \d+ MB$`).MatchString(out) {
+	if !regexp.MustCompile(`(?m)^sim: \d+s online \d+/6, posts \d+ .*, server\+members rss \d+ MB cpu \d+%$`).MatchString(out) {
 		t.Error("no status line")
+	}
+	if !regexp.MustCompile(`(?m)^  traffic +\d+ posts/s, \d+ deliveries/s, [\d.]+ MB/s delivered; post→delivery p50 \S+, p99 \S+ \(until the stop\)$`).MatchString(out) {
+		t.Error("no rates in the summary")
 	}
 	if !strings.Contains(out, "sim: PASS") {
 		t.Error("no PASS verdict")
@@ -107,8 +159,15 @@ func checkCleanRun(t *testing.T, sum testclient.SimSummary) {
 		t.Errorf("drain incomplete: %d in flight", sum.InFlight)
 	case sum.IntegrityErrors() != 0 || sum.Errors != 0 || sum.Unacked != 0:
 		t.Errorf("errors in a clean run: %+v", sum)
-	case sum.AckP50 <= 0 || sum.DeliveryP99 < sum.DeliveryP50 || sum.RSS <= 0:
+	case sum.AckP50 <= 0 || sum.DeliveryP99 < sum.DeliveryP50 || sum.RSS <= 0 || sum.PeakRSS < sum.RSS:
 		t.Errorf("latencies or rss missing: %+v", sum)
+	case sum.TrafficPosts == 0 || sum.TrafficPosts > sum.Posts ||
+		sum.TrafficDeliveries > sum.Deliveries || sum.TrafficDeliveryBytes > sum.DeliveryBytes:
+		t.Errorf("counts at the stop beyond the final counts: %+v", sum)
+	case sum.TrafficDeliveries > 0 && (sum.TrafficDeliveryP50 <= 0 || sum.TrafficDeliveryP99 < sum.TrafficDeliveryP50):
+		t.Errorf("latencies during the traffic missing: %+v", sum)
+	case sum.SelfCPU <= 0:
+		t.Errorf("no cpu time of this process: %+v", sum)
 	}
 }
 
@@ -140,38 +199,51 @@ func TestRunSimTamper(t *testing.T) {
 	}
 }
 
+// runSimCommand runs `mnm 6 args…` until a simStopper stops it; tamper, if
+// set, sees every delivery first.
+func runSimCommand(t *testing.T, args []string, tamper func(*testclient.Frame)) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	stop := &simStopper{out: &out}
+	args = append([]string{"-duration", testSimBound.String(), "-timescale", testSimTimescale, "-interval", testSimInterval.String()}, args...)
+	code = runSimWith(testSimMembers, args, stop, &errOut, func(c *testclient.SimConfig, cancel context.CancelFunc) {
+		stop.cancel = cancel
+		c.Tamper = stop.tamper(tamper)
+		if tamper != nil {
+			// The damaged delivery is never recorded, so the drain
+			// waits out its bound: keep it short.
+			c.Drain = 300 * time.Millisecond
+		}
+	})
+	return code, out.String(), errOut.String()
+}
+
 func TestSimCommand(t *testing.T) {
-	args := []string{"-duration", testSimDuration.String(), "-timescale", testSimTimescale, "-interval", "200ms"}
-	var stdout, stderr bytes.Buffer
-	if code := runSim(testSimMembers, args, &stdout, &stderr); code != exitOK {
-		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, &stdout, &stderr)
+	code, stdout, stderr := runSimCommand(t, nil, nil)
+	if code != exitOK {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
-	if !strings.Contains(stdout.String(), "sim: PASS") {
-		t.Errorf("stdout:\n%s", &stdout)
+	if !strings.Contains(stdout, "sim: PASS") || !strings.Contains(stdout, "rss and cpu are of the whole process") {
+		t.Errorf("stdout:\n%s", stdout)
 	}
 	// The temporary data is gone.
-	m := regexp.MustCompile(`data in (\S+), removed at exit`).FindStringSubmatch(stdout.String())
+	m := regexp.MustCompile(`data in (\S+), removed at exit`).FindStringSubmatch(stdout)
 	if m == nil {
-		t.Fatalf("no data folder named:\n%s", &stdout)
+		t.Fatalf("no data folder named:\n%s", stdout)
 	}
 	if _, err := os.Stat(m[1]); !os.IsNotExist(err) {
 		t.Errorf("%s left behind: %v", m[1], err)
 	}
 
 	// An integrity error makes the exit status non-zero.
-	stdout.Reset()
-	stderr.Reset()
 	var n atomic.Int64
-	tamper := func(c *testclient.SimConfig) {
-		c.Drain = 300 * time.Millisecond
-		c.Tamper = func(f *testclient.Frame) {
-			if n.Add(1) == 2 {
-				f.Head["from"] = "someone else"
-			}
+	tamper := func(f *testclient.Frame) {
+		if n.Add(1) == 2 {
+			f.Head["from"] = "someone else"
 		}
 	}
-	if code := runSimWith(testSimMembers, args, &stdout, &stderr, tamper); code != exitFailure {
-		t.Errorf("tampered run: exit %d, want %d\n%s", code, exitFailure, &stdout)
+	if code, stdout, _ := runSimCommand(t, nil, tamper); code != exitFailure {
+		t.Errorf("tampered run: exit %d, want %d\n%s", code, exitFailure, stdout)
 	}
 }
 
@@ -188,6 +260,11 @@ func TestSimCommandUsage(t *testing.T) {
 		{[]string{"6", "-drain", "0s"}, "-drain must be positive"},
 		{[]string{"6", "extra"}, `unexpected argument "extra"`},
 		{[]string{"6", "-bogus"}, "flag provided but not defined"},
+		{[]string{"6", "-pid", "1"}, "without -addr the server is this process"},
+		{[]string{"6", "-addr", "=127.0.0.1:1", "-pid", "-2"}, "-pid must be a process id"},
+		{[]string{"6", "-addr", "="}, "neither =host:port nor +host:port"},
+		{[]string{"6", "-addr", "no-port"}, `-addr "no-port"`},
+		{[]string{"6", "-addr", "127.0.0.1:1", "-pid", "2147483647"}, "-pid 2147483647"},
 	} {
 		var stdout, stderr bytes.Buffer
 		// Through run, so the dispatch of a number to the simulation is
@@ -201,28 +278,50 @@ func TestSimCommandUsage(t *testing.T) {
 	}
 }
 
-func TestParseProcStatus(t *testing.T) {
-	status := "Name:\tmnm\nVmPeak:\t  999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\nThreads:\t8\n"
-	rss, hwm := parseProcStatus(strings.NewReader(status))
-	if rss != 1024<<10 || hwm != 2048<<10 {
-		t.Errorf("rss %d, hwm %d", rss, hwm)
+// TestSimCommandAddr runs the simulation against a server it did not start,
+// as against `mnm load -serve` in another process: the status lines show
+// the -pid process's figures, labelled as the server's.
+func TestSimCommandAddr(t *testing.T) {
+	e, err := startEphemeral(quietLogger(t))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if rss, hwm := parseProcStatus(strings.NewReader("VmRSS: lots\nVmHWM: -5 kB\n")); rss != 0 || hwm != 0 {
-		t.Errorf("garbage parsed as rss %d, hwm %d", rss, hwm)
-	}
-	if rss, _ := processRSS(); rss <= 0 {
-		t.Skip("no /proc/self/status here")
-	}
-}
-
-func FuzzParseProcStatus(f *testing.F) {
-	f.Add("VmRSS:\t    1024 kB\n")                 // the usual form
-	f.Add("VmHWM: 9223372036854775807 kB\nVmRSS:") // overflow when shifted; a key without a value
-	f.Add(":\n::\nVmRSS::\n")                      // separators only
-	f.Fuzz(func(t *testing.T, s string) {
-		rss, hwm := parseProcStatus(strings.NewReader(s))
-		if rss < 0 || hwm < 0 {
-			t.Errorf("negative size from %q: %d %d", s, rss, hwm)
+	defer func() {
+		if err := e.Close(); err != nil {
+			t.Error(err)
 		}
-	})
+	}()
+	pid := strconv.Itoa(os.Getpid())
+	for _, addr := range []string{"=" + e.Addr, e.Addr} {
+		code, out, stderr := runSimCommand(t, []string{"-addr", addr, "-pid", pid}, nil)
+		if code != exitOK {
+			t.Fatalf("%s: exit %d\nstdout:\n%s\nstderr:\n%s", addr, code, out, stderr)
+		}
+		for _, want := range []string{
+			"against the server at " + e.Addr + " (rss and cpu are of the server, process " + pid + ", alone)",
+			"sim: PASS",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: no %q in\n%s", addr, want, out)
+			}
+		}
+		if !regexp.MustCompile(`(?m), server rss \d+ MB cpu \d+%$`).MatchString(out) {
+			t.Errorf("%s: no status line with the server's rss:\n%s", addr, out)
+		}
+		if !regexp.MustCompile(`(?m)^  server +rss [\d.]+ MB, peak [\d.]+ MB; cpu `).MatchString(out) {
+			t.Errorf("%s: no server figures in the summary:\n%s", addr, out)
+		}
+		if strings.Contains(out, "server+members") || strings.Contains(out, "data in") {
+			t.Errorf("%s: in-process wording against another server:\n%s", addr, out)
+		}
+	}
+
+	// Without -pid, no process's figures are shown as the server's.
+	code, out, stderr := runSimCommand(t, []string{"-addr", "=" + e.Addr}, nil)
+	if code != exitOK {
+		t.Fatalf("without -pid: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	if regexp.MustCompile(`rss \d`).MatchString(out) || !strings.Contains(out, "no -pid") {
+		t.Errorf("without -pid:\n%s", out)
+	}
 }

@@ -24,10 +24,10 @@ import (
 //	(ToGroupOthers); log out (Quit); stay offline 1–30 s; repeat.
 //
 // A member starts with the offline pause, so logins are spread out. The
-// order of the 17 posts is shuffled per session. Post sizes are log-uniform
-// between 80 octets and 250 KB: the logarithm of the size is uniform, so the
-// median is about 4.5 KB, the mean about 31 KB, and one post in ten is over
-// 110 KB.
+// order of the 17 posts is shuffled per session. Post sizes range from 80
+// octets to 250 KB with a mean of 6.7 KB, the mean delivered message of the
+// reference server's published run: most posts are 80 octets to 16 KB, one
+// in 22 is 16 KB to 250 KB (postSize); the median is about 1.3 KB.
 //
 // Groups: members are partitioned into groups of at most 100 (of nearly
 // equal size), set up through the protocol: each member registers with an
@@ -79,6 +79,27 @@ const (
 	simGroupMax    = 100    // members per group
 	simSizeMin     = 80     // smallest post, octets
 	simSizeMax     = 250000 // largest post, octets ("250 KB")
+)
+
+// Post sizes are a mixture of two log-uniform ranges (the logarithm of the
+// size is uniform in each), so that they span simSizeMin to simSizeMax while
+// their mean is simSizeMean: the reference server's published run delivered
+// 1 million messages totalling 6.7 GB. A single log-uniform range over the
+// whole span has a mean of 31 KB, nearly five times that traffic.
+//
+// The mean of a log-uniform size on [a, b] is (b − a) / ln(b/a):
+//
+//	small, 80 to 16,000:       15,920 / ln 200    ≈  3,005 octets
+//	large, 16,000 to 250,000: 234,000 / ln 15.625 ≈ 85,126 octets
+//
+// so the share w of large posts that makes the mean 6,700 solves
+// (1 − w)·3,005 + w·85,126 = 6,700: w = 3,695 / 82,121 ≈ 0.045, one post in
+// 22. A post's size does not depend on its recipients, so the mean delivered
+// size is the mean post size.
+const (
+	simSizeSplit      = 16000 // the boundary of the two ranges, octets
+	simSizeLargeShare = 0.045 // share of posts in the large range
+	simSizeMean       = 6700  // the mean the share gives, octets (tested)
 )
 
 // SimMinMembers is the smallest simulation: a member posts to others.
@@ -144,9 +165,12 @@ type SimConfig struct {
 	// differ anyway, but a seed reproduces the choices of sizes and
 	// recipients.
 	Seed uint64
-	// RSS, if set, returns the resident set size of the process and its
-	// peak, in octets (0 if unknown), for the status lines and the summary.
-	RSS func() (current, peak int64)
+	// Proc, if set, reads the memory and CPU time of the process that the
+	// status lines and the summary report on: the server's, when it runs
+	// apart from the simulation, or this one's, when the server shares it.
+	// ProcName names that process in them; "" means "server".
+	Proc     func() (ProcStats, error)
+	ProcName string
 	// Logger receives integrity errors (level error) and other failures
 	// (warn), at most simMaxLogged of each kind; nil discards them. Nodeids
 	// are never logged.
@@ -182,6 +206,9 @@ func (c SimConfig) withDefaults() (SimConfig, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.ProcName == "" {
+		c.ProcName = "server"
+	}
 	return c, nil
 }
 
@@ -191,6 +218,15 @@ type SimSummary struct {
 	Traffic time.Duration // from the end of setup to the stop
 	Drain   time.Duration // from the stop until every member logged out
 	Drained bool          // every acked delivery arrived before the drain's bound
+
+	// Counts at the stop, the end of the traffic: divided by Traffic, they
+	// are the rates the site kept up with (later counts include the drain).
+	TrafficPosts, TrafficDeliveries, TrafficDeliveryBytes uint64
+	// Latency of the deliveries received during the traffic. The drain
+	// empties a backlog that posting no longer feeds, so the overall
+	// DeliveryP50 and DeliveryP99 include waits that grew while the members
+	// were offline or the server behind; these do not.
+	TrafficDeliveryP50, TrafficDeliveryP99 time.Duration
 
 	Logins        uint64
 	Posts         uint64 // acked posts
@@ -209,7 +245,15 @@ type SimSummary struct {
 
 	AckP50, AckP99           time.Duration // post sent → ack received
 	DeliveryP50, DeliveryP99 time.Duration // post sent (or recipient's login, if later) → received
-	RSS, PeakRSS             int64         // octets, 0 if unknown
+
+	// Of the process SimConfig.Proc reads, zero if unknown: its resident set
+	// size at the end and its peak (VmHWM, over its whole life), in octets,
+	// and its CPU time during the traffic.
+	RSS, PeakRSS int64
+	CPU          time.Duration
+	// SelfCPU is this process's CPU time during the traffic: the simulated
+	// members', and the server's too if it runs in this process.
+	SelfCPU time.Duration
 }
 
 // IntegrityErrors is the number of integrity errors: a simulation passes
@@ -606,7 +650,8 @@ func (sim *simulation) options() Options {
 // duration passes, then drains and returns the summary.
 func (sim *simulation) run(ctx context.Context) SimSummary {
 	defer sim.abortCancel()
-	start := time.Now()
+	first := sim.counts()
+	start := first.at
 	var posting, all sync.WaitGroup
 	for _, m := range sim.members {
 		posting.Add(1)
@@ -615,7 +660,7 @@ func (sim *simulation) run(ctx context.Context) SimSummary {
 	statusStop, statusDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(statusDone)
-		sim.status(start, statusStop)
+		sim.status(first, statusStop)
 	}()
 
 	var timeout <-chan time.Time
@@ -628,7 +673,8 @@ func (sim *simulation) run(ctx context.Context) SimSummary {
 	case <-ctx.Done():
 	case <-timeout:
 	}
-	stopped := time.Now()
+	last := sim.counts()
+	stopped := last.at
 	bound := time.AfterFunc(sim.cfg.Drain, sim.abortCancel)
 	defer bound.Stop()
 	sim.stopCycle()
@@ -661,6 +707,13 @@ func (sim *simulation) run(ctx context.Context) SimSummary {
 	<-statusDone
 	sum := sim.summary()
 	sum.Traffic, sum.Drain, sum.Drained = stopped.Sub(start), time.Since(stopped), drained
+	sum.TrafficPosts, sum.TrafficDeliveries, sum.TrafficDeliveryBytes = last.posts, last.deliveries, last.deliveryBytes
+	sum.TrafficDeliveryP50, _ = last.delivery.quantile(0.5)
+	sum.TrafficDeliveryP99, _ = last.delivery.quantile(0.99)
+	sum.SelfCPU = last.selfCPU - first.selfCPU
+	if first.procOK && last.procOK {
+		sum.CPU = last.proc.CPU - first.proc.CPU
+	}
 	return sum
 }
 
@@ -850,10 +903,20 @@ func directRecipients(self, n int, rng *rand.Rand) []int32 {
 	return out
 }
 
-// postSize draws a size log-uniformly from simSizeMin to simSizeMax.
+// postSize draws a post size: log-uniform from simSizeSplit to simSizeMax
+// with probability simSizeLargeShare, else from simSizeMin to simSizeSplit.
 func postSize(rng *rand.Rand) int {
-	lo, hi := math.Log(simSizeMin), math.Log(simSizeMax)
-	return int(math.Round(math.Exp(lo + rng.Float64()*(hi-lo))))
+	lo, hi := float64(simSizeMin), float64(simSizeSplit)
+	if rng.Float64() < simSizeLargeShare {
+		lo, hi = simSizeSplit, simSizeMax
+	}
+	return int(math.Round(logUniform(rng, lo, hi)))
+}
+
+// logUniform draws x from [lo, hi] such that ln x is uniform.
+func logUniform(rng *rand.Rand, lo, hi float64) float64 {
+	a, b := math.Log(lo), math.Log(hi)
+	return math.Exp(a + rng.Float64()*(b-a))
 }
 
 // post makes one post and waits for its ack; it reports whether the link is
@@ -1162,11 +1225,14 @@ type simCounts struct {
 	deliveries, deliveryBytes, errors uint64
 	integrity                         uint64
 	ack, delivery                     histCounts
+	proc                              ProcStats // of the process cfg.Proc reads
+	procOK                            bool      // proc was read
+	selfCPU                           time.Duration
 }
 
 func (sim *simulation) counts() simCounts {
 	st := &sim.st
-	return simCounts{
+	c := simCounts{
 		at:            time.Now(),
 		online:        st.online.Load(),
 		posts:         st.posts.Load(),
@@ -1177,22 +1243,28 @@ func (sim *simulation) counts() simCounts {
 		integrity:     st.corrupt.Load() + st.duplicates.Load() + st.misdelivered.Load() + st.skipped.Load(),
 		ack:           st.ackLatency.counts(),
 		delivery:      st.deliveryLatency.counts(),
+		selfCPU:       selfCPU(),
 	}
+	if sim.cfg.Proc != nil {
+		ps, err := sim.cfg.Proc()
+		c.proc, c.procOK = ps, err == nil
+	}
+	return c
 }
 
-// status prints a status line every interval until stop is closed.
-func (sim *simulation) status(start time.Time, stop <-chan struct{}) {
+// status prints a status line every interval, from the counts first at
+// the start, until stop is closed.
+func (sim *simulation) status(first simCounts, stop <-chan struct{}) {
 	t := time.NewTicker(sim.cfg.Interval)
 	defer t.Stop()
-	prev := sim.counts()
-	prev.at = start
+	prev := first
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
 			cur := sim.counts()
-			sim.printf("%s\n", sim.statusLine(prev, cur, cur.at.Sub(start)))
+			sim.printf("%s\n", sim.statusLine(prev, cur, cur.at.Sub(first.at)))
 			prev = cur
 		}
 	}
@@ -1217,12 +1289,24 @@ func (sim *simulation) statusLine(prev, cur simCounts, elapsed time.Duration) st
 		fmtLatency(ack.quantile(0.5)), fmtLatency(ack.quantile(0.99)),
 		fmtLatency(deliv.quantile(0.5)), fmtLatency(deliv.quantile(0.99)),
 		cur.errors, cur.integrity)
-	if sim.cfg.RSS != nil {
-		if rss, _ := sim.cfg.RSS(); rss > 0 {
-			line += fmt.Sprintf(", rss %d MB", rss>>20)
+	if cur.procOK {
+		// Whose figures these are is in the line: the server's alone, or
+		// the whole process's when the members share it.
+		line += fmt.Sprintf(", %s rss %.0f MB", sim.cfg.ProcName, float64(cur.proc.RSS)/1e6)
+		if prev.procOK && secs > 0 {
+			line += fmt.Sprintf(" cpu %.0f%%", 100*(cur.proc.CPU-prev.proc.CPU).Seconds()/secs)
 		}
 	}
 	return line
+}
+
+// cores renders CPU time used over a wall-clock time as a share of one
+// core, as top does.
+func cores(cpu, wall time.Duration) string {
+	if wall <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%% of a core", 100*cpu.Seconds()/wall.Seconds())
 }
 
 // fmtLatency renders a latency to about two significant digits; "-" when
@@ -1267,8 +1351,10 @@ func (sim *simulation) summary() SimSummary {
 	s.AckP99, _ = ack.quantile(0.99)
 	s.DeliveryP50, _ = deliv.quantile(0.5)
 	s.DeliveryP99, _ = deliv.quantile(0.99)
-	if sim.cfg.RSS != nil {
-		s.RSS, s.PeakRSS = sim.cfg.RSS()
+	if sim.cfg.Proc != nil {
+		if ps, err := sim.cfg.Proc(); err == nil {
+			s.RSS, s.PeakRSS = ps.RSS, ps.HWM
+		}
 	}
 	return s
 }
@@ -1282,16 +1368,23 @@ func (sim *simulation) printSummary(s SimSummary) {
 		s.Members, s.Traffic.Round(time.Millisecond), s.Drain.Round(time.Millisecond), drain, s.Logins)
 	sim.printf("  posts       %d acked, %.1f MB; post→ack p50 %s, p99 %s; %d without ack\n",
 		s.Posts, float64(s.PostBytes)/1e6, fmtLatency(s.AckP50, s.AckP50 > 0), fmtLatency(s.AckP99, s.AckP99 > 0), s.Unacked)
-	sim.printf("  deliveries  %d, %.1f MB; post→delivery p50 %s, p99 %s (from the post or the recipient's login, whichever is later)\n",
-		s.Deliveries, float64(s.DeliveryBytes)/1e6,
+	sim.printf("  deliveries  %d, %.1f MB (mean %.1f KB); post→delivery p50 %s, p99 %s (from the post or the recipient's login, whichever is later)\n",
+		s.Deliveries, float64(s.DeliveryBytes)/1e6, float64(s.DeliveryBytes)/1e3/float64(max(s.Deliveries, 1)),
 		fmtLatency(s.DeliveryP50, s.DeliveryP50 > 0), fmtLatency(s.DeliveryP99, s.DeliveryP99 > 0))
+	if secs := s.Traffic.Seconds(); secs > 0 {
+		sim.printf("  traffic     %.0f posts/s, %.0f deliveries/s, %.1f MB/s delivered; post→delivery p50 %s, p99 %s (until the stop)\n",
+			float64(s.TrafficPosts)/secs, float64(s.TrafficDeliveries)/secs, float64(s.TrafficDeliveryBytes)/1e6/secs,
+			fmtLatency(s.TrafficDeliveryP50, s.TrafficDeliveryP50 > 0), fmtLatency(s.TrafficDeliveryP99, s.TrafficDeliveryP99 > 0))
+	}
 	sim.printf("  errors      %d (failed logins or posts, broken links)\n", s.Errors)
 	sim.printf("  integrity   %d (corrupt %d, duplicate %d, misdelivered %d, reordered %d, lost %d)\n",
 		s.IntegrityErrors(), s.Corrupt, s.Duplicates, s.Misdelivered, s.Reordered, s.Lost)
 	sim.printf("  in flight   %d acked deliveries not received when the drain ended (not losses)\n", s.InFlight)
 	if s.RSS > 0 {
-		sim.printf("  memory      rss %d MB, peak %d MB\n", s.RSS>>20, s.PeakRSS>>20)
+		sim.printf("  %-11s rss %.1f MB, peak %.1f MB; cpu %s during the traffic (%s)\n",
+			sim.cfg.ProcName, float64(s.RSS)/1e6, float64(s.PeakRSS)/1e6, s.CPU.Round(10*time.Millisecond), cores(s.CPU, s.Traffic))
 	}
+	sim.printf("  self        cpu %s during the traffic (%s; this process)\n", s.SelfCPU.Round(10*time.Millisecond), cores(s.SelfCPU, s.Traffic))
 	if n := s.IntegrityErrors(); n > 0 {
 		sim.printf("sim: FAIL: %d integrity errors\n", n)
 	} else {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -318,25 +319,85 @@ func TestSessionPlanAndRecipients(t *testing.T) {
 
 func TestPostSize(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	const samples = 20000
+	const samples = 100000
 	sizes := make([]int, samples)
-	big := 0
+	large, sum := 0, 0
 	for i := range sizes {
 		sizes[i] = postSize(rng)
 		if sizes[i] < simSizeMin || sizes[i] > simSizeMax {
 			t.Fatalf("size %d out of range", sizes[i])
 		}
-		if sizes[i] > 110000 {
-			big++
+		if sizes[i] > simSizeSplit {
+			large++
 		}
+		sum += sizes[i]
+	}
+	// The sample mean has a standard error of about 70 octets (1%): the
+	// mixture's standard deviation is about 22 KB.
+	if mean := float64(sum) / samples; mean < 0.9*simSizeMean || mean > 1.1*simSizeMean {
+		t.Errorf("mean %.0f, want %d ± 10%%", mean, simSizeMean)
+	}
+	if frac := float64(large) / samples; frac < 0.04 || frac > 0.05 {
+		t.Errorf("%.4f over %d, want about %v", frac, simSizeSplit, simSizeLargeShare)
 	}
 	slices.Sort(sizes)
-	// Log-uniform: median √(80·250000) ≈ 4472; P(size > 110 KB) ≈ 10%.
-	if med := sizes[samples/2]; med < 3500 || med > 5700 {
-		t.Errorf("median %d, want about 4472", med)
+	// Median m: (1 − 0.045)·ln(m/80)/ln(200) = 0.5, so m ≈ 1282.
+	if med := sizes[samples/2]; med < 1150 || med > 1420 {
+		t.Errorf("median %d, want about 1282", med)
 	}
-	if frac := float64(big) / samples; frac < 0.08 || frac > 0.12 {
-		t.Errorf("%.3f over 110 KB, want about 0.10", frac)
+	if sizes[0] > 100 || sizes[samples-1] < 200000 {
+		t.Errorf("sizes from %d to %d, want nearly the whole range", sizes[0], sizes[samples-1])
+	}
+}
+
+// TestPostSizeMean checks the derivation of simSizeLargeShare: the exact
+// mean of the mixture is simSizeMean.
+func TestPostSizeMean(t *testing.T) {
+	logUniformMean := func(a, b float64) float64 { return (b - a) / math.Log(b/a) }
+	small := logUniformMean(simSizeMin, simSizeSplit)
+	large := logUniformMean(simSizeSplit, simSizeMax)
+	mean := (1-simSizeLargeShare)*small + simSizeLargeShare*large
+	if math.Abs(mean-simSizeMean) > 0.01*simSizeMean {
+		t.Errorf("mixture mean %.0f (small %.0f, large %.0f), want %d", mean, small, large, simSizeMean)
+	}
+}
+
+// TestSimStatusLine: the status line names whose memory and CPU it shows,
+// and turns CPU time into a share of a core over the interval.
+func TestSimStatusLine(t *testing.T) {
+	var calls int
+	cfg, err := SimConfig{Addr: "x:1", Members: 2, ProcName: "server+members", Proc: func() (ProcStats, error) {
+		calls++
+		return ProcStats{RSS: 45e6, HWM: 60e6, CPU: time.Duration(calls) * 1500 * time.Millisecond}, nil
+	}}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim := newSimulation(cfg, io.Discard)
+	prev := sim.counts()
+	cur := sim.counts()
+	cur.at = prev.at.Add(5 * time.Second)
+	line := sim.statusLine(prev, cur, 5*time.Second)
+	if !strings.HasSuffix(line, ", server+members rss 45 MB cpu 30%") {
+		t.Errorf("status line %q", line)
+	}
+	// A process that cannot be read (the server exited) shows nothing.
+	cur.procOK = false
+	if line := sim.statusLine(prev, cur, 5*time.Second); strings.Contains(line, "rss") {
+		t.Errorf("status line without the process: %q", line)
+	}
+	if sum := sim.summary(); sum.RSS != 45e6 || sum.PeakRSS != 60e6 {
+		t.Errorf("summary rss %d, peak %d", sum.RSS, sum.PeakRSS)
+	}
+	// The default names the server.
+	if c, _ := (SimConfig{Addr: "x:1", Members: 2}).withDefaults(); c.ProcName != "server" {
+		t.Errorf("default ProcName %q", c.ProcName)
+	}
+	if got := cores(3*time.Second, 2*time.Second); got != "150% of a core" {
+		t.Errorf("cores: %q", got)
+	}
+	if got := cores(time.Second, 0); got != "-" {
+		t.Errorf("cores over no time: %q", got)
 	}
 }
 
