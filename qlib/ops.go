@@ -76,11 +76,11 @@ func (l *link) opRegister(h *tmtp.Header) error {
 	}
 	dir := l.srv.cfg.Directory
 	uid, nodeid, dev, err := dir.Register(h.NewNode, claims)
-	if errors.Is(err, ErrLabelInvalid) {
-		return &tmtp.ProtocolError{Reason: tmtp.QuitRegister}
-	}
 	if err != nil {
-		l.log.Error("register failed", "err", err)
+		// A bad label is the client's fault; anything else is ours.
+		if !errors.Is(err, ErrLabelInvalid) {
+			l.log.Error("register failed", "err", err)
+		}
 		return &tmtp.ProtocolError{Reason: tmtp.QuitRegister}
 	}
 	f := []tmtp.Field{

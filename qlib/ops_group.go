@@ -28,16 +28,10 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 	if err != nil {
 		return fmt.Errorf("groupinvite: %w", err)
 	}
-	invite, err := l.envelope(int64(len(text)), tmtp.String("alias", h.From), tmtp.String("gid", h.Gid),
+	invite := l.envelope(int64(len(text)), tmtp.String("alias", h.From), tmtp.String("gid", h.Gid),
 		tmtp.String("op", "invite"), tmtp.String("to", h.To))
-	if err != nil {
-		return l.ackError(h.ID, err)
-	}
-	notice, err := l.envelope(0, tmtp.String("act", "invite"), tmtp.String("alias", ch.Alias),
+	notice := l.envelope(0, tmtp.String("act", "invite"), tmtp.String("alias", ch.Alias),
 		tmtp.String("gid", h.Gid), tmtp.String("op", "member"))
-	if err != nil {
-		return l.ackError(h.ID, err)
-	}
 	d := l.srv.cfg.Store.Draft()
 	d.Write(text)
 	rs, err := d.Commit(

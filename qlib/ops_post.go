@@ -35,10 +35,7 @@ func (l *link) opPost(h *tmtp.Header) error {
 		extra = append(extra, tmtp.Uint("datasum", h.Datasum))
 	}
 	extra = append(extra, tmtp.String("op", "delivery"))
-	env, err := l.envelope(h.Datalen, extra...)
-	if err != nil {
-		return l.refuse(h, err)
-	}
+	env := l.envelope(h.Datalen, extra...)
 	d := l.srv.cfg.Store.Draft()
 	if err := l.readData(d, h.Datalen); err != nil {
 		d.Abort()
@@ -136,15 +133,8 @@ func (l *link) opPostNotify(h *tmtp.Header) error {
 		note = append(note, tmtp.Uint("datasum", h.Notesum))
 	}
 	note = append(note, tmtp.String("op", "notify"))
-	postEnv, err := l.envelope(postLen, post...)
-	if err != nil {
-		return l.refuse(h, err)
-	}
+	postEnv := l.envelope(postLen, post...)
 	// The notification names its post, whose id is the first of the batch.
-	noteFields := append(note, tmtp.String("postid", ""))
-	if _, err := l.envelope(h.Notelen, noteFields...); err != nil {
-		return l.refuse(h, err)
-	}
 	uid, notelen := l.uid, h.Notelen
 	noteEnv := func(id store.ID, posted time.Time, batch []store.ID) []byte {
 		f := append(slices.Clip(note), tmtp.String("postid", batch[0].String()))
@@ -172,19 +162,23 @@ func (l *link) refuse(h *tmtp.Header, err error) error {
 }
 
 // envelope returns the Envelope of a message from this link's user with the
-// given data length and fields besides (std). It first checks that the header
-// fits a frame with the widest id and headsum it could get, so that a request
-// whose echoed fields are too long is refused instead of stored unreadable.
-func (l *link) envelope(datalen int64, fields ...tmtp.Field) (store.Envelope, error) {
+// given data length and fields besides (std). Request strings are bounded
+// (tmtp.MaxStringLen), so the stored header of every message fits a frame;
+// the one exception, OhiEdit's echo of its list, is checked by fitsFrame.
+func (l *link) envelope(datalen int64, fields ...tmtp.Field) store.Envelope {
 	uid := l.uid
-	trial := tmtp.AppendStored(nil, std(uid, store.ID(math.MaxUint64), time.Now(), datalen, fields...)...)
-	if len(trial) == 0 || len(trial) > tmtp.MaxHeaderLen+4-len("4294967295") {
-		return nil, errHeaderTooLong
-	}
 	fields = slices.Clip(fields)
 	return func(id store.ID, posted time.Time, _ []store.ID) []byte {
 		return tmtp.AppendStored(nil, std(uid, id, posted, datalen, fields...)...)
-	}, nil
+	}
+}
+
+// fitsFrame reports whether a message from this link's user with fields
+// fits a frame even with the widest id and headsum it could get, so that a
+// request whose echo is too long is refused rather than stored unreadable.
+func (l *link) fitsFrame(fields ...tmtp.Field) bool {
+	trial := tmtp.AppendStored(nil, std(l.uid, store.ID(math.MaxUint64), time.Now(), 0, fields...)...)
+	return len(trial) > 0 && len(trial) <= tmtp.MaxHeaderLen+4-len("4294967295")
 }
 
 // readData streams n octets of the current frame's data into w, extending the

@@ -44,11 +44,7 @@ func (l *link) opUserEdit(h *tmtp.Header) error {
 
 // storeNotice durably stores a message without data for devs.
 func (l *link) storeNotice(prio store.Priority, devs []string, fields ...tmtp.Field) (store.Receipt, error) {
-	env, err := l.envelope(0, fields...)
-	if err != nil {
-		return store.Receipt{}, err
-	}
-	rs, err := l.srv.cfg.Store.Draft().Commit(store.Message{Prio: prio, To: devs, Envelope: env})
+	rs, err := l.srv.cfg.Store.Draft().Commit(store.Message{Prio: prio, To: devs, Envelope: l.envelope(0, fields...)})
 	if err != nil {
 		return store.Receipt{}, err
 	}
@@ -74,11 +70,8 @@ func (l *link) opPing(h *tmtp.Header) error {
 	if err != nil {
 		return l.ackError(h.ID, l.clientError(err))
 	}
-	env, err := l.envelope(int64(len(text)),
+	env := l.envelope(int64(len(text)),
 		tmtp.String("alias", h.From), tmtp.String("op", "ping"), tmtp.String("to", h.To))
-	if err != nil {
-		return l.ackError(h.ID, err)
-	}
 	d := l.srv.cfg.Store.Draft()
 	d.Write(text)
 	rs, err := d.Commit(store.Message{To: devs, Len: int64(len(text)), Envelope: env})

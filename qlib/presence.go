@@ -47,10 +47,11 @@ func (l *link) opOhiEdit(h *tmtp.Header) error {
 		if err != nil {
 			return fmt.Errorf("ohiedit: %w", err)
 		}
-		_, err = l.storeNotice(store.Normal, devs, tmtp.OhiEditFor(echo), tmtp.String("op", "ohiedit"), tmtp.String("type", h.Type))
-		if err == errHeaderTooLong {
-			return l.ackError(h.ID, err)
-		} else if err != nil {
+		fields := []tmtp.Field{tmtp.OhiEditFor(echo), tmtp.String("op", "ohiedit"), tmtp.String("type", h.Type)}
+		if !l.fitsFrame(fields...) {
+			return l.ackError(h.ID, errHeaderTooLong)
+		}
+		if _, err := l.storeNotice(store.Normal, devs, fields...); err != nil {
 			return fmt.Errorf("ohiedit: %w", err)
 		}
 	}

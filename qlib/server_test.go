@@ -466,3 +466,26 @@ func TestMaxLinks(t *testing.T) {
 		t.Fatalf("refused %d, want 1", got)
 	}
 }
+
+// TestOhiEditEchoTooLong: an ohiedit whose stored echo ("Type":0 added to each
+// entry) would not fit a frame is refused, not stored unreadable.
+func TestOhiEditEchoTooLong(t *testing.T) {
+	ts := startServer(t, nil)
+	a, _ := ts.register()
+	var list []string
+	for range 1500 {
+		uid, _, _, _ := ts.dir.Register("x", nil)
+		list = append(list, uid)
+	}
+	ack, err := a.OhiEdit("add", list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack.Error != "message header too long" {
+		t.Fatalf("ack %+v, want message header too long", ack)
+	}
+	// A short list still works on the same link.
+	if ack, err := a.OhiEdit("add", list[:1]); err != nil || ack.Error != "" {
+		t.Fatalf("short ohiedit: %v %+v", err, ack)
+	}
+}
