@@ -56,6 +56,7 @@ type loadFlags struct {
 	serve      bool
 	idle       int
 	settle     time.Duration
+	hold       time.Duration
 	strict     bool
 	debug      bool
 }
@@ -79,6 +80,7 @@ func parseLoadFlags(args []string, stderr io.Writer) (*loadFlags, error) {
 	fs.BoolVar(&f.serve, "serve", false, "run an ephemeral server, print its site address, and wait for SIGINT")
 	fs.IntVar(&f.idle, "idle", 0, "instead of posting, measure the server's RSS per idle logged-in link with this many links")
 	fs.DurationVar(&f.settle, "settle", testclient.DefaultIdleSettle, "with -idle: wait this long before each RSS reading")
+	fs.DurationVar(&f.hold, "hold", 0, "with -idle: keep the links idle this much longer and read the RSS again (150s spans the runtime's periodic collection)")
 	fs.BoolVar(&f.strict, "strict", false, "check every received frame against the protocol (costs load-generator CPU)")
 	fs.BoolVar(&f.debug, "debug", false, "log progress (and the in-process server's events) on stderr")
 	if err := fs.Parse(args); err != nil {
@@ -202,7 +204,7 @@ func runLoadMode(ctx context.Context, f *loadFlags, stdout io.Writer, logger *sl
 		var heapErr error
 		result, err = testclient.RunIdle(ctx, testclient.IdleConfig{
 			Addr: addr, TLS: tlsConf, Links: f.idle, ServerPID: pid,
-			Settle: f.settle, Timeout: f.timeout, Logger: logger,
+			Settle: f.settle, Hold: f.hold, Timeout: f.timeout, Logger: logger,
 			Measured: func() {
 				// The heap with every link up: both ends when in-process.
 				if f.memProfile != "" {

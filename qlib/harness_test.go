@@ -190,6 +190,9 @@ func startServerFS(t *testing.T, fsys store.FS, tweak func(*Config)) *testServer
 		Directory: ts.dir,
 		Store:     st,
 		Logger:    logger,
+		// Park links at every pause, so that every test also runs the
+		// park-and-resume path (link.run).
+		ParkAfter: time.Millisecond,
 	}
 	if tweak != nil {
 		tweak(&cfg)

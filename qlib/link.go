@@ -14,18 +14,23 @@ import (
 	"mnm/qlib/tmtp"
 )
 
-// A link is one client connection. Its own goroutine (serve) reads and handles
-// requests in order; a second goroutine (deliver) exists only while the
-// device's queue has something to send, so an idle link costs one blocked
-// reader and a few hundred bytes.
+// A link is one client connection. One goroutine at a time (serve, then
+// resume after each idle spell) reads and handles its requests in order; a
+// second goroutine (deliver) exists only while the device's queue has
+// something to send. An idle link costs a parked goroutine with a small stack
+// and the connection's TLS state (see run).
 type link struct {
 	srv  *Server
 	conn net.Conn
-	rd   *tmtp.Reader
+	in   *input       // conn's reading side
+	rd   *tmtp.Reader // reads from in
 	log  *slog.Logger
 
 	// Set by serve at login and read-only afterwards.
 	uid, dev string
+
+	// state is owned by the goroutine serving the link (see run).
+	state linkState
 
 	// wmu serialises writes: replies from serve and messages from deliver
 	// never interleave inside a frame.
@@ -47,21 +52,19 @@ type link struct {
 	kick  chan struct{} // wake → deliver: look again (cap 1)
 	acked chan store.ID // serve → deliver: this awaited id was acked (cap 1)
 	done  chan struct{} // closed when the link ends
-
-	interrupted chan struct{} // closed by Shutdown
-	intOnce     sync.Once
 }
 
 func newLink(s *Server, conn net.Conn) *link {
+	in := newInput(conn, s.cfg.ParkAfter)
 	return &link{
-		srv:         s,
-		conn:        conn,
-		rd:          tmtp.NewReader(conn),
-		log:         s.log.With("remote", conn.RemoteAddr().String()),
-		kick:        make(chan struct{}, 1),
-		acked:       make(chan store.ID, 1),
-		done:        make(chan struct{}),
-		interrupted: make(chan struct{}),
+		srv:   s,
+		conn:  conn,
+		in:    in,
+		rd:    tmtp.NewReader(in),
+		log:   s.log.With("remote", conn.RemoteAddr().String()),
+		kick:  make(chan struct{}, 1),
+		acked: make(chan store.ID, 1),
+		done:  make(chan struct{}),
 	}
 }
 
@@ -77,19 +80,64 @@ const (
 	stateLoggedIn                  // Register or Login succeeded
 )
 
-// serve is the link's request loop.
+// serve runs the link from its first byte to its end.
 func (l *link) serve() {
-	defer l.finish()
-	state := stateNew
-	l.conn.SetReadDeadline(time.Now().Add(l.srv.cfg.LoginTimeout))
+	l.in.extend(l.srv.cfg.LoginTimeout)
+	l.run()
+}
+
+// run handles requests until the link ends, or until it has been idle for
+// Config.ParkAfter: then a fresh goroutine takes over, waiting for input, and this
+// one ends. Handling requests grows a goroutine's stack to 8 KiB, which the
+// runtime shrinks only at a collection; the waiting goroutine needs 2 KiB,
+// and an idle link is little more than its goroutine (BENCHMARKS.md, "What
+// idle links cost").
+func (l *link) run() {
+	if !l.loop() {
+		l.finish()
+		return
+	}
+	l.rd.Park()
+	// This goroutine is counted in srv.wg until it returns, so the group's
+	// counter cannot be at zero here.
+	l.srv.wg.Add(1)
+	go func() {
+		defer l.srv.wg.Done()
+		l.resume()
+	}()
+}
+
+// resume waits for the idle link's next request, then serves it.
+func (l *link) resume() {
+	l.srv.parked.Add(1)
+	err := l.in.awaitReadable()
+	l.srv.parked.Add(-1)
+	if err != nil {
+		l.readFailed(l.state, err)
+		l.finish()
+		return
+	}
+	l.run()
+}
+
+// loop is the request loop. It reports true when the link went idle between
+// requests, false when the link is to end.
+func (l *link) loop() (idle bool) {
 	for {
-		h, err := l.rd.Next()
-		if err != nil {
-			l.readFailed(state, err)
-			return
+		if l.rd.Buffered() == 0 {
+			l.in.mayPark()
 		}
+		h, err := l.rd.Next()
+		if errors.Is(err, errIdle) {
+			return true
+		}
+		if err != nil {
+			l.readFailed(l.state, err)
+			return false
+		}
+		state := l.state
 		if state == stateLoggedIn {
-			l.conn.SetReadDeadline(time.Now().Add(l.srv.cfg.IdleTimeout))
+			l.in.extend(l.srv.cfg.IdleTimeout)
 		}
 		switch {
 		case state == stateNew && h.Op != tmtp.OpTmtpRev:
@@ -99,16 +147,16 @@ func (l *link) serve() {
 				reason = tmtp.QuitNoTmtpRev
 			}
 			l.log.Info("link refused", "reason", reason, "op", int(h.Op))
-			return
+			return false
 		case h.Op == tmtp.OpTmtpRev && state != stateNew:
 			l.quit(tmtp.QuitRepetition)
-			return
+			return false
 		case (h.Op == tmtp.OpRegister || h.Op == tmtp.OpLogin) && state == stateLoggedIn:
 			l.quit(tmtp.QuitConnected)
-			return
+			return false
 		case state == stateRev && h.Op != tmtp.OpRegister && h.Op != tmtp.OpLogin:
 			l.quit(tmtp.QuitUnauthed)
-			return
+			return false
 		}
 		err = l.handle(h)
 		var pe *tmtp.ProtocolError
@@ -116,25 +164,26 @@ func (l *link) serve() {
 		case err == nil:
 		case errors.As(err, &pe):
 			l.quit(pe.Reason)
-			return
+			return false
 		case errors.Is(err, errQuit):
-			return
+			return false
 		case errors.Is(err, store.ErrFailed):
 			l.srv.fatal(err)
-			return
+			return false
 		default:
 			l.log.Info("link closed", "op", int(h.Op), "err", err)
-			return
+			return false
 		}
 		switch h.Op {
 		case tmtp.OpTmtpRev:
-			state = stateRev
+			l.state = stateRev
 		case tmtp.OpRegister, tmtp.OpLogin:
-			state = stateLoggedIn
-			l.conn.SetReadDeadline(time.Now().Add(l.srv.cfg.IdleTimeout))
+			l.state = stateLoggedIn
+			l.in.allowParking()
+			l.in.extend(l.srv.cfg.IdleTimeout)
 		}
 		if l.isInterrupted() {
-			return
+			return false
 		}
 	}
 }
@@ -174,21 +223,9 @@ func (l *link) quit(reason string) {
 
 // interrupt makes serve return at the next frame boundary; a request being
 // handled is finished first. Called by Shutdown.
-func (l *link) interrupt() {
-	l.intOnce.Do(func() {
-		close(l.interrupted)
-		l.conn.SetReadDeadline(time.Now())
-	})
-}
+func (l *link) interrupt() { l.in.interrupt() }
 
-func (l *link) isInterrupted() bool {
-	select {
-	case <-l.interrupted:
-		return true
-	default:
-		return false
-	}
-}
+func (l *link) isInterrupted() bool { return l.in.isInterrupted() }
 
 // finish tears the link down: it runs once, when serve returns.
 func (l *link) finish() {

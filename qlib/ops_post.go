@@ -201,9 +201,9 @@ type deadlineReader struct {
 const deadlineStep = time.Second
 
 func (d *deadlineReader) Read(p []byte) (int, error) {
-	if now := time.Now(); now.Sub(d.last) > deadlineStep && !d.l.isInterrupted() {
+	if now := time.Now(); now.Sub(d.last) > deadlineStep {
 		d.last = now
-		d.l.conn.SetReadDeadline(now.Add(d.l.srv.cfg.IdleTimeout))
+		d.l.in.extend(d.l.srv.cfg.IdleTimeout)
 	}
 	return d.r.Read(p)
 }

@@ -37,6 +37,11 @@ const (
 	// reading for this long is disconnected rather than allowed to pin a
 	// goroutine and its buffers.
 	DefaultWriteTimeout = time.Minute
+	// DefaultParkAfter is how long a logged-in link waits for its next
+	// request before it parks: its goroutine, whose stack handling requests
+	// grew, hands over to a fresh one that waits for the socket, and its
+	// read buffer goes back to a shared pool (link.run).
+	DefaultParkAfter = time.Second
 	// DefaultMaxPostBytes is the largest data a post may carry unless the
 	// operator sets another limit.
 	DefaultMaxPostBytes = 256 << 20
@@ -77,6 +82,7 @@ type Config struct {
 	IdleTimeout  time.Duration // 0 = DefaultIdleTimeout
 	ResendAfter  time.Duration // 0 = DefaultResendAfter
 	WriteTimeout time.Duration // 0 = DefaultWriteTimeout
+	ParkAfter    time.Duration // 0 = DefaultParkAfter
 }
 
 // Server runs TMTP links.
@@ -87,6 +93,7 @@ type Server struct {
 	wg        sync.WaitGroup // one per running link goroutine
 	fatalOnce sync.Once
 	refused   atomic.Int64 // connections closed at MaxLinks
+	parked    atomic.Int64 // links waiting for input in resume
 
 	// mu guards the fields below it.
 	mu        sync.Mutex
@@ -116,6 +123,7 @@ func NewServer(cfg Config) (*Server, error) {
 	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&cfg.ResendAfter, DefaultResendAfter)
 	setDefault(&cfg.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&cfg.ParkAfter, DefaultParkAfter)
 	return &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
@@ -261,6 +269,7 @@ type Stats struct {
 	Links   int   // open links, logged in or not
 	Devices int   // logged-in devices
 	Users   int   // users with at least one logged-in device
+	Parked  int64 // links idle long enough to have parked (DefaultParkAfter)
 	Refused int64 // connections closed at MaxLinks since start
 }
 
@@ -268,7 +277,7 @@ type Stats struct {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Links: len(s.links), Devices: len(s.devices), Users: len(s.users), Refused: s.refused.Load()}
+	return Stats{Links: len(s.links), Devices: len(s.devices), Users: len(s.users), Parked: s.parked.Load(), Refused: s.refused.Load()}
 }
 
 // claimDevice registers l as the live link of its device and returns the

@@ -835,7 +835,14 @@ type IdleConfig struct {
 	ServerPID int
 	// Settle is the wait before each RSS reading; 0 means DefaultIdleSettle.
 	Settle time.Duration
-	// Timeout bounds the whole measurement; 0 means DefaultLoadTimeout.
+	// Hold, if set, keeps the links up and idle this much longer after the
+	// reading with all links logged in, then reads the RSS once more: long
+	// enough (over 2 minutes) and the server has collected garbage at least
+	// once without a burst of logins behind it, which is what a site's idle
+	// links cost it for most of their lives.
+	Hold time.Duration
+	// Timeout bounds the whole measurement, Hold excepted; 0 means
+	// DefaultLoadTimeout.
 	Timeout time.Duration
 	// Measured, if set, is called right after the last RSS reading, while
 	// every link is still up: the place to take a heap profile of them.
@@ -848,10 +855,12 @@ type IdleResult struct {
 	Links int
 	// RSSStart is the server's RSS before anything was done; RSSBefore after
 	// the accounts were registered (their links closed again); RSSAfter with
-	// every account logged in on an idle link.
-	RSSStart, RSSBefore, RSSAfter int64
-	PerLink                       float64       // (RSSAfter − RSSBefore) / Links
-	Register, Login               time.Duration // time to register, then to log in, all accounts
+	// every account logged in on an idle link; RSSHeld after IdleConfig.Hold
+	// more (0 without Hold).
+	RSSStart, RSSBefore, RSSAfter, RSSHeld int64
+	PerLink                                float64       // (RSSAfter − RSSBefore) / Links
+	PerLinkHeld                            float64       // (RSSHeld − RSSBefore) / Links
+	Register, Login                        time.Duration // time to register, then to log in, all accounts
 }
 
 // MarshalJSON writes the result with units in the keys, as `mnm load -idle` prints it.
@@ -861,13 +870,16 @@ func (r IdleResult) MarshalJSON() ([]byte, error) {
 		RSSStart      int64   `json:"server_rss_start_bytes"`
 		RSSBefore     int64   `json:"server_rss_before_bytes"`
 		RSSAfter      int64   `json:"server_rss_after_bytes"`
+		RSSHeld       int64   `json:"server_rss_held_bytes,omitempty"`
 		PerLinkKiB    float64 `json:"per_link_kib"`
+		PerLinkHeld   float64 `json:"per_link_held_kib,omitempty"`
 		PerAccountKiB float64 `json:"per_account_kib"`
 		RegisterS     float64 `json:"register_s"`
 		LoginS        float64 `json:"login_s"`
 	}{
-		r.Links, r.RSSStart, r.RSSBefore, r.RSSAfter,
-		round(r.PerLink / 1024), round(float64(r.RSSBefore-r.RSSStart) / float64(max(r.Links, 1)) / 1024),
+		r.Links, r.RSSStart, r.RSSBefore, r.RSSAfter, r.RSSHeld,
+		round(r.PerLink / 1024), round(r.PerLinkHeld / 1024),
+		round(float64(r.RSSBefore-r.RSSStart) / float64(max(r.Links, 1)) / 1024),
 		r.Register.Seconds(), r.Login.Seconds(),
 	})
 }
@@ -891,7 +903,7 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout+cfg.Hold)
 	defer cancel()
 	res := IdleResult{Links: cfg.Links}
 	rss := func() (int64, error) {
@@ -977,6 +989,16 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 		return res, err
 	}
 	res.PerLink = float64(res.RSSAfter-res.RSSBefore) / float64(cfg.Links)
+	if cfg.Hold > 0 {
+		log.Info("idle: holding the links", "for", cfg.Hold)
+		if err := sleepCtx(ctx, cfg.Hold); err != nil {
+			return res, err
+		}
+		if res.RSSHeld, err = rss(); err != nil {
+			return res, err
+		}
+		res.PerLinkHeld = float64(res.RSSHeld-res.RSSBefore) / float64(cfg.Links)
+	}
 	if cfg.Measured != nil {
 		cfg.Measured()
 	}

@@ -408,10 +408,13 @@ func TestRunLoadConfig(t *testing.T) {
 func TestRunIdle(t *testing.T) {
 	r := newFakeRelay(t)
 	res, err := RunIdle(context.Background(), IdleConfig{
-		Addr: r.addr(), Links: 5, ServerPID: os.Getpid(), Settle: time.Millisecond, Timeout: 20 * time.Second,
+		Addr: r.addr(), Links: 5, ServerPID: os.Getpid(), Settle: time.Millisecond, Hold: time.Millisecond, Timeout: 20 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if res.RSSHeld <= 0 || res.PerLinkHeld != float64(res.RSSHeld-res.RSSBefore)/5 {
+		t.Errorf("result %+v: held reading wrong", res)
 	}
 	t.Logf("%+v", res)
 	if res.Links != 5 || res.RSSStart <= 0 || res.RSSBefore <= 0 || res.RSSAfter <= 0 {

@@ -32,12 +32,19 @@ var largeBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// Reader reads frames from a link. An idle Reader holds only a small buffer;
-// a header that does not fit borrows a large one, given back once consumed.
+// smallBufs holds the small buffers of parked Readers (see Park).
+var smallBufs = sync.Pool{New: func() any {
+	b := make([]byte, smallBufSize)
+	return &b
+}}
+
+// Reader reads frames from a link. An idle Reader holds only a small buffer,
+// and a parked one none; a header that does not fit borrows a large one, given
+// back once consumed.
 // A Reader is not safe for concurrent use.
 type Reader struct {
 	rd    io.Reader
-	small []byte  // this Reader's own buffer
+	small []byte  // this Reader's own buffer; nil while parked
 	large *[]byte // a buffer borrowed from largeBufs, or nil
 	buf   []byte  // small or *large
 	r, w  int     // buf[r:w] is read but not yet consumed
@@ -177,6 +184,10 @@ func (r *Reader) fill(need int) error {
 			r.err = nil
 			return err
 		}
+		if r.small == nil {
+			r.small = *smallBufs.Get().(*[]byte)
+			r.buf = r.small
+		}
 		if len(r.buf)-r.r < need {
 			r.makeRoom(need)
 		}
@@ -195,6 +206,20 @@ func (r *Reader) fill(need int) error {
 		}
 	}
 	return nil
+}
+
+// Park gives the Reader's own buffer to a pool shared by all Readers, for a
+// link that is about to wait a long time for its next frame; the next read
+// takes one back. It does nothing unless the Reader is between frames with
+// nothing buffered.
+func (r *Reader) Park() {
+	if r.small == nil || r.large != nil || r.w != r.r || r.pending > 0 || r.err != nil {
+		return
+	}
+	b := r.small
+	smallBufs.Put(&b)
+	r.small, r.buf, r.header = nil, nil, nil
+	r.r, r.w = 0, 0
 }
 
 // makeRoom moves the unconsumed bytes to the start of the buffer, switching to

@@ -1,9 +1,11 @@
 package tmtp
 
 import (
+	"fmt"
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // spyReader records, at each read, whether its Reader holds a large buffer:
@@ -68,5 +70,51 @@ func TestReaderReleasesLargeBuffer(t *testing.T) {
 		if r.large != nil || len(r.buf) != smallBufSize {
 			t.Errorf("%s: idle reader holds a %d-octet buffer", c.name, len(r.buf))
 		}
+	}
+}
+
+// Park gives the buffer away only between frames with nothing buffered, and
+// the frames that follow read as if it had never been parked.
+func TestReaderPark(t *testing.T) {
+	big := testStream[6]
+	stream := frame(`{"op":11}`, "") + frame(`{"op":11}`, "") +
+		frame(`{"op":7,"id":"x","for":[],"datalen":5}`, "hello") + frame(big.header, big.data)
+	// Hand the stream over one octet at a time, so that Park meets every
+	// state: mid-frame, with data pending, and between frames.
+	r := NewReader(iotest.OneByteReader(strings.NewReader(stream)))
+	var parked int
+	park := func() {
+		before := r.small != nil
+		r.Park()
+		if r.small == nil && before {
+			parked++
+			if r.w != r.r || r.pending != 0 {
+				t.Fatalf("parked with %d octets buffered, %d pending", r.w-r.r, r.pending)
+			}
+		}
+	}
+	var ops []string
+	for {
+		park()
+		h, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		park() // data pending: must not park
+		data, err := io.ReadAll(r.Data(h.Datalen))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, fmt.Sprintf("%d:%s", h.Op, data))
+	}
+	want := []string{"11:", "11:", "7:hello", fmt.Sprintf("%d:%s", OpPost, big.data)}
+	if fmt.Sprint(ops) != fmt.Sprint(want) {
+		t.Fatalf("frames after parking: %q, want %q", ops, want)
+	}
+	if parked < 4 {
+		t.Fatalf("parked %d times, want one per frame boundary (4)", parked)
 	}
 }
