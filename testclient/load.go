@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -737,16 +736,6 @@ func parseProcStat(b []byte) (time.Duration, error) {
 		ticks += n
 	}
 	return time.Duration(ticks) * (time.Second / userHZ), nil
-}
-
-// selfCPU returns this process's CPU time (user + system), precise to the
-// microsecond unlike /proc's ticks.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // sampler reads a process's RSS every sampleInterval and keeps the peak.
