@@ -87,11 +87,12 @@ func (l *link) serve() {
 }
 
 // run handles requests until the link ends, or until it has been idle for
-// Config.ParkAfter: then a fresh goroutine takes over, waiting for input, and this
-// one ends. Handling requests grows a goroutine's stack to 8 KiB, which the
-// runtime shrinks only at a collection; the waiting goroutine needs 2 KiB,
-// and an idle link is little more than its goroutine (BENCHMARKS.md, "What
-// idle links cost").
+// Config.ParkAfter: then the link parks. Its read buffer goes back to a
+// shared pool, and a fresh goroutine with a small stack takes over, waiting
+// for input, while this one ends. Handling requests grows a goroutine's stack
+// to 8 KiB, which a goroutine parked in a TLS read would keep for the life of
+// the link, and an idle link is little more than its goroutine (BENCHMARKS.md,
+// "What idle links cost").
 func (l *link) run() {
 	if !l.loop() {
 		l.finish()
