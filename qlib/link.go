@@ -240,8 +240,10 @@ func (l *link) finish() {
 	if l.dev != "" {
 		l.srv.cfg.Store.Watch(l.dev, nil)
 	}
-	l.conn.Close()
+	// The device is released before the connection closes, so that a client
+	// that logs in again as soon as it sees the close finds it free.
 	l.srv.dropLink(l)
+	l.conn.Close()
 	if l.dev != "" {
 		l.log.Info("logout")
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"mnm/qlib/store"
+	"mnm/qlib/tmtp"
 	"mnm/testclient"
 )
 
@@ -487,5 +488,33 @@ func TestOhiEditEchoTooLong(t *testing.T) {
 	// A short list still works on the same link.
 	if ack, err := a.OhiEdit("add", list[:1]); err != nil || ack.Error != "" {
 		t.Fatalf("short ohiedit: %v %+v", err, ack)
+	}
+}
+
+// A device whose link the server closed may log in again the moment its
+// client sees the close: the device is released first.
+func TestLoginAgainAfterClose(t *testing.T) {
+	ts := startServer(t, nil)
+	_, reg := ts.register()
+	nodeid, _ := ts.dir.device(reg.UID)
+	login := map[string]any{"Op": 2, "Uid": reg.UID, "Node": nodeid}
+	for i := range 50 {
+		c := ts.dialRev()
+		c.WriteFrame(login, nil)
+		if f := mustRead(t, c); f.Op() != "info" {
+			t.Fatalf("round %d: login reply %s", i, f.Raw)
+		}
+		// A second Login on the link: the server quits and closes it.
+		c.WriteFrame(login, nil)
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				break // closed
+			}
+			if f.Op() == "quit" && f.Str("error") != tmtp.QuitConnected {
+				t.Fatalf("round %d: quit %s", i, f.Raw)
+			}
+		}
+		c.Close()
 	}
 }
