@@ -559,12 +559,13 @@ func (l *Log) run() {
 			continue
 		}
 		fns := l.apply(b)
-		close(b.done)
 		for _, fn := range fns {
 			fn()
 		}
-		// After the watchers, so that a receipt means the messages are
-		// durable, visible to Head and announced.
+		// After the watchers, so that a receipt, or the return of Sync or
+		// CopyQueue, means the entries are durable, visible to Head and
+		// announced.
+		close(b.done)
 		l.complete(b, nil)
 		if b.acks && !b.sync {
 			l.unsyncedAcks = true
