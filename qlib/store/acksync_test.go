@@ -38,7 +38,7 @@ func TestAcksSyncedWhenIdle(t *testing.T) {
 	}
 	waitUntil(t, "the ack's fsync", func() bool { return l.nSyncs.Load() > syncs })
 	l2, _ := openMem(t, fsys.Crash(nil))
-	if got := queueOf(l2, "a"); !slices.Equal(got, []ID{keep}) {
+	if got := l2.Queue("a"); !slices.Equal(got, []ID{keep}) {
 		t.Errorf("after power loss a = %v, want [%v]: the ack was not durable", got, keep)
 	}
 }
@@ -58,7 +58,7 @@ func TestAcksWaitForSyncDelay(t *testing.T) {
 		t.Errorf("an ack alone took %d fsyncs before the delay", n)
 	}
 	l2, _ := openMem(t, fsys.Crash(nil))
-	if got := queueOf(l2, "a"); !slices.Equal(got, []ID{id}) {
+	if got := l2.Queue("a"); !slices.Equal(got, []ID{id}) {
 		t.Errorf("after power loss a = %v, want [%v] (ack not yet durable)", got, id)
 	}
 }
@@ -73,10 +73,10 @@ func TestAcksSyncedWithCommit(t *testing.T) {
 	}
 	next := post(t, l, Normal, []byte("y"), "b")
 	l2, _ := openMem(t, fsys.Crash(nil))
-	if got := queueOf(l2, "a"); len(got) != 0 {
+	if got := l2.Queue("a"); len(got) != 0 {
 		t.Errorf("after power loss a = %v, want empty", got)
 	}
-	if got := queueOf(l2, "b"); !slices.Equal(got, []ID{next}) {
+	if got := l2.Queue("b"); !slices.Equal(got, []ID{next}) {
 		t.Errorf("after power loss b = %v, want [%v]", got, next)
 	}
 }
@@ -97,7 +97,7 @@ func TestAckSyncRearms(t *testing.T) {
 		waitUntil(t, "the ack's fsync", func() bool { return l.nSyncs.Load() > syncs })
 	}
 	l2, _ := openMem(t, fsys.Crash(nil))
-	if got := queueOf(l2, "a"); len(got) != 0 {
+	if got := l2.Queue("a"); len(got) != 0 {
 		t.Errorf("after power loss a = %v, want empty", got)
 	}
 }

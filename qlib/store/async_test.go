@@ -119,7 +119,7 @@ func TestCommitAsyncSharesFsyncs(t *testing.T) {
 			t.Errorf("commit %d completed when the watcher had seen %d entries", k, r.seen)
 		}
 	}
-	qa := queueOf(l, "a")
+	qa := l.Queue("a")
 	if len(qa) != n {
 		t.Fatalf("a has %d entries, want %d", len(qa), n)
 	}
@@ -395,7 +395,7 @@ func TestCommitAsyncPowerLoss(t *testing.T) {
 			}
 
 			l2, _ := openMem(t, crashed)
-			qa := queueOf(l2, "a")
+			qa := l2.Queue("a")
 			for _, id := range sortedIDs(ok) {
 				if !slices.Contains(qa, id) {
 					t.Errorf("message %v lost although its commit completed", id)

@@ -199,7 +199,7 @@ func TestCacheBudget(t *testing.T) {
 		if rng.IntN(3) == 0 {
 			// Ack a random device's head, or a random entry.
 			dev := []string{"a", "b"}[rng.IntN(2)]
-			q := queueOf(l, dev)
+			q := l.Queue(dev)
 			if len(q) > 0 {
 				id := q[0]
 				if rng.IntN(2) == 0 {

@@ -58,7 +58,7 @@ func TestCompaction(t *testing.T) {
 		}
 	}
 	slices.Sort(offline)
-	wantOffline := queueOf(l, "offline")
+	wantOffline := l.Queue("offline")
 	nBefore, totalBefore, _ := segStats(l)
 	drain(t, l, "online")
 	if !l.compactSync() {
@@ -77,10 +77,10 @@ func TestCompaction(t *testing.T) {
 	}
 	check := func(l *Log) {
 		t.Helper()
-		if got := queueOf(l, "offline"); !slices.Equal(got, wantOffline) {
+		if got := l.Queue("offline"); !slices.Equal(got, wantOffline) {
 			t.Errorf("offline queue = %v, want %v", got, wantOffline)
 		}
-		if got := queueOf(l, "online"); len(got) != 0 {
+		if got := l.Queue("online"); len(got) != 0 {
 			t.Errorf("acked messages came back: online = %v", got)
 		}
 		for _, id := range wantOffline {
@@ -150,7 +150,7 @@ func TestCompactionRacesAcks(t *testing.T) {
 	go func() { done <- l.compactSync() }()
 	<-stopped
 	// Meanwhile: b acks two messages, c's queue becomes a copy of b's.
-	bq := queueOf(l, "b")
+	bq := l.Queue("b")
 	if err := l.Ack("b", bq[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestCompactionRacesAcks(t *testing.T) {
 	if !<-done {
 		t.Fatal("store closed")
 	}
-	want := map[string][]ID{"a": nil, "b": queueOf(l, "b"), "c": queueOf(l, "c"), "d": queueOf(l, "d")}
+	want := map[string][]ID{"a": nil, "b": l.Queue("b"), "c": l.Queue("c"), "d": l.Queue("d")}
 	if len(want["b"]) != len(bq)-2 || len(want["d"]) != len(bq)-2 || len(want["c"]) != len(bq)-1 {
 		t.Fatalf("queues b %d c %d d %d, from %d", len(want["b"]), len(want["c"]), len(want["d"]), len(bq))
 	}
@@ -180,7 +180,7 @@ func TestCompactionRacesAcks(t *testing.T) {
 	l.Close()
 	l2, _ := openMem(t, fsys, func(o *Options) { o.SegmentSize = segSize })
 	for dev, ids := range want {
-		if got := queueOf(l2, dev); !slices.Equal(got, ids) {
+		if got := l2.Queue(dev); !slices.Equal(got, ids) {
 			t.Errorf("after restart %s = %v, want %v", dev, got, ids)
 		}
 	}
@@ -295,8 +295,8 @@ func TestCopyQueue(t *testing.T) {
 	default:
 		t.Error("dst's watcher not called by CopyQueue")
 	}
-	want := queueOf(l, "src")
-	if got := queueOf(l, "dst"); !slices.Equal(got, want) {
+	want := l.Queue("src")
+	if got := l.Queue("dst"); !slices.Equal(got, want) {
 		t.Errorf("dst = %v, want %v", got, want)
 	}
 	if _, err := l.WriteTo(&bytes.Buffer{}, only); err == nil {
@@ -306,7 +306,7 @@ func TestCopyQueue(t *testing.T) {
 	if err := l.Ack("src", want[0]); err != nil {
 		t.Fatal(err)
 	}
-	if got := queueOf(l, "dst"); !slices.Equal(got, want) {
+	if got := l.Queue("dst"); !slices.Equal(got, want) {
 		t.Errorf("after src's ack dst = %v, want %v", got, want)
 	}
 	if err := l.CopyQueue("dst", "dst"); err != nil {
@@ -315,13 +315,13 @@ func TestCopyQueue(t *testing.T) {
 	if err := l.CopyQueue("nobody", "empty"); err != nil || l.Len("empty") != 0 {
 		t.Errorf("CopyQueue of an empty queue = %v, len %d", err, l.Len("empty"))
 	}
-	srcWant := queueOf(l, "src")
+	srcWant := l.Queue("src")
 	l.Close()
 	l2, _ := openMem(t, fsys)
-	if got := queueOf(l2, "dst"); !slices.Equal(got, want) {
+	if got := l2.Queue("dst"); !slices.Equal(got, want) {
 		t.Errorf("after restart dst = %v, want %v", got, want)
 	}
-	if got := queueOf(l2, "src"); !slices.Equal(got, srcWant) {
+	if got := l2.Queue("src"); !slices.Equal(got, srcWant) {
 		t.Errorf("after restart src = %v, want %v", got, srcWant)
 	}
 	if _, err := l2.WriteTo(&bytes.Buffer{}, only); err == nil {

@@ -92,7 +92,7 @@ func TestConcurrentCommitsAndAcks(t *testing.T) {
 	check := func(l *Log) {
 		t.Helper()
 		for w := range workers {
-			q := queueOf(l, fmt.Sprint("own", w))
+			q := l.Queue(fmt.Sprint("own", w))
 			if len(q) != each {
 				t.Fatalf("own%d has %d entries, want %d", w, len(q), each)
 			}
@@ -102,7 +102,7 @@ func TestConcurrentCommitsAndAcks(t *testing.T) {
 				}
 			}
 		}
-		all := queueOf(l, "all")
+		all := l.Queue("all")
 		if len(all) != workers*each || !slices.IsSorted(all) {
 			t.Fatalf("all has %d entries (sorted %v), want %d", len(all), slices.IsSorted(all), workers*each)
 		}

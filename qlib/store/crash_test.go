@@ -19,7 +19,7 @@ var errBoom = errors.New("boom")
 func inQueues(l *Log, id ID, devs ...string) []bool {
 	var in []bool
 	for _, dev := range devs {
-		in = append(in, slices.Contains(queueOf(l, dev), id))
+		in = append(in, slices.Contains(l.Queue(dev), id))
 	}
 	return in
 }
@@ -78,7 +78,7 @@ func TestCrashKeepsReturnedCommits(t *testing.T) {
 			}
 
 			l2, _ := openMem(t, crashed)
-			qa := queueOf(l2, "a")
+			qa := l2.Queue("a")
 			for id, data := range ok {
 				if !slices.Contains(qa, id) {
 					t.Errorf("committed message %v lost", id)
@@ -159,22 +159,22 @@ func TestCrashCommitAtomic(t *testing.T) {
 			present := 0
 			for _, k := range keeps {
 				before, l, _ := run(func(int) int { return k })
-				if got := queueOf(l, "a"); len(got) == 0 || got[0] != before {
+				if got := l.Queue("a"); len(got) == 0 || got[0] != before {
 					t.Fatalf("keep %d: earlier durable message lost: a = %v", k, got)
 				}
-				qa := queueOf(l, "a")
+				qa := l.Queue("a")
 				switch len(qa) {
 				case 1:
-					if len(queueOf(l, "b"))+len(queueOf(l, "c")) != 0 {
+					if len(l.Queue("b"))+len(l.Queue("c")) != 0 {
 						t.Fatalf("keep %d of %d: commit half there: a=%v b=%v c=%v",
-							k, n, qa, queueOf(l, "b"), queueOf(l, "c"))
+							k, n, qa, l.Queue("b"), l.Queue("c"))
 					}
 				case 3:
 					present++
 					note, post := qa[1], qa[2]
-					if !slices.Equal(queueOf(l, "b"), []ID{note, post}) || !slices.Equal(queueOf(l, "c"), []ID{post}) {
+					if !slices.Equal(l.Queue("b"), []ID{note, post}) || !slices.Equal(l.Queue("c"), []ID{post}) {
 						t.Fatalf("keep %d of %d: commit half there: a=%v b=%v c=%v",
-							k, n, qa, queueOf(l, "b"), queueOf(l, "c"))
+							k, n, qa, l.Queue("b"), l.Queue("c"))
 					}
 					if got := content(t, l, post); !bytes.Equal(got, data[10:]) {
 						t.Fatalf("keep %d: recovered post differs", k)
@@ -224,7 +224,7 @@ func TestTornTailTruncated(t *testing.T) {
 	if len(after) >= len(before) || !bytes.Equal(after, before[:len(after)]) {
 		t.Errorf("segment %d bytes, was %d: want a truncated prefix", len(after), len(before))
 	}
-	if got := queueOf(l2, "a"); !slices.Equal(got, []ID{id}) {
+	if got := l2.Queue("a"); !slices.Equal(got, []ID{id}) {
 		t.Errorf("queue after recovery %v, want [%v]", got, id)
 	}
 	l2.Close()
@@ -328,7 +328,7 @@ func TestDamagedLastFrameTruncated(t *testing.T) {
 	fsys.WriteFile(name, b)
 	fsys.Remove(testDir + "/" + segName(2))
 	l2, _ := openMem(t, fsys)
-	if got := queueOf(l2, "a"); !slices.Equal(got, []ID{a}) {
+	if got := l2.Queue("a"); !slices.Equal(got, []ID{a}) {
 		t.Errorf("queue %v, want [%v]", got, a)
 	}
 }
@@ -405,10 +405,10 @@ func TestIOErrorsFailStop(t *testing.T) {
 				t.Errorf("Close after failure = %v", err)
 			}
 			l2, _ := openMem(t, fsys.Crash(nil))
-			if got := queueOf(l2, "b"); !slices.Equal(got, ids) {
+			if got := l2.Queue("b"); !slices.Equal(got, ids) {
 				t.Errorf("after restart b = %v, want %v", got, ids)
 			}
-			if got := queueOf(l2, "a"); len(got) != 5 && len(got) != 4 {
+			if got := l2.Queue("a"); len(got) != 5 && len(got) != 4 {
 				t.Errorf("after restart a = %v", got)
 			}
 		})
@@ -462,7 +462,7 @@ func TestCrashRandomized(t *testing.T) {
 		}
 		// Check the state against the model.
 		for _, dev := range []string{"a", "b"} {
-			q := queueOf(l, dev)
+			q := l.Queue(dev)
 			if !slices.IsSorted(q) {
 				t.Fatalf("round %d: %s out of order", round, dev)
 			}

@@ -85,6 +85,12 @@ func (d *draft) Commit(msgs ...Message) ([]Receipt, error) {
 // pending batch, whose writer releases it once the commit is applied (or has
 // failed), when the chunks belong to live messages.
 func (d *draft) CommitAsync(done func([]Receipt, error), msgs ...Message) error {
+	return d.commitAsync(0, done, msgs)
+}
+
+// commitAsync is CommitAsync; fixed, when not zero, is the id of the single
+// message, issued elsewhere (Import).
+func (d *draft) commitAsync(fixed ID, done func([]Receipt, error), msgs []Message) error {
 	if d.done {
 		return ErrDraftDone
 	}
@@ -93,7 +99,7 @@ func (d *draft) CommitAsync(done func([]Receipt, error), msgs ...Message) error 
 		d.finish()
 		return err
 	}
-	if err := d.l.appendCommit(d, msgs, done); err != nil {
+	if err := d.l.appendCommit(d, msgs, fixed, done); err != nil {
 		d.finish()
 		return err
 	}

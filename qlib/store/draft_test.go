@@ -59,7 +59,7 @@ func TestLargeDraftStreams(t *testing.T) {
 			t.Errorf("post differs (%d bytes)", len(post))
 		}
 		for dev, want := range map[string]ID{"n1": rs[0].ID, "n2": rs[0].ID, "p1": rs[1].ID} {
-			if got := queueOf(l, dev); !slices.Equal(got, []ID{want}) {
+			if got := l.Queue(dev); !slices.Equal(got, []ID{want}) {
 				t.Errorf("%s's queue = %v, want [%v]", dev, got, want)
 			}
 		}
@@ -125,7 +125,7 @@ func TestAbortedDraft(t *testing.T) {
 	}
 	check := func(l *Log) {
 		t.Helper()
-		if got := queueOf(l, "a"); !slices.Equal(got, []ID{keep}) {
+		if got := l.Queue("a"); !slices.Equal(got, []ID{keep}) {
 			t.Errorf("queue = %v, want [%v]", got, keep)
 		}
 		l.mu.Lock()

@@ -426,7 +426,10 @@ func (l *Log) appendBlob(t recType, d *draft, msgs []recMsg) (*batch, *blob, err
 // pending batch, whose writer calls done once the batch is durable and
 // applied, or has failed. On success the batch owns d's pin. An empty commit
 // stores nothing but still completes in turn.
-func (l *Log) appendCommit(d *draft, msgs []Message, done func([]Receipt, error)) error {
+//
+// fixed, when not zero, is the id of the commit's single message, issued
+// elsewhere (see Import); ids issued later are above it.
+func (l *Log) appendCommit(d *draft, msgs []Message, fixed ID, done func([]Receipt, error)) error {
 	l.pendMu.Lock()
 	defer l.pendMu.Unlock()
 	if err := l.writable(); err != nil {
@@ -437,18 +440,22 @@ func (l *Log) appendCommit(d *draft, msgs []Message, done func([]Receipt, error)
 		l.wake.Signal()
 		return nil
 	}
-	n := ID(len(msgs))
-	if l.nextID+n > l.ceiling {
-		if err := l.raiseCeiling(l.nextID + n); err != nil {
+	ids := make([]ID, len(msgs))
+	if fixed != 0 {
+		ids[0] = fixed
+		l.nextID = max(l.nextID, fixed+1)
+	} else {
+		for i := range ids {
+			ids[i] = l.nextID + ID(i)
+		}
+		l.nextID += ID(len(msgs))
+	}
+	if l.nextID > l.ceiling {
+		if err := l.raiseCeiling(l.nextID); err != nil {
 			l.fail(err)
 			return l.failure()
 		}
 	}
-	ids := make([]ID, len(msgs))
-	for i := range ids {
-		ids[i] = l.nextID + ID(i)
-	}
-	l.nextID += n
 	posted := l.now()
 	rms := make([]recMsg, len(msgs))
 	rcpts := make([]Receipt, len(msgs))

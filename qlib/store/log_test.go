@@ -106,16 +106,6 @@ func drain(t testing.TB, l Store, dev string) []ID {
 	}
 }
 
-// queueOf returns dev's queue in delivery order without changing it.
-func queueOf(l *Log, dev string) []ID {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if q := l.queues[dev]; q != nil {
-		return q.ids()
-	}
-	return nil
-}
-
 func TestCommitReadAck(t *testing.T) {
 	l, _ := openMem(t, nil)
 	data := []byte("hello, world")
@@ -332,7 +322,7 @@ func TestRestart(t *testing.T) {
 	}
 	// Ack a few here and there, including out of order.
 	for _, dev := range []string{"a", "b"} {
-		q := queueOf(l, dev)
+		q := l.Queue(dev)
 		for i := 0; i < len(q); i += 3 {
 			if err := l.Ack(dev, q[i]); err != nil {
 				t.Fatal(err)
@@ -340,14 +330,14 @@ func TestRestart(t *testing.T) {
 		}
 	}
 	for _, dev := range []string{"a", "b", "c"} {
-		want[dev] = queueOf(l, dev)
+		want[dev] = l.Queue(dev)
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
 	l2, _ := openMem(t, fsys)
 	for dev, ids := range want {
-		if got := queueOf(l2, dev); !slices.Equal(got, ids) {
+		if got := l2.Queue(dev); !slices.Equal(got, ids) {
 			t.Errorf("after restart %s's queue = %v, want %v", dev, got, ids)
 		}
 		for _, id := range ids {

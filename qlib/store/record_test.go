@@ -195,7 +195,7 @@ func FuzzReplayRecords(f *testing.F) {
 		}
 		l.mu.Unlock()
 		for _, dev := range devs {
-			for _, id := range queueOf(l, dev) {
+			for _, id := range l.Queue(dev) {
 				if _, err := l.WriteTo(io.Discard, id); err != nil {
 					t.Fatalf("queued message %v unreadable: %v", id, err)
 				}
