@@ -4,6 +4,7 @@
 //	mnm               run the server (creates mnm.config and a certificate on first start)
 //	mnm --version     print the version
 //	mnm load [flags]  the load benchmark (load.go, BENCHMARKS.md)
+//	mnm import-v0 OLD_SITE  take over a site of the deployed server (importv0.go)
 //
 // See README.md for operating it and Protocol.md for what it speaks.
 package main
@@ -53,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		switch args[0] {
 		case "load":
 			return runLoad(args[1:], stdout, stderr)
+		case "import-v0":
+			return runImportV0(args[1:], stdout, stderr)
 		}
 		// A number N: simulate N members against an in-process server.
 		if n, ok := simMembers(args[0]); ok {
@@ -200,6 +203,9 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	authBy, optional, err := clientAuthBy(cfg.AuthBy)
 	if err != nil {
 		return nil, err
+	}
+	if _, err := os.Lstat(filepath.Join(cfg.DataDir, moveMarkerName)); err == nil {
+		return nil, ErrImportInterrupted
 	}
 	users, err := OpenUserDB(cfg.UserDBDir(), logger)
 	if err != nil {

@@ -115,6 +115,10 @@ type userRecord struct {
 	NextDevice int            `json:"nextDevice"` // device numbers are never reused
 	Devices    []deviceRecord `json:"devices"`    // in creation order, defunct ones included
 	Aliases    []string       `json:"aliases,omitempty"`
+	// RetiredAliases no longer reach the user but stay reserved, so that
+	// nobody else can claim them and receive what was meant for the user:
+	// aliases that were defunct on the deployed server when it was imported.
+	RetiredAliases []string `json:"retiredAliases,omitempty"`
 	// Claims holds the OpenID Connect claims of a third-party sign-up. It is
 	// never modified in place once stored, so clones share it.
 	Claims map[string]any `json:"claims,omitempty"`
@@ -124,16 +128,32 @@ type deviceRecord struct {
 	Num     int       `json:"num"`
 	Label   string    `json:"label"`
 	Created time.Time `json:"created"`
-	// NodeHash is nodeHash(uid, nodeid); the nodeid itself is never stored.
+	// NodeHash is nodeHash(uid, nodeid), or v0NodeHash(nodeid) if HashV0;
+	// the nodeid itself is never stored.
 	NodeHash []byte `json:"nodeHash"`
-	Defunct  bool   `json:"defunct,omitempty"`
+	// HashV0 marks a device imported from the deployed server with the
+	// derivation that server stored: the nodeid cannot be recovered from it
+	// to derive ours.
+	HashV0  bool `json:"hashV0,omitempty"`
+	Defunct bool `json:"defunct,omitempty"`
 }
 
 func (r *userRecord) clone() *userRecord {
 	c := *r
 	c.Devices = slices.Clone(r.Devices)
 	c.Aliases = slices.Clone(r.Aliases)
+	c.RetiredAliases = slices.Clone(r.RetiredAliases)
 	return &c
+}
+
+// eachName calls fn for every name the user holds in the name index.
+func (r *userRecord) eachName(fn func(name string, kind nameKind)) {
+	for _, a := range r.Aliases {
+		fn(a, nameAlias)
+	}
+	for _, a := range r.RetiredAliases {
+		fn(a, nameRetired)
+	}
 }
 
 func (r *userRecord) liveDevices() int {
@@ -152,8 +172,9 @@ func (r *userRecord) liveDevices() int {
 type nameKind int
 
 const (
-	nameAlias nameKind = iota // owner is a uid
-	nameGroup                 // owner is the gid itself
+	nameAlias   nameKind = iota // owner is a uid
+	nameGroup                   // owner is the gid itself
+	nameRetired                 // a retired alias of the uid owner: reserved, never resolves
 )
 
 // nameEntry is one claimed name. A pending entry is reserved by a write in
@@ -358,12 +379,16 @@ func (db *UserDB) load() error {
 	// Index in uid and gid order so that a conflict is reported the same way
 	// every time.
 	for _, uid := range slices.Sorted(maps.Keys(db.users)) {
-		for _, a := range db.users[uid].rec.Load().Aliases {
-			if e, ok := db.names[a]; ok {
-				return fmt.Errorf("userdb: alias %q is in both %s and %s", a,
+		var err error
+		db.users[uid].rec.Load().eachName(func(a string, kind nameKind) {
+			if e, ok := db.names[a]; ok && err == nil {
+				err = fmt.Errorf("userdb: alias %q is in both %s and %s", a,
 					db.recordPath(e.owner), db.recordPath(uid))
 			}
-			db.names[a] = &nameEntry{kind: nameAlias, owner: uid}
+			db.names[a] = &nameEntry{kind: kind, owner: uid}
+		})
+		if err != nil {
+			return err
 		}
 	}
 	for _, gid := range slices.Sorted(maps.Keys(db.groups)) {
@@ -441,7 +466,8 @@ func (db *UserDB) checkMembers() error {
 			if _, ok := db.users[m.UID]; !ok {
 				return fmt.Errorf("userdb: group record %s lists %s, who is not a user", db.groupPath(gid), m.UID)
 			}
-			if e, ok := db.names[m.Alias]; !ok || e.kind != nameAlias || e.owner != m.UID {
+			// A member may be listed under an alias it has since retired.
+			if e, ok := db.names[m.Alias]; !ok || e.kind == nameGroup || e.owner != m.UID {
 				return fmt.Errorf("userdb: group record %s lists %s under alias %q, which is not theirs (%s)",
 					db.groupPath(gid), m.UID, m.Alias, db.recordPath(m.UID))
 			}
@@ -481,14 +507,10 @@ func (db *UserDB) recoverTemp(name string) (bool, error) {
 		u = &userState{}
 		db.users[uid] = u
 	} else {
-		for _, a := range u.rec.Load().Aliases {
-			delete(db.names, a)
-		}
+		u.rec.Load().eachName(func(a string, _ nameKind) { delete(db.names, a) })
 	}
 	u.rec.Store(rec)
-	for _, a := range rec.Aliases {
-		db.names[a] = &nameEntry{kind: nameAlias, owner: uid}
-	}
+	rec.eachName(func(a string, kind nameKind) { db.names[a] = &nameEntry{kind: kind, owner: uid} })
 	db.logger.Info("userdb completed interrupted write", "file", path, "uid", uid)
 	return true, nil
 }
@@ -499,12 +521,13 @@ func (db *UserDB) checkReplacement(rec *userRecord) error {
 	if u := db.users[rec.UID]; u != nil && u.rec.Load().Rev >= rec.Rev {
 		return fmt.Errorf("stale: rev %d, record has rev %d", rec.Rev, u.rec.Load().Rev)
 	}
-	for _, a := range rec.Aliases {
-		if e, ok := db.names[a]; ok && (e.kind != nameAlias || e.owner != rec.UID) {
-			return fmt.Errorf("alias %q belongs to %s", a, e.owner)
+	var err error
+	rec.eachName(func(a string, _ nameKind) {
+		if e, ok := db.names[a]; ok && err == nil && (e.kind == nameGroup || e.owner != rec.UID) {
+			err = fmt.Errorf("alias %q belongs to %s", a, e.owner)
 		}
-	}
-	return nil
+	})
+	return err
 }
 
 // recoverGroupTemp is recoverTemp for a group record: the temp file is
@@ -635,21 +658,22 @@ func (r *userRecord) check(uid string) error {
 			return fmt.Errorf("device number %d out of order", d.Num)
 		}
 		prev = d.Num
-		if len(d.NodeHash) != sha256.Size {
+		if len(d.NodeHash) != sha256.Size { // both derivations are SHA-256
 			return fmt.Errorf("device %d: bad node hash", d.Num)
 		}
 		if checkLabel(d.Label) != nil {
 			return fmt.Errorf("device %d: bad label", d.Num)
 		}
 	}
-	seen := make(map[string]bool, len(r.Aliases))
-	for _, a := range r.Aliases {
-		if checkAlias(a, 1) != nil || seen[a] {
-			return fmt.Errorf("bad alias %q", a)
+	seen := make(map[string]bool, len(r.Aliases)+len(r.RetiredAliases))
+	var err error
+	r.eachName(func(a string, _ nameKind) {
+		if (checkAlias(a, 1) != nil || seen[a]) && err == nil {
+			err = fmt.Errorf("bad alias %q", a)
 		}
 		seen[a] = true
-	}
-	return nil
+	})
+	return err
 }
 
 // encodeGroup returns the file contents for rec.
@@ -801,6 +825,21 @@ func nodeHash(uid string, node []byte) []byte {
 	h.Write([]byte{0})
 	h.Write(node)
 	return h.Sum(nil)
+}
+
+// v0Rounds is how many times the deployed (v0) server applies SHA-256 to a
+// nodeid to get what it stores. Found by reading its user records against
+// known nodeids (../shared/tmtp/v0-site); its README does not say.
+const v0Rounds = 22389
+
+// v0NodeHash derives what the deployed server stored for a nodeid, so that
+// devices imported from it log in with their old nodeids.
+func v0NodeHash(node []byte) []byte {
+	h := sha256.Sum256(node)
+	for range v0Rounds - 1 {
+		h = sha256.Sum256(h[:])
+	}
+	return h[:]
 }
 
 // newID returns the base32 of n random bytes. crypto/rand.Read never fails:
@@ -1073,11 +1112,19 @@ func (db *UserDB) Login(uid string, node []byte) (string, error) {
 		return "", qlib.ErrLoginFailed
 	}
 	h := nodeHash(uid, node)
+	var h0 []byte // v0NodeHash(node), made only for a user with imported devices
 	match := -1
 	// Compare against every device, so the time taken says nothing about
 	// which bytes of which hash matched.
 	for i, d := range rec.Devices {
-		if subtle.ConstantTimeCompare(h, d.NodeHash) == 1 {
+		want := h
+		if d.HashV0 {
+			if h0 == nil {
+				h0 = v0NodeHash(node)
+			}
+			want = h0
+		}
+		if subtle.ConstantTimeCompare(want, d.NodeHash) == 1 {
 			match = i
 		}
 	}
