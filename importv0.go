@@ -166,6 +166,7 @@ func importV0(opts importOptions) (*importSummary, error) {
 	if err != nil {
 		return nil, err
 	}
+	opts.Logger.Info("import-v0: old site read", "dir", old, "users", len(site.Users), "messages", len(site.Msgs), "elapsed", time.Since(start))
 
 	stage := filepath.Join(dataDir, stageDirName)
 	if _, err := os.Lstat(stage); err == nil {
@@ -210,13 +211,18 @@ func stageImport(site *v0site.Site, stage, dataDir, old, newDir string, copyConf
 		return nil, nil, err
 	}
 	im := &importer{site: site, stage: stage, log: opts.Logger, sums: make(map[store.ID][]byte)}
+	t0 := time.Now()
 	want, err := im.writeUserDB()
 	if err != nil {
 		return nil, nil, err
 	}
+	opts.Logger.Info("import-v0: users and groups staged", "elapsed", time.Since(t0))
+	t0 = time.Now()
 	if err := im.writeQStore(want); err != nil {
 		return nil, nil, err
 	}
+	opts.Logger.Info("import-v0: messages staged", "elapsed", time.Since(t0))
+	t0 = time.Now()
 	got, err := im.check()
 	if err != nil {
 		return nil, nil, err
@@ -224,6 +230,7 @@ func stageImport(site *v0site.Site, stage, dataDir, old, newDir string, copyConf
 	if *got != *want {
 		return nil, nil, fmt.Errorf("import check failed: read %+v, the new site holds %+v", *want, *got)
 	}
+	opts.Logger.Info("import-v0: staged data checked", "elapsed", time.Since(t0))
 	moves := []move{
 		{filepath.Join(stage, "userdb"), filepath.Join(dataDir, "userdb")},
 		{filepath.Join(stage, "qstore"), filepath.Join(dataDir, "qstore")},
