@@ -453,3 +453,79 @@ func BenchmarkImportV0(b *testing.B) {
 		b.ReportMetric(float64(sum.Bytes)/sum.Elapsed.Seconds()/1e6, "MB/s")
 	}
 }
+
+// TestImportV0Site11Damaged imports damaged copies of the deployed server's
+// site: a damaged record or queue file stops the import with its name and
+// leaves nothing behind, -skip-bad imports the rest and lists it, and a
+// leftover in userdb/temp is reported without stopping anything.
+func TestImportV0Site11Damaged(t *testing.T) {
+	firstFile := func(t *testing.T, dir string) string {
+		t.Helper()
+		var found string
+		filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if found == "" && err == nil && d.Type().IsRegular() {
+				found = path
+			}
+			return nil
+		})
+		if found == "" {
+			t.Fatalf("no file under %s", dir)
+		}
+		return found
+	}
+	for _, tc := range []struct {
+		name  string
+		do    func(t *testing.T, old string) string
+		fatal bool
+	}{
+		{"user record", func(t *testing.T, old string) string {
+			p := firstFile(t, filepath.Join(old, "userdb/user"))
+			data, _ := os.ReadFile(p)
+			data[len(data)/2] ^= 0x20
+			os.WriteFile(p, data, 0o600)
+			return p
+		}, true},
+		{"group record", func(t *testing.T, old string) string {
+			p := firstFile(t, filepath.Join(old, "userdb/group"))
+			data, _ := os.ReadFile(p)
+			os.WriteFile(p, data[:len(data)-3], 0o600)
+			return p
+		}, true},
+		{"queue file", func(t *testing.T, old string) string {
+			p := firstFile(t, filepath.Join(old, "qstore"))
+			data, _ := os.ReadFile(p)
+			os.Remove(p) // its other hard links stay whole
+			os.WriteFile(p, data[:len(data)-1], 0o600)
+			return p
+		}, true},
+		{"leftover in temp", func(t *testing.T, old string) string {
+			p := filepath.Join(old, "userdb/temp", "interrupted")
+			os.WriteFile(p, []byte(`{"Nodes":`), 0o600)
+			return p
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old, _ := unpackSite11(t)
+			file := tc.do(t, old)
+			dir := t.TempDir()
+			cfg := writeTestConfig(t, dir, "127.0.0.1:0")
+			sum, err := importV0(importOptions{Old: old, Config: cfg})
+			if tc.fatal {
+				if err == nil || !strings.Contains(err.Error(), file) {
+					t.Fatalf("import: %v, want an error naming %s", err, file)
+				}
+				if entries, _ := os.ReadDir(dir); len(entries) != 3 { // the config, cert and key
+					t.Errorf("a failed import left %d entries in the new folder", len(entries))
+				}
+				if sum, err = importV0(importOptions{Old: old, Config: cfg, SkipBad: true}); err != nil {
+					t.Fatalf("with -skip-bad: %v", err)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(sum.Problems, func(p v0site.Problem) bool { return p.File == file }) {
+				t.Errorf("summary does not list %s: %v", file, sum.Problems)
+			}
+		})
+	}
+}
