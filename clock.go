@@ -145,12 +145,16 @@ func ntpAddress(host string) (string, error) {
 	switch {
 	case strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]"):
 		name = host[1 : len(host)-1]
-		if ip, err := netip.ParseAddr(name); err != nil || !ip.Is6() {
+		if ip, err := netip.ParseAddr(name); err != nil || !ip.Is6() || !validZone(ip.Zone()) {
 			return "", fmt.Errorf("%q: %q in brackets is not an IPv6 address", host, name)
 		}
 	case strings.Count(host, ":") > 1 && !strings.HasPrefix(host, "["):
-		if _, err := netip.ParseAddr(host); err != nil {
+		ip, err := netip.ParseAddr(host)
+		if err != nil {
 			return "", fmt.Errorf("%q: not an IPv6 address: %v", host, err)
+		}
+		if !validZone(ip.Zone()) {
+			return "", fmt.Errorf("%q: zone %q is not an interface name", host, ip.Zone())
 		}
 	case strings.Contains(host, ":"):
 		var err error
@@ -162,10 +166,23 @@ func ntpAddress(host string) (string, error) {
 			return "", fmt.Errorf("%q: port %q is not a number in 1…65535", host, port)
 		}
 	}
-	if _, err := netip.ParseAddr(name); err != nil && !isHostName(name) {
+	if ip, err := netip.ParseAddr(name); err != nil && !isHostName(name) || err == nil && !validZone(ip.Zone()) {
 		return "", fmt.Errorf("%q: %q is neither an IP address nor a host name", host, name)
 	}
 	return net.JoinHostPort(name, port), nil
+}
+
+// validZone reports whether an IPv6 zone can be written in an address:
+// netip accepts any zone ("::0%[" parses), but one holding a bracket cannot
+// be joined with a port and split again. Interface names and indexes use
+// letters, digits, '.', '_' and '-'.
+func validZone(zone string) bool {
+	for _, c := range zone {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Now returns the NTP-corrected time, in UTC and without a monotonic reading.

@@ -114,7 +114,7 @@ func waitForStop(d *daemon, logger *slog.Logger) int {
 			}
 		case err := <-d.fatal:
 			// Fail stop: nothing more can be acknowledged safely.
-			logger.Error("shutting down after a store failure", "err", err)
+			logger.Error("shutting down after a storage failure", "err", err)
 			code = exitFailure
 			stop = true
 		}
@@ -145,7 +145,7 @@ type daemon struct {
 	ln     net.Listener
 	certs  *CertReloader // nil when the caller manages certificates
 	served chan error
-	fatal  chan error // the store failed: qlib.Config.OnFatal
+	fatal  chan error // the store (qlib.Config.OnFatal) or the userdb (SetOnFatal) failed
 }
 
 // startDaemon reads (or creates) the configuration and starts serving.
@@ -217,6 +217,7 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		return nil, err
 	}
 	d := &daemon{log: logger, served: make(chan error, 1), fatal: make(chan error, 1)}
+	users.SetOnFatal(d.failed)
 	srv, err := qlib.NewServer(qlib.Config{
 		Name:         cfg.Name,
 		Directory:    users,
@@ -227,12 +228,7 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		AuthBy:       authBy,
 		AuthOptional: optional,
 		Verifier:     verifier,
-		OnFatal: func(err error) {
-			select {
-			case d.fatal <- err:
-			default:
-			}
-		},
+		OnFatal:      d.failed,
 	})
 	if err != nil {
 		st.Close()
@@ -242,6 +238,14 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	d.srv, d.users, d.store, d.ln = srv, users, st, ln
 	go func() { d.served <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
 	return d, nil
+}
+
+// failed reports a storage failure to waitForStop; the first one is enough.
+func (d *daemon) failed(err error) {
+	select {
+	case d.fatal <- err:
+	default:
+	}
 }
 
 // shutdown stops the server gracefully, then closes the store and user

@@ -292,6 +292,19 @@ type UserDB struct {
 	names  map[string]*nameEntry  // aliases and gids
 	failed error                  // set when a write left the disk in an unknown state
 	closed bool
+	// onFatal is told of the failure that sets failed; see SetOnFatal.
+	onFatal func(error)
+}
+
+// SetOnFatal has fn called, once, when a write fails in a way that leaves the
+// disk in an unknown state. The database then refuses every write (nobody can
+// register, add a device or an alias, or edit a group) until a restart
+// reloads the disk, so the server stops, as it does when the store fails,
+// rather than run on half-working. fn must not block.
+func (db *UserDB) SetOnFatal(fn func(error)) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	db.onFatal = fn
 }
 
 // OpenUserDB opens the user database in dir, creating it if missing, and
@@ -1667,10 +1680,15 @@ func (db *UserDB) writeFile(dir, final string, data []byte) error {
 // fail records the first write failure that leaves the disk in doubt.
 func (db *UserDB) fail(err error) {
 	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.failed == nil {
+	first := db.failed == nil
+	if first {
 		db.failed = err
 		db.logger.Error("userdb write failed, refusing further writes", "err", err.Error())
+	}
+	onFatal := db.onFatal
+	db.mu.Unlock()
+	if first && onFatal != nil {
+		onFatal(err)
 	}
 }
 

@@ -835,6 +835,8 @@ func TestUserDBFixture(t *testing.T) {
 func TestUserDBWriteFailure(t *testing.T) {
 	dir := t.TempDir()
 	db, logs := udbOpen(t, dir)
+	var fatal []error
+	db.SetOnFatal(func(err error) { fatal = append(fatal, err) })
 	uid, nodeid, dev := udbRegister(t, db, "laptop")
 	other, _, _ := udbRegister(t, db, "other")
 	final := db.recordPath(uid)
@@ -845,6 +847,9 @@ func TestUserDBWriteFailure(t *testing.T) {
 	}
 	if err := db.AddAlias(uid, "first try alias"); err == nil {
 		t.Fatal("AddAlias succeeded with its temp file blocked")
+	}
+	if len(fatal) != 0 {
+		t.Errorf("a clean failure was reported as fatal: %v", fatal)
 	}
 	if _, ok := db.AliasUID("first try alias"); ok {
 		t.Error("alias of a failed write resolves")
@@ -866,6 +871,9 @@ func TestUserDBWriteFailure(t *testing.T) {
 	if !strings.Contains(logs.String(), "refusing further writes") {
 		t.Errorf("no log of refusing writes:\n%s", logs)
 	}
+	if len(fatal) != 1 {
+		t.Errorf("a doubtful write was reported %d times, want once: %v", len(fatal), fatal)
+	}
 	if _, ok := db.AliasUID("doubtful alias"); ok {
 		t.Error("alias of a doubtful write resolves")
 	}
@@ -879,6 +887,9 @@ func TestUserDBWriteFailure(t *testing.T) {
 		t.Error("AddDevice succeeded after a doubtful write")
 	}
 	udbLogin(t, db, uid, nodeid, dev) // reads go on
+	if len(fatal) != 1 {
+		t.Errorf("fatal reported %d times after later refusals, want once", len(fatal))
+	}
 }
 
 func TestUserDBClose(t *testing.T) {

@@ -109,12 +109,17 @@ func (r *reader) eachFile(dir string, fn func(path, name string) error) error {
 	return nil
 }
 
-// readRecord reads the record at path and checks its CheckSum.
+// readRecord reads the record at path into v and checks its CheckSum.
 func readRecord(path string, v any) error {
 	data, err := readSmall(path, maxRecordBytes)
 	if err != nil {
 		return err
 	}
+	return decodeRecord(data, v)
+}
+
+// decodeRecord decodes a record into v and checks its CheckSum.
+func decodeRecord(data []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(v); err != nil {
 		return damaged("not a record: %v", err)
@@ -186,11 +191,25 @@ func parseUser(path, uid string) (*User, error) {
 	if !validUID(uid) {
 		return nil, damaged("file name is not a uid")
 	}
-	var rec v0User
-	if err := readRecord(path, &rec); err != nil {
+	data, err := readSmall(path, maxRecordBytes)
+	if err != nil {
 		return nil, err
 	}
-	u := &User{UID: uid, File: path}
+	u, err := decodeUser(data, uid)
+	if err != nil {
+		return nil, err
+	}
+	u.File = path
+	return u, nil
+}
+
+// decodeUser decodes and checks the record of uid.
+func decodeUser(data []byte, uid string) (*User, error) {
+	var rec v0User
+	if err := decodeRecord(data, &rec); err != nil {
+		return nil, err
+	}
+	u := &User{UID: uid}
 	live := 0
 	for key, n := range rec.Nodes {
 		d := Device{Num: n.Num, Defunct: n.Defunct}
