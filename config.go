@@ -18,6 +18,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"mnm/qlib/tmtp"
 )
 
 // ConfigFileName is the file mnm reads its configuration from, in the working
@@ -59,8 +61,9 @@ const (
 	maxNTPHosts   = 16
 	maxNTPRetries = 10
 
-	// maxAuthProviders is the deployed limit (SPEC §7): clients label the
-	// providers a…z.
+	// maxAuthProviders is the deployed limit (SPEC §7, §8): clients label
+	// the providers a…z. The empty first entry is not a provider and does
+	// not count.
 	maxAuthProviders = 26
 
 	// maxAuthLabelBytes: a provider label is a button caption in the client.
@@ -70,10 +73,23 @@ const (
 	// accept.
 	maxURLBytes = 2048
 
-	// maxAuthFieldBytes bounds the other provider strings (params, std,
-	// keys, iss, aud): OIDC values are short, this is a guard against a
-	// pasted document.
+	// maxAuthFieldBytes bounds the other provider strings (each param,
+	// keys, iss, aud) and the params of login or token once joined: OIDC
+	// values are short, this is a guard against a pasted document.
 	maxAuthFieldBytes = 4096
+
+	// maxAuthParams bounds each list of params (login's, token's, std):
+	// OpenID Connect defines fifteen authorization request params (Core
+	// §3.1.2.1) and a provider adds a few of its own, so a longer list is a
+	// paste gone wrong rather than a request a provider understands.
+	maxAuthParams = 32
+
+	// maxClientAuthByBytes bounds the provider list as the tmtprev reply
+	// carries it: the reply's header must fit the 4 hex digits of its
+	// length prefix (tmtp.MaxHeaderLen), and the rest of it (the site name,
+	// at most 128 bytes and 768 once escaped, and the fixed fields) takes
+	// well under 1 KiB.
+	maxClientAuthByBytes = tmtp.MaxHeaderLen - 1024
 
 	// maxPostBytesLimit guards maxPostBytes against a typo (an extra digit
 	// or two): each post is held on disk until every recipient device acks
@@ -96,9 +112,10 @@ type Config struct {
 	// Auth is the third-party authentication level: 0 none, 1 a token is
 	// required to register, 2 to register and to log in.
 	Auth int `json:"auth"`
-	// AuthBy lists the OpenID Connect providers offered to clients. A first
-	// entry with an empty label makes third-party auth optional. It is
-	// ignored when Auth is 0.
+	// AuthBy lists the OpenID Connect providers offered to clients, at most
+	// maxAuthProviders. A first entry with no label (empty, or holding only
+	// "#" comments) makes third-party auth optional; it is not a provider.
+	// It is ignored when Auth is 0.
 	AuthBy []AuthProvider `json:"authby"`
 	// DataDir holds userdb/ and qstore/. Default: the config file's
 	// directory.
@@ -134,20 +151,40 @@ type ListenConfig struct {
 	KeyPath  string `json:"keyPath"`
 }
 
-// AuthProvider is one third-party (OpenID Connect) identity provider. Label,
-// Login and Token are sent to clients in the tmtprev reply; Std, Keys, Iss and
-// Aud are what the server needs to check a token, and stay on the server.
+// AuthProvider is one third-party (OpenID Connect) identity provider, in the
+// deployed server's shape (SPEC §8). Label, Login, Token and Std make what
+// clients see in the tmtprev reply (see clientAuthBy); Keys, Iss and Aud are
+// what the server needs to check a token, and stay on the server.
 type AuthProvider struct {
+	// Label is the provider's name on the client's sign-up button.
 	Label string `json:"label"`
-	// Login and Token are [url, params] pairs: where the client sends the
-	// user to log in, and where it exchanges the result for a token.
+	// Login and Token are [url, param, param…]: where the client sends the
+	// user to log in, and where it exchanges the result for a token, each
+	// followed by the query params of that request, one "key=value" per
+	// string.
 	Login []string `json:"login"`
 	Token []string `json:"token"`
-	Std   string   `json:"std"`
-	Keys  string   `json:"keys"`
-	Iss   string   `json:"iss"`
-	Aud   string   `json:"aud"`
+	// Std holds the params that both requests carry (client_id,
+	// redirect_uri), sent after each one's own.
+	Std Params `json:"std"`
+	// Keys is the URL of the provider's key set (JWKS); Iss and Aud are
+	// the issuer and audience its tokens must name.
+	Keys string `json:"keys"`
+	Iss  string `json:"iss"`
+	Aud  string `json:"aud"`
 }
+
+// Params is a list of query params, one "key=value" (or a bare "key") per
+// string. It has a type of its own so that checkShape can explain the string
+// form of std that mnm's first configurations had (errStdString).
+type Params []string
+
+// errStdString answers a std written as a string ("std": "oidc"), the form
+// mnm's first configurations used before the deployed server's shape was
+// adopted. It says what to write instead, since a bare type error would not.
+var errStdString = errors.New(`a string is no longer accepted here ("std": "oidc" was an earlier form of mnm's): ` +
+	`std is the list of params sent with both login and token, e.g. ` +
+	`"std": ["client_id=ID", "redirect_uri=http://localhost:8123/u"], or [] for none`)
 
 // UserDBDir is where the user database lives.
 func (c *Config) UserDBDir() string { return filepath.Join(c.DataDir, "userdb") }
@@ -283,6 +320,12 @@ func stripComments(data []byte) []byte {
 // values present and not null ("ntp.retries"), so that validation can tell a
 // field set to zero from one left out.
 //
+// A key that starts with "#" is a comment, in any object at any depth, and
+// its value (whatever it is) is skipped: the deployed server's example
+// configuration explains itself with "#" keys and keeps disabled settings
+// under "#authby", and operators' files copy it (SPEC §8). encoding/json
+// ignores such keys too, since no field is named so.
+//
 // Keys match struct tags case-insensitively, as encoding/json matches them, so
 // that configurations written with Go's default capitalised names still load;
 // two keys that match the same field are an error rather than last-one-wins.
@@ -350,6 +393,9 @@ func (w *shapeWalker) value(t reflect.Type, path string) error {
 		return w.object(t, path)
 	case reflect.Slice:
 		if tok != json.Delim('[') {
+			if _, isString := tok.(string); isString && t == reflect.TypeFor[Params]() {
+				return fmt.Errorf("field %q: %w", path, errStdString)
+			}
 			return jsonTypeError(path, "a list", tok)
 		}
 		for i := 0; w.dec.More(); i++ {
@@ -392,6 +438,12 @@ func (w *shapeWalker) object(t reflect.Type, path string) error {
 			return err
 		}
 		key, _ := tok.(string) // object keys are always strings
+		if isCommentKey(key) {
+			if err := w.skip(); err != nil {
+				return err
+			}
+			continue
+		}
 		f, ok := fieldByJSONName(t, key)
 		if !ok {
 			return fmt.Errorf("unknown field %q", fieldPath(path, key))
@@ -408,6 +460,31 @@ func (w *shapeWalker) object(t reflect.Type, path string) error {
 	}
 	_, err := w.token() // '}'
 	return err
+}
+
+// isCommentKey reports whether an object key is a comment (see checkShape).
+func isCommentKey(key string) bool { return strings.HasPrefix(key, "#") }
+
+// skip reads past the next value, whatever it is: a comment's value may be a
+// list or an object with keys of its own. It counts nesting rather than
+// recursing, so a deeply nested comment cannot exhaust the stack.
+func (w *shapeWalker) skip() error {
+	depth := 0
+	for {
+		tok, err := w.token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
+	}
 }
 
 // fieldByJSONName finds the field of struct t that encoding/json would decode
@@ -506,16 +583,14 @@ func (c *Config) validate(present map[string]bool) error {
 	if c.Auth < 0 || c.Auth > 2 {
 		bad("auth", "%d is not 0 (none), 1 (registration) or 2 (registration and login)", c.Auth)
 	}
-	if len(c.AuthBy) > maxAuthProviders {
-		bad("authby", "%d providers, at most %d", len(c.AuthBy), maxAuthProviders)
-	}
 	providers := 0
 	labels := map[string]bool{}
 	for i, p := range c.AuthBy {
 		field := fmt.Sprintf("authby[%d]", i)
-		if p.Label == "" && i == 0 {
-			// The "auth optional" marker: it carries nothing else.
-			if len(p.Login)+len(p.Token) > 0 || p.Std+p.Keys+p.Iss+p.Aud != "" {
+		if isOptionalMarker(i, p) {
+			// It carries nothing else; a comment-only entry
+			// ({"#": "authentication optional"}) is one.
+			if len(p.Login)+len(p.Token)+len(p.Std) > 0 || p.Keys+p.Iss+p.Aud != "" {
 				bad(field, "an entry with an empty label (auth optional) must have no other fields")
 			}
 			continue
@@ -523,8 +598,17 @@ func (c *Config) validate(present map[string]bool) error {
 		providers++
 		errs = append(errs, p.validate(field, labels)...)
 	}
+	if providers > maxAuthProviders {
+		bad("authby", "%d providers, at most %d (an empty first entry does not count)", providers, maxAuthProviders)
+	}
 	if c.Auth > 0 && providers == 0 {
 		bad("authby", "auth is %d but no provider is listed", c.Auth)
+	}
+	if list, _, err := clientAuthBy(c.AuthBy); err != nil {
+		bad("authby", "%v", err)
+	} else if len(list) > maxClientAuthByBytes {
+		bad("authby", "the providers take %d bytes in the tmtprev reply, at most %d: shorten labels, URLs or params, or list fewer providers",
+			len(list), maxClientAuthByBytes)
 	}
 
 	if present["maxPostBytes"] && (c.MaxPostBytes <= 0 || c.MaxPostBytes > maxPostBytesLimit) {
@@ -551,27 +635,89 @@ func (p *AuthProvider) validate(field string, labels map[string]bool) []error {
 		bad("label", "%q appears twice", p.Label)
 	}
 	labels[p.Label] = true
-	for _, pair := range []struct {
-		name string
-		v    []string
-	}{{"login", p.Login}, {"token", p.Token}} {
-		if len(pair.v) != 2 {
-			bad(pair.name, "want [url, params], got %d strings", len(pair.v))
+	for _, ep := range []struct {
+		name, example string
+		v             []string
+	}{
+		{"login", `["https://id.example.com/authorize", "response_type=code", "scope=openid"]`, p.Login},
+		{"token", `["https://id.example.com/token", "grant_type=authorization_code"]`, p.Token},
+	} {
+		if len(ep.v) == 0 {
+			bad(ep.name, "want [url, param…], got nothing, e.g. %s", ep.example)
 			continue
 		}
-		if err := checkAuthURL(pair.v[0]); err != nil {
-			bad(pair.name+"[0]", "%v", err)
+		if err := checkAuthURL(ep.v[0]); err != nil {
+			bad(ep.name+"[0]", "%v", err)
 		}
-		if err := checkPrintable(pair.v[1], maxAuthFieldBytes); err != nil {
-			bad(pair.name+"[1]", "%v", err)
+		errs = append(errs, checkParams(field+"."+ep.name, ep.v[1:], 1)...)
+		if n := len(p.clientEndpoint(ep.v)[1]); n > maxAuthFieldBytes {
+			bad(ep.name, "its params and std's take %d bytes joined, at most %d", n, maxAuthFieldBytes)
 		}
 	}
-	for _, f := range []struct{ name, v string }{{"std", p.Std}, {"keys", p.Keys}, {"iss", p.Iss}, {"aud", p.Aud}} {
+	errs = append(errs, checkParams(field+".std", p.Std, 0)...)
+	for _, f := range []struct{ name, v string }{{"keys", p.Keys}, {"iss", p.Iss}, {"aud", p.Aud}} {
 		if err := checkPrintable(f.v, maxAuthFieldBytes); err != nil {
 			bad(f.name, "%v", err)
 		}
 	}
 	return errs
+}
+
+// isOptionalMarker reports whether entry i of authby is the empty first
+// entry, which only makes third-party sign-up optional (SPEC §8): it is not
+// a provider, is not counted and is not sent to clients.
+func isOptionalMarker(i int, p AuthProvider) bool { return i == 0 && p.Label == "" }
+
+// checkParams checks a list of query params; field names the list and first
+// the index of its first param in it (login's params follow the URL).
+func checkParams(field string, params []string, first int) []error {
+	if len(params) > maxAuthParams {
+		return []error{fmt.Errorf("%s: %d params, at most %d", field, len(params), maxAuthParams)}
+	}
+	var errs []error
+	for i, s := range params {
+		if err := checkParam(s); err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d]: %w", field, first+i, err))
+		}
+	}
+	return errs
+}
+
+// checkParam accepts one query param: "key=value", "key=" or a bare "key"
+// (all are valid in a query, and are sent as written). Clients get the
+// params joined with "&", so a param holding "&" would be several (each
+// belongs in a string of its own) and one holding "#" would end the query.
+func checkParam(s string) error {
+	if s == "" {
+		return errors.New(`empty param: leave it out ([url] alone sends no params)`)
+	}
+	if err := checkPrintable(s, maxAuthFieldBytes); err != nil {
+		return err
+	}
+	if strings.HasPrefix(s, "=") {
+		return fmt.Errorf("%q has no key before \"=\"", s)
+	}
+	if strings.Contains(s, "&") {
+		return fmt.Errorf("%q holds \"&\": give each param a string of its own", s)
+	}
+	if strings.Contains(s, "#") {
+		return fmt.Errorf("%q holds \"#\", which would end the query; write it as %%23", s)
+	}
+	return nil
+}
+
+// clientEndpoint is login or token (v) as the tmtprev reply carries it
+// (SPEC §4 op 0): the URL and the params joined with "&", v's own first and
+// then std's. A provider without params sends [url, ""]: clients expect
+// exactly two strings. v is never empty once validated; an empty one gives
+// two empty strings rather than a panic.
+func (p *AuthProvider) clientEndpoint(v []string) [2]string {
+	if len(v) == 0 {
+		return [2]string{}
+	}
+	params := make([]string, 0, len(v)-1+len(p.Std))
+	params = append(append(params, v[1:]...), p.Std...)
+	return [2]string{v[0], strings.Join(params, "&")}
 }
 
 // checkPrintable accepts printable text of at most limit bytes: these values end up

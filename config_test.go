@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,8 +22,8 @@ const validConfigJSON = `{
   "auth": 1,
   "authby": [
     {},
-    {"label": "X", "login": ["https://example.com/l", "a&b&d"], "token": ["https://example.com/t", "c&d"],
-     "std": "oidc", "keys": "https://example.com/keys", "iss": "https://example.com", "aud": "mnm"}
+    {"label": "X", "login": ["https://example.com/l", "a", "b"], "token": ["https://example.com/t", "c"],
+     "std": ["d"], "keys": "https://example.com/keys", "iss": "https://example.com", "aud": "mnm"}
   ],
   "dataDir": "data",
   "maxPostBytes": 1048576
@@ -39,8 +40,8 @@ func TestParseConfigValid(t *testing.T) {
 		Listen: ListenConfig{Net: "tcp", Laddr: "127.0.0.1:5443", CertPath: "/srv/mnm/tls/cert.pem", KeyPath: "/etc/mnm/key.pem"},
 		Auth:   1,
 		AuthBy: []AuthProvider{{}, {
-			Label: "X", Login: []string{"https://example.com/l", "a&b&d"}, Token: []string{"https://example.com/t", "c&d"},
-			Std: "oidc", Keys: "https://example.com/keys", Iss: "https://example.com", Aud: "mnm",
+			Label: "X", Login: []string{"https://example.com/l", "a", "b"}, Token: []string{"https://example.com/t", "c"},
+			Std: Params{"d"}, Keys: "https://example.com/keys", Iss: "https://example.com", Aud: "mnm",
 		}},
 		DataDir:      "/srv/mnm/data",
 		MaxPostBytes: 1 << 20,
@@ -87,6 +88,27 @@ func TestExampleConfigParses(t *testing.T) {
 	if _, err := parseConfig(data, "/d"); err != nil {
 		t.Errorf("mnm.conf: %v", err)
 	}
+
+	// Its provider example, kept under "#authby", is valid once enabled as
+	// the comment above it says, and is sent to clients as SPEC §4 shows.
+	const disabled = "\"auth\": 0,\n  \"authby\": [],\n  \"#authby\":"
+	if !bytes.Contains(data, []byte(disabled)) {
+		t.Fatalf("mnm.conf lacks %q", disabled)
+	}
+	cfg, err := parseConfig(bytes.Replace(data, []byte(disabled), []byte(`"auth": 1, "authby":`), 1), "/d")
+	if err != nil {
+		t.Fatalf("mnm.conf with its provider enabled: %v", err)
+	}
+	list, optional, err := clientAuthBy(cfg.AuthBy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `[{"label":"Example",` +
+		`"login":["https://id.example.com/authorize","response_type=code\u0026scope=openid\u0026client_id=mnm-client-id\u0026redirect_uri=http://localhost:8123/u"],` +
+		`"token":["https://id.example.com/token","grant_type=authorization_code\u0026client_id=mnm-client-id\u0026redirect_uri=http://localhost:8123/u"]}]`
+	if string(list) != want || !optional {
+		t.Errorf("authby %s, optional %v\nwant %s, true", list, optional, want)
+	}
 }
 
 func TestParseConfigErrors(t *testing.T) {
@@ -99,10 +121,26 @@ func TestParseConfigErrors(t *testing.T) {
 		return strings.Replace(validConfigJSON, old, new, 1)
 	}
 	longName := strings.Repeat("n", maxSiteNameBytes+1)
-	var many []string
-	for range maxAuthProviders + 1 {
-		many = append(many, fmt.Sprintf(`{"label":"L%d","login":["https://a.example/","p"],"token":["https://a.example/t","p"]}`, len(many)))
+	// authByConfig is a minimal config with auth 1 and these authby entries.
+	authByConfig := func(entries ...string) string {
+		return `{"name":"s","auth":1,"authby":[` + strings.Join(entries, ",") +
+			`],"listen":{"net":"tcp","laddr":":1","certPath":"c","keyPath":"k"}}`
 	}
+	many := authProviders(maxAuthProviders + 1)
+	// big makes providers whose reply entries are about 12 KB each, within
+	// every per-field limit, so that a few overflow the tmtprev reply.
+	big := func(n int) []string {
+		url := `"https://a.example/` + strings.Repeat("u", maxURLBytes-100) + `"`
+		param := `"p=` + strings.Repeat("v", maxAuthFieldBytes-10) + `"`
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf(`{"label":"L%d","login":[%s,%s],"token":[%s,%s]}`, i, url, param, url, param))
+		}
+		return out
+	}
+	params := func(n int) string { return strings.Repeat(`"k=v",`, n-1) + `"k=v"` }
+	longParam := `"a=` + strings.Repeat("x", maxAuthFieldBytes-1) + `"`
+	halfParam := `"a=` + strings.Repeat("x", maxAuthFieldBytes/2) + `"`
 	for _, tc := range []struct {
 		name, json, want string
 	}{
@@ -149,19 +187,50 @@ func TestParseConfigErrors(t *testing.T) {
 		{"auth negative", edit(`"auth": 1`, `"auth": -1`), "auth: -1 is not 0"},
 		{"auth without providers", `{"name":"s","auth":2,"authby":[{}],"listen":{"net":"tcp","laddr":":1","certPath":"c","keyPath":"k"}}`, "authby: auth is 2 but no provider is listed"},
 		{"auth without authby", `{"name":"s","auth":1,"listen":{"net":"tcp","laddr":":1","certPath":"c","keyPath":"k"}}`, "authby: auth is 1 but no provider"},
-		{"too many providers", `{"name":"s","auth":1,"authby":[` + strings.Join(many, ",") + `],"listen":{"net":"tcp","laddr":":1","certPath":"c","keyPath":"k"}}`, "authby: 27 providers, at most 26"},
+		{"too many providers", authByConfig(many...), "authby: 27 providers, at most 26"},
+		{"too many providers after marker", authByConfig(append([]string{`{}`}, many...)...), "authby: 27 providers, at most 26"},
+		{"too many after comment marker", authByConfig(append([]string{`{"#": "authentication optional"}`}, many...)...), "authby: 27 providers, at most 26"},
+		{"reply too large", authByConfig(big(6)...), "authby: the providers take"},
 		{"marker with fields", edit(`{},`, `{"iss": "x"},`), "authby[0]: an entry with an empty label"},
+		{"marker with std", edit(`{},`, `{"#": "optional", "std": ["a=b"]},`), "authby[0]: an entry with an empty label"},
 		{"empty label later", edit(`"label": "X"`, `"label": ""`), "authby[1].label: must not be empty"},
-		{"duplicate label", edit(`{},`, `{"label": "X", "login": ["https://a.example/", ""], "token": ["https://a.example/", ""]},`), `authby[1].label: "X" appears twice`},
-		{"login not a pair", edit(`["https://example.com/l", "a&b&d"]`, `["https://example.com/l"]`), "authby[1].login: want [url, params], got 1 strings"},
-		{"token missing", edit(`"token": ["https://example.com/t", "c&d"],`, ``), "authby[1].token: want [url, params], got 0 strings"},
+		{"duplicate label", edit(`{},`, `{"label": "X", "login": ["https://a.example/"], "token": ["https://a.example/"]},`), `authby[1].label: "X" appears twice`},
+
+		// login, token and std in the deployed shape (SPEC §8).
+		{"string std", edit(`"std": ["d"]`, `"std": "oidc"`), `field "authby[1].std": a string is no longer accepted here`},
+		{"string std says what to write", edit(`"std": ["d"]`, `"std": "oidc"`), `e.g. "std": ["client_id=ID", "redirect_uri=http://localhost:8123/u"]`},
+		{"login with zero strings", edit(`["https://example.com/l", "a", "b"]`, `[]`), `authby[1].login: want [url, param…], got nothing, e.g. ["https://id.example.com/authorize"`},
+		{"token missing", edit(`"token": ["https://example.com/t", "c"],`, ``), "authby[1].token: want [url, param…], got nothing"},
+		{"login a string", edit(`["https://example.com/l", "a", "b"]`, `"https://example.com/l"`), `field "authby[1].login": want a list, got a string`},
+		{"non-string param", edit(`"a", "b"`, `"a", 7`), `field "authby[1].login[2]": want a string, got a number`},
+		{"non-string std", edit(`["d"]`, `[{"d": 1}]`), `field "authby[1].std[0]": want a string, got an object`},
+		{"std an object", edit(`["d"]`, `{"d": 1}`), `field "authby[1].std": want a list, got an object`},
+		{"too many login params", edit(`"a", "b"`, params(maxAuthParams+1)), "authby[1].login: 33 params, at most 32"},
+		{"too many token params", edit(`"c"`, params(maxAuthParams+1)), "authby[1].token: 33 params, at most 32"},
+		{"too many std params", edit(`["d"]`, `[`+params(maxAuthParams+1)+`]`), "authby[1].std: 33 params, at most 32"},
+		{"empty param", edit(`"c"`, `""`), "authby[1].token[1]: empty param: leave it out"},
+		{"empty std param", edit(`["d"]`, `["d", ""]`), "authby[1].std[1]: empty param"},
+		{"param without key", edit(`"b"`, `"=b"`), `authby[1].login[2]: "=b" has no key`},
+		{"param holding &", edit(`"b"`, `"b=1&c=2"`), `authby[1].login[2]: "b=1&c=2" holds "&": give each param a string of its own`},
+		{"param holding #", edit(`["d"]`, `["d=x#y"]`), `authby[1].std[0]: "d=x#y" holds "#"`},
+		{"long param", edit(`"c"`, longParam), "authby[1].token[1]: 4097 bytes, at most 4096"},
+		{"long joined params", edit(`"a", "b"`, halfParam+","+halfParam), "authby[1].login: its params and std's take"},
+		{"long joined with std", edit(`["d"]`, `[`+halfParam+`,`+halfParam+`]`), "authby[1].token: its params and std's take"},
 		{"http url", edit(`https://example.com/l`, `http://example.com/l`), "authby[1].login[0]: \"http://example.com/l\": http is allowed only for loopback hosts"},
 		{"relative url", edit(`https://example.com/l`, `/l`), "authby[1].login[0]: \"/l\" is not an absolute URL"},
 		{"ftp url", edit(`https://example.com/t`, `ftp://example.com/t`), "authby[1].token[0]: \"ftp://example.com/t\": scheme must be https"},
 		{"credentials in url", edit(`https://example.com/l`, `https://u:p@example.com/l`), "authby[1].login[0]: URL must not contain credentials"},
 		{"fragment in url", edit(`https://example.com/l`, `https://example.com/l#f`), "authby[1].login[0]: URL must not contain a fragment"},
 		{"long url", edit(`https://example.com/l`, `https://example.com/`+strings.Repeat("l", maxURLBytes)), "authby[1].login[0]: URL of"},
-		{"control in params", edit(`"c&d"`, `"c\nd"`), "authby[1].token[1]: contains the unprintable"},
+		{"control in params", edit(`"c"`, `"c\nd"`), "authby[1].token[1]: contains the unprintable"},
+
+		// Comments: "#" keys are skipped at any level, but only they.
+		{"unknown beside comment", edit(`"laddr"`, `"#": "x", "lladdr"`), `unknown field "listen.lladdr"`},
+		{"wrong type beside comment", edit(`"retries": 2`, `"#": 1, "retries": "2"`), `field "ntp.retries": want an integer, got a string`},
+		{"hash inside a key", edit(`"auth": 1`, `"auth#": 1`), `unknown field "auth#"`},
+		{"space before hash", edit(`"auth": 1`, `" #auth": 1`), `unknown field " #auth"`},
+		{"comment value truncated", `{"#": [1, {"a": `, "unexpected end of file"},
+		{"comment value bad syntax", `{"#": [1, }`, "line 1: invalid character '}'"},
 		{"long aud", edit(`"aud": "mnm"`, `"aud": "`+strings.Repeat("a", maxAuthFieldBytes+1)+`"`), "authby[1].aud: 4097 bytes"},
 		{"maxPostBytes zero", edit(`1048576`, `0`), "maxPostBytes: 0 is outside"},
 		{"maxPostBytes negative", edit(`1048576`, `-5`), "maxPostBytes: -5 is outside"},
@@ -177,6 +246,92 @@ func TestParseConfigErrors(t *testing.T) {
 				t.Errorf("error %q\nlacks %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// authProviders returns n distinct valid provider entries, as JSON.
+func authProviders(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf(`{"label":"L%d","login":["https://a.example/","p"],"token":["https://a.example/t","p"]}`, i))
+	}
+	return out
+}
+
+// Up to 26 providers are accepted, with or without the empty first entry
+// (which is not one, and is not sent), and all of them are sent.
+func TestParseConfigMostProviders(t *testing.T) {
+	long := func(i int) string {
+		label := fmt.Sprintf("%02d", i) + strings.Repeat("l", maxAuthLabelBytes-2)
+		url := `"https://a.example/` + strings.Repeat("u", 100) + `"`
+		return fmt.Sprintf(`{"label":%q,"login":[%s,"p"],"token":[%s,"q"],"std":["s=t"]}`, label, url, url)
+	}
+	var longs []string
+	for i := range maxAuthProviders {
+		longs = append(longs, long(i))
+	}
+	for _, tc := range []struct {
+		name    string
+		entries []string
+	}{
+		{"26", authProviders(maxAuthProviders)},
+		{"marker and 26", append([]string{`{}`}, authProviders(maxAuthProviders)...)},
+		{"comment marker and 26", append([]string{`{"#": "authentication optional"}`}, authProviders(maxAuthProviders)...)},
+		{"26 long labels", longs},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := `{"name":"s","auth":1,"authby":[` + strings.Join(tc.entries, ",") +
+				`],"listen":{"net":"tcp","laddr":":1","certPath":"c","keyPath":"k"}}`
+			cfg, err := parseConfig([]byte(src), "/d")
+			if err != nil {
+				t.Fatal(err)
+			}
+			list, _, err := clientAuthBy(cfg.AuthBy)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sent []map[string]any
+			if err := json.Unmarshal(list, &sent); err != nil || len(sent) != maxAuthProviders {
+				t.Fatalf("reply lists %d providers (%v), want %d", len(sent), err, maxAuthProviders)
+			}
+		})
+	}
+}
+
+// Keys starting with "#" are comments at any level: top level, nested
+// objects, entries of lists, with any value (a string, a number, a list, an
+// object with keys of its own, repeated); "//" comments work beside them.
+// The result is the configuration without them.
+func TestConfigCommentKeys(t *testing.T) {
+	const plain = `{
+  "name": "s",
+  "ntp": {"hosts": ["127.0.0.1:1"], "retries": 1},
+  "listen": {"net": "tcp", "laddr": "127.0.0.1:0", "certPath": "c.pem", "keyPath": "k.pem"},
+  "auth": 1,
+  "authby": [{}, {"label": "X", "login": ["https://a.example/l", "a=1"], "token": ["https://a.example/t"], "std": ["s=2"]}]
+}`
+	const commented = `{
+"#": "top level",
+  "name": "s", // a "//" comment beside them
+  "#ntp": {"hosts": ["disabled.example"], "retries": 9},
+  "ntp": {"#": 1, "hosts": ["127.0.0.1:1"], "#": ["repeated", {"nested": {"#deeper": true}}], "retries": 1},
+  "listen": {"net": "tcp", "laddr": "127.0.0.1:0", "certPath": "c.pem", "keyPath": "k.pem", "#end": null},
+  "auth": 1,
+  "authby": [{"#": "authentication optional"},
+    {"#label": "in a list entry", "label": "X", "login": ["https://a.example/l", "a=1"],
+     "token": ["https://a.example/t"], "std": ["s=2"], "#": {"}": "]"}}],
+  "#authby": [{"label": "old", "login": 5}]
+}`
+	want, err := parseConfig([]byte(plain), "/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := parseConfig([]byte(commented), "/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("with comments\n%+v\nwant\n%+v", got, want)
 	}
 }
 
@@ -412,9 +567,12 @@ func FuzzParseConfig(f *testing.F) {
 		`{"listen":{"lladdr":1}}`,                       // unknown nested field
 		`{"ntp":{"hosts":[1,2]}}`,                       // wrong element type
 		`{"auth":1e400}`,                                // number out of range
-		`{"authby":[{"login":["http://[::1]:8/",""]}]}`, // loopback http
-		`[`,                   // truncated
-		"{\"name\":\"\xff\"}", // invalid UTF-8
+		`{"authby":[{"login":["http://[::1]:8/",""]}]}`, // loopback http, empty param
+		`{"authby":[{},{"label":"X","login":["https://a/","p"],"token":["https://a/t"],"std":["c=d"]}]}`, // deployed shape
+		`{"#":1,"ntp":{"#x":[{"#":{}}]},"authby":[{"#":"optional"}]}`,                                    // comment keys at several levels
+		`{"authby":[{"std":"oidc"}]}`, // the old string std
+		`[`,                           // truncated
+		"{\"name\":\"\xff\"}",         // invalid UTF-8
 	} {
 		f.Add([]byte(seed))
 	}

@@ -309,9 +309,12 @@ func startReferenceServer(t *testing.T) *refServer {
 		"auth":   1,
 		"authby": []any{map[string]any{
 			"label": "X",
-			"login": []string{"https://example.com/l", "a&b&d"},
-			"token": []string{"https://example.com/t", "c&d"},
-			"std":   "oidc",
+			// The deployed shape (SPEC §8): the reply's
+			// ["…/l","a&b&d"] and ["…/t","c&d"] are the
+			// endpoints' params followed by std's.
+			"login": []string{"https://example.com/l", "a", "b"},
+			"token": []string{"https://example.com/t", "c"},
+			"std":   []string{"d"},
 			"keys":  jwks.URL + "/jwks",
 			"iss":   refIssuer,
 			"aud":   refAudience,

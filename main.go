@@ -260,26 +260,28 @@ func (d *daemon) shutdown() error {
 	return errors.Join(err, d.store.Close(), d.users.Close())
 }
 
-// clientAuthBy is the provider list as clients see it in the tmtprev reply:
-// label, login and token of each entry (the keys, issuer and audience stay on
-// the server). An empty first entry, which makes third-party auth optional,
-// is sent too, so that clients can offer to skip it.
+// clientAuthBy is the provider list as clients see it in the tmtprev reply
+// (SPEC §4 op 0): for each provider its label, and login and token as exactly
+// [url, params], the params joined with "&", std's after the endpoint's own
+// (AuthProvider.clientEndpoint). Std, keys, issuer and audience are not sent.
+// The empty first entry is not sent either: it only makes third-party auth
+// optional, which optional reports, and the deployed client would show it as
+// a provider without a name. json.Marshal escapes "&" as \u0026, as
+// tmtp.AppendFrame escapes the rest of the reply; clients decode either.
 func clientAuthBy(providers []AuthProvider) (list []byte, optional bool, err error) {
 	type entry struct {
-		Label string   `json:"label"`
-		Login []string `json:"login"`
-		Token []string `json:"token"`
+		Label string    `json:"label"`
+		Login [2]string `json:"login"`
+		Token [2]string `json:"token"`
 	}
-	out := make([]entry, len(providers))
+	out := make([]entry, 0, len(providers))
 	for i, p := range providers {
-		out[i] = entry{Label: p.Label, Login: p.Login, Token: p.Token}
-		if out[i].Login == nil {
-			out[i].Login = []string{}
+		if isOptionalMarker(i, p) {
+			optional = true
+			continue
 		}
-		if out[i].Token == nil {
-			out[i].Token = []string{}
-		}
+		out = append(out, entry{Label: p.Label, Login: p.clientEndpoint(p.Login), Token: p.clientEndpoint(p.Token)})
 	}
 	list, err = json.Marshal(out)
-	return list, len(providers) > 0 && providers[0].Label == "", err
+	return list, optional, err
 }

@@ -136,9 +136,9 @@ type oidcProvider struct {
 
 // NewOIDCVerifier builds a verifier for the providers that have a keys URL;
 // the empty-label "auth optional" marker and entries without keys are
-// skipped. Each provider's Std must be "" or "oidc", and Iss and Aud must be
-// set. Two providers may not share an issuer, since the issuer is how a token
-// finds its provider.
+// skipped. Iss and Aud must be set. Two providers may not share an issuer,
+// since the issuer is how a token finds its provider. Login, Token and Std
+// are for clients (the tmtprev reply) and play no part here.
 //
 // It fetches every provider's keys before returning. A provider that cannot
 // be reached is a logged warning, not an error: its tokens are refused until
@@ -165,8 +165,8 @@ func NewOIDCVerifier(ctx context.Context, providers []AuthProvider, client *http
 	issuerField := map[string]string{}
 	for i, ap := range providers {
 		field := fmt.Sprintf("authby[%d]", i)
-		if ap.Label == "" && i == 0 {
-			continue // the "auth optional" marker
+		if isOptionalMarker(i, ap) {
+			continue
 		}
 		if ap.Keys == "" {
 			logger.Warn("oidc provider has no keys url; its tokens are refused", "provider", ap.Label)
@@ -174,11 +174,6 @@ func NewOIDCVerifier(ctx context.Context, providers []AuthProvider, client *http
 		}
 		bad := func(sub, format string, args ...any) {
 			errs = append(errs, fmt.Errorf("oidc: %s.%s: %s", field, sub, fmt.Sprintf(format, args...)))
-		}
-		switch ap.Std {
-		case "", "oidc":
-		default:
-			bad("std", "%q is not supported; use \"oidc\"", ap.Std)
 		}
 		if err := checkAuthURL(ap.Keys); err != nil {
 			bad("keys", "%v", err)

@@ -214,8 +214,8 @@ func newOIDCFixture(t testing.TB, body []byte, down bool) *oidcFixture {
 		{
 			Label: "Test",
 			Login: []string{"https://issuer.example/auth", "scope=openid"},
-			Token: []string{"https://issuer.example/token", ""},
-			Std:   "oidc",
+			Token: []string{"https://issuer.example/token"},
+			Std:   Params{"client_id=" + oidcTestAudience},
 			Keys:  f.srv.URL + "/jwks",
 			Iss:   oidcTestIssuer,
 			Aud:   oidcTestAudience,
@@ -776,7 +776,7 @@ func TestParseJWKS(t *testing.T) {
 }
 
 func TestNewOIDCVerifierConfigErrors(t *testing.T) {
-	good := AuthProvider{Label: "A", Std: "oidc", Keys: "http://127.0.0.1:1/jwks", Iss: "https://a.example", Aud: "x"}
+	good := AuthProvider{Label: "A", Std: Params{"client_id=x"}, Keys: "http://127.0.0.1:1/jwks", Iss: "https://a.example", Aud: "x"}
 	edit := func(f func(p *AuthProvider)) AuthProvider {
 		p := good
 		f(&p)
@@ -787,13 +787,13 @@ func TestNewOIDCVerifierConfigErrors(t *testing.T) {
 		providers []AuthProvider
 		want      []string
 	}{
-		{"std", []AuthProvider{{}, edit(func(p *AuthProvider) { p.Std = "saml" })}, []string{`authby[1].std: "saml" is not supported`}},
+		{"index after marker", []AuthProvider{{}, edit(func(p *AuthProvider) { p.Aud = "" })}, []string{"authby[1].aud: must not be empty"}},
 		{"iss empty", []AuthProvider{edit(func(p *AuthProvider) { p.Iss = "" })}, []string{"authby[0].iss: must not be empty"}},
 		{"aud empty", []AuthProvider{edit(func(p *AuthProvider) { p.Aud = "" })}, []string{"authby[0].aud: must not be empty"}},
 		{"keys not https", []AuthProvider{edit(func(p *AuthProvider) { p.Keys = "http://keys.example/jwks" })}, []string{"authby[0].keys:", "use https"}},
 		{"keys not a URL", []AuthProvider{edit(func(p *AuthProvider) { p.Keys = "jwks.json" })}, []string{"authby[0].keys:"}},
 		{"duplicate issuer", []AuthProvider{good, edit(func(p *AuthProvider) { p.Label = "B" })}, []string{`authby[1].iss: "https://a.example" is also the issuer of authby[0]`}},
-		{"all at once", []AuthProvider{edit(func(p *AuthProvider) { p.Std, p.Aud = "x", "" })}, []string{"authby[0].std", "authby[0].aud"}},
+		{"all at once", []AuthProvider{edit(func(p *AuthProvider) { p.Iss, p.Aud = "", "" })}, []string{"authby[0].iss", "authby[0].aud"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
