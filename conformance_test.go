@@ -115,6 +115,12 @@ type refDifference struct {
 	// check confirms that the step still is the one the entry was written
 	// for, so an edited transcript cannot make the entry apply elsewhere.
 	check func(s *refStep) bool
+	// otherUser: the step link is logged in as another user than the
+	// sender, so the sender's node 1 gets no copy of its stored messages.
+	otherUser bool
+	// after, if set, runs once the step is checked, to put the fixture
+	// back as the transcript's later steps expect it.
+	after func(r *refRun)
 }
 
 // refDifferences lists the deliberate differences by step number (1-based
@@ -128,6 +134,40 @@ var refDifferences = map[int]refDifference{
 		},
 		check: func(s *refStep) bool {
 			return s.Head["Op"] == "eOpQuit" && slices.ContainsFunc(s.Want, func(w map[string]any) bool { return w["op"] == "ohi" })
+		},
+	},
+	28: {
+		why: "a device's newest login takes over from its live link (Protocol.md, Login): " +
+			"the deployed server answers \"node already connected\" and locks the device out " +
+			"until a half-open old link times out. The step link becomes receiver node 0 and " +
+			"gets its login notice; the fixture's link is closed and logged in again afterwards",
+		adjust: func([]map[string]any) []map[string]any {
+			return []map[string]any{
+				{"info": "login ok", "op": "info"},
+				{"datalen": json.Number("0"), "from": "*recvuid", "headsum": json.Number("1"), "id": "#sid#",
+					"node": "tbd", "op": "login", "posted": "#spdt#"},
+			}
+		},
+		check: func(s *refStep) bool {
+			return s.Head["Op"] == "eOpLogin" && s.Head["Uid"] == "*recvuid" && s.Head["Node"] == "*recvnode" &&
+				len(s.Want) == 1 && s.Want[0]["error"] == "node already connected"
+		},
+		otherUser: true,
+		after: func(r *refRun) {
+			// Log the step link out in order, so that its ack of the
+			// login notice is handled before receiver node 0 returns.
+			if err := r.link.conn.WriteFrame(map[string]any{"Op": refOps["eOpQuit"]}, nil); err != nil {
+				r.errorf("quit: %v", err)
+			}
+			for !r.link.closed {
+				if _, ok := r.link.next(time.Now().Add(refStepTimeout)); !ok {
+					r.errorf("step link not closed after its Quit")
+					r.link.close()
+				}
+			}
+			r.rx0 = r.srv.login(r.t, "receiver node 0", refRecvUID, r.srv.recvNodes[0])
+			r.drainLogins(r.rx0, 1) // its own; the step link acked the first
+			r.drainLogins(r.rx1, 2) // the step link's and receiver node 0's
 		},
 	},
 }
@@ -507,6 +547,7 @@ type refRun struct {
 	steps         []refStep
 	rx0, rx1, tx1 *refDevice
 	link          *refLink       // the step link; nil before step 1
+	otherUser     bool           // the step's refDifference.otherUser
 	req           map[string]any // head of the request being answered (a msg step continues it)
 	cur           int            // the step running, for messages
 	failed        []int          // steps with a failure, in order
@@ -547,9 +588,17 @@ func (r *refRun) step(n int, s *refStep) {
 	r.t.Helper()
 	r.cur = n
 	want := s.Want
-	if d, ok := refDifferences[n]; ok {
+	d, differs := refDifferences[n]
+	if differs {
 		r.t.Logf("step %d differs deliberately from the transcript: %s", n, d.why)
 		want = d.adjust(want)
+		r.otherUser = d.otherUser
+		defer func() {
+			r.otherUser = false
+			if d.after != nil {
+				d.after(r)
+			}
+		}()
 	}
 	if s.Tmtp {
 		r.reopen(true)
@@ -730,6 +779,9 @@ func (r *refRun) check(s *refStep, want []map[string]any) {
 	r.sameFrames(r.rx1, gotRecv, r.readDevice(r.rx1, len(wantRecv), deadline))
 
 	tx1Want := r.senderNodeWant(s, gotStored, gotRecv)
+	if r.otherUser {
+		tx1Want = nil
+	}
 	r.sameFrames(r.tx1, tx1Want, r.readDevice(r.tx1, len(tx1Want), deadline))
 
 	r.checkConsistency(wantLink, wantRecv, gotLink, gotRecv)

@@ -65,7 +65,7 @@ func (l *link) send(frame []byte) bool {
 	if len(l.outbox) >= maxOutbox {
 		l.dmu.Unlock()
 		l.log.Warn("link not reading; closing", "outbox", len(l.outbox))
-		l.conn.Close()
+		l.closeHard() // the caller may hold Server.mu
 		return false
 	}
 	l.outbox = append(l.outbox, frame)

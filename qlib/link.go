@@ -237,16 +237,28 @@ func (l *link) finish() {
 	l.closed = true
 	l.dmu.Unlock()
 	close(l.done)
-	if l.dev != "" {
-		l.srv.cfg.Store.Watch(l.dev, nil)
-	}
-	// The device is released before the connection closes, so that a client
-	// that logs in again as soon as it sees the close finds it free.
+	// The device is released (and its queue unwatched) before the
+	// connection closes, so that a client that logs in again as soon as it
+	// sees the close finds it free.
 	l.srv.dropLink(l)
 	l.conn.Close()
 	if l.dev != "" {
 		l.log.Info("logout")
 	}
+}
+
+// closeHard closes the connection under TLS at once, for a link that must
+// go now (taken over, not reading, past the shutdown grace). Closing the TLS
+// connection itself would first send close_notify, which waits up to
+// WriteTimeout on a peer that does not read; that must never happen while
+// holding Server.mu, which every link needs. The link's reader then fails
+// and the link finishes as usual.
+func (l *link) closeHard() {
+	if tc, ok := l.conn.(interface{ NetConn() net.Conn }); ok {
+		tc.NetConn().Close()
+		return
+	}
+	l.conn.Close()
 }
 
 // write sends one complete frame. A failed write closes the connection, which

@@ -246,7 +246,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		for l := range s.links {
-			l.conn.Close()
+			l.closeHard()
 		}
 		s.mu.Unlock()
 		return ctx.Err()
@@ -282,30 +282,42 @@ func (s *Server) Stats() Stats {
 
 // claimDevice registers l as the live link of its device and returns the
 // online users whose presence lists include l's user (for the login reply).
-// It fails when the device already has a live link (SPEC: "node already
-// connected").
+// It fails only when the server is shutting down.
+//
+// A device that already has a live link is taken over: the newest
+// successful login wins, and the old link is closed. A laptop that slept or
+// a phone that changed networks leaves its old connection open without a
+// FIN; refusing the new login ("node already connected", as the deployed
+// server does) would lock the member out until the old link's idle timeout.
+// Nothing is lost: the old link's message awaiting an Ack stays at the head
+// of the queue, and the new link sends it first.
 func (s *Server) claimDevice(l *link) (ohi []string, ok bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closing {
+		s.mu.Unlock()
 		return nil, false
 	}
-	if _, taken := s.devices[l.dev]; taken {
-		return nil, false
+	old := s.devices[l.dev]
+	if old != nil {
+		s.forgetDeviceLocked(old)
 	}
 	s.devices[l.dev] = l
 	s.users[l.uid] = append(s.users[l.uid], l)
-	return s.ohiForLocked(l.uid), true
+	ohi = s.ohiForLocked(l.uid)
+	s.mu.Unlock()
+	if old != nil {
+		l.log.Info("device taken over from its previous link", "previous", old.conn.RemoteAddr().String())
+		old.closeHard()
+	}
+	return ohi, true
 }
 
-// dropLink forgets l; called once when its goroutine ends.
-func (s *Server) dropLink(l *link) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.links, l)
-	if l.dev == "" || s.devices[l.dev] != l {
-		return
-	}
+// forgetDeviceLocked removes l as its device's live link; the caller has
+// checked that it is. Watching the device's queue stops with it, under s.mu,
+// so that a link taking the device over cannot have its watcher removed by
+// the link it replaced. s.mu is held.
+func (s *Server) forgetDeviceLocked(l *link) {
+	s.cfg.Store.Watch(l.dev, nil)
 	delete(s.devices, l.dev)
 	ls := s.users[l.uid]
 	for i, x := range ls {
@@ -316,8 +328,23 @@ func (s *Server) dropLink(l *link) {
 	}
 	if len(ls) == 0 {
 		delete(s.users, l.uid)
-		s.userOfflineLocked(l.uid)
 	} else {
 		s.users[l.uid] = ls
+	}
+}
+
+// dropLink forgets l; called once when its goroutine ends. A link whose
+// device was taken over is no longer its device's link, and its user is
+// still online.
+func (s *Server) dropLink(l *link) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.links, l)
+	if l.dev == "" || s.devices[l.dev] != l {
+		return
+	}
+	s.forgetDeviceLocked(l)
+	if len(s.users[l.uid]) == 0 {
+		s.userOfflineLocked(l.uid)
 	}
 }

@@ -62,7 +62,6 @@ func TestQuitReasons(t *testing.T) {
 		{"corrupt base32", true, `{"Op":2,"Uid":"noone","Node":"none"}`, "corrupt base32 value"},
 		{"unknown uid", true, `{"Op":2,"Uid":"noone","Node":"LB27ML46"}`, "login failed"},
 		{"wrong node", true, `{"Op":2,"Uid":"` + reg.UID + `","Node":"LB27ML46"}`, "login failed"},
-		{"node connected", true, `{"Op":2,"Uid":"` + reg.UID + `","Node":"` + reg.NodeID + `"}`, "node already connected"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,115 @@
+package qlib
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"mnm/testclient"
+)
+
+// TestDeviceTakeover: a device whose old link went silent (a laptop that
+// slept, a phone that changed networks: the connection stays open, nothing
+// more is sent) logs in again and takes over at once. The old link is
+// closed, the message it had in flight comes to the new link first, and
+// what is posted next follows.
+func TestDeviceTakeover(t *testing.T) {
+	ts := startServer(t, nil)
+	sender, _ := ts.register()
+	_, reg := ts.register()
+	nodeid, _ := ts.dir.device(reg.UID)
+
+	old := ts.login(reg.UID, nodeid)
+	post := func(text string) string {
+		t.Helper()
+		ack, err := sender.Post([]testclient.Recipient{{ID: reg.UID, Type: testclient.ToUser}}, []byte(text))
+		if err != nil || ack.Error != "" {
+			t.Fatalf("post: %v %s", err, ack.Error)
+		}
+		return ack.MsgID
+	}
+	// The old link receives a message and never acks it: it has gone
+	// silent with the message in flight.
+	first := post("in flight")
+	for f := nextMessage(t, old); f.Str("id") != first; f = nextMessage(t, old) {
+		old.Ack(f.Str("id")) // its own login notice
+	}
+
+	start := time.Now()
+	c, _, err := testclient.Login(ts.addr, reg.UID, nodeid, testclient.Options{AutoAck: true})
+	if err != nil {
+		t.Fatalf("login while the old link is open: %v", err)
+	}
+	defer c.Close()
+	select {
+	case <-old.Done():
+		t.Logf("old link closed %v after the new login began", time.Since(start))
+	case <-time.After(10 * time.Second):
+		t.Fatal("old link still open 10s after the device logged in again")
+	}
+	second := post("after the takeover")
+
+	var got []string
+	for len(got) < 2 {
+		f := nextMessage(t, c)
+		if f.Op() == "delivery" {
+			got = append(got, fmt.Sprintf("%s %s", f.Str("id"), f.Data))
+		}
+	}
+	want := []string{first + " in flight", second + " after the takeover"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("new link received %v, want %v", got, want)
+	}
+	if !strings.Contains(ts.logs.String(), "device taken over") {
+		t.Error("takeover not logged")
+	}
+	// The sender, the user's first device and this one: the old link is
+	// gone from the count.
+	waitFor(t, func() bool { return ts.srv.Stats().Devices == 3 })
+}
+
+// TestTakeoverKeepsPresence: a takeover is not a logout; the user stays
+// online, so nobody is told it went offline.
+func TestTakeoverKeepsPresence(t *testing.T) {
+	ts := startServer(t, nil)
+	watcher, wreg := ts.register()
+	a, reg := ts.register() // the user's only device
+	if ack, err := a.OhiEdit("add", []string{wreg.UID}); err != nil || ack.Error != "" {
+		t.Fatalf("ohiedit: %v %s", err, ack.Error)
+	}
+	waitOhi(t, watcher, reg.UID, 1)
+	links := ts.srv.Stats().Links
+	b := ts.login(reg.UID, reg.NodeID)
+	<-a.Done()
+	waitFor(t, func() bool { return ts.srv.Stats().Links == links }) // the old link is gone
+	// Nothing went offline: the next notice is the status 1 of this add,
+	// not a status 2 from the takeover, and the list was kept.
+	if ack, err := b.OhiEdit("add", []string{wreg.UID}); err != nil || ack.Error != "" {
+		t.Fatalf("ohiedit: %v %s", err, ack.Error)
+	}
+	waitOhi(t, watcher, reg.UID, 1)
+	if err := b.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	waitOhi(t, watcher, reg.UID, 2)
+}
+
+// waitOhi waits for an ohi notice about uid and checks its status.
+func waitOhi(t *testing.T, c *testclient.Client, uid string, status int64) {
+	t.Helper()
+	for {
+		select {
+		case f := <-c.Others():
+			if f.Op() != "ohi" {
+				continue
+			}
+			if f.Str("from") != uid || f.Int("status") != status {
+				t.Fatalf("got %s, want ohi from %s status %d", f.Raw, uid, status)
+			}
+			return
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no ohi status %d within 10s", status)
+		}
+	}
+}
