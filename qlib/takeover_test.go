@@ -2,6 +2,7 @@ package qlib
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +112,86 @@ func waitOhi(t *testing.T, c *testclient.Client, uid string, status int64) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("no ohi status %d within 10s", status)
 		}
+	}
+}
+
+// slowCloseConn is a connection whose Close blocks until released, as a TLS
+// connection's does while its close_notify waits on a peer that does not
+// read; NetConn is the connection beneath, which closes at once.
+type slowCloseConn struct {
+	net.Conn
+	release chan struct{}
+}
+
+func (c *slowCloseConn) Close() error {
+	<-c.release
+	return c.Conn.Close()
+}
+
+func (c *slowCloseConn) NetConn() net.Conn { return c.Conn }
+
+// TestNoSlowCloseUnderServerLock: a link that stops reading is closed when
+// its outbox of presence notices overflows, while the notifying link holds
+// Server.mu. The close must not wait on the peer (a TLS close_notify to a
+// peer that does not read can take up to WriteTimeout), or every link that
+// needs Server.mu (logins, presence, logouts) waits with it.
+func TestNoSlowCloseUnderServerLock(t *testing.T) {
+	ts := startServer(t, nil)
+	watcher, _ := ts.register()
+	_, reg := ts.register()
+	nodeid, _ := ts.dir.device(reg.UID)
+
+	srvSide, cliSide := net.Pipe() // writes block until the other side reads
+	release := make(chan struct{})
+	defer close(release)
+	if !ts.srv.ServeConn(&slowCloseConn{Conn: srvSide, release: release}) {
+		t.Fatal("ServeConn refused")
+	}
+	c := testclient.NewConn(cliSide)
+	defer c.Close()
+	c.SetReadTimeout(10 * time.Second)
+	if err := c.WriteFrame(map[string]any{"Op": 0, "Id": "1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	mustRead(t, c) // tmtprev
+	if err := c.WriteFrame(map[string]any{"Op": 2, "Uid": reg.UID, "Node": nodeid}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if f := mustRead(t, c); f.Op() != "info" {
+		t.Fatalf("login: %s", f.Raw)
+	}
+	// From here the client reads nothing: the login notice's delivery
+	// blocks in its write, and presence notices pile up in the outbox.
+	overflowed := make(chan struct{})
+	go func() {
+		defer close(overflowed)
+		for i := 0; i <= maxOutbox+1; i++ {
+			typ := "add"
+			if i%2 == 1 {
+				typ = "drop"
+			}
+			if _, err := watcher.OhiEdit(typ, []string{reg.UID}); err != nil {
+				t.Errorf("ohiedit %d: %v", i, err)
+				return
+			}
+		}
+	}()
+	select {
+	case <-overflowed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("presence edits stalled: Server.mu held by a slow close")
+	}
+	done := make(chan struct{})
+	go func() {
+		ts.srv.Stats() // takes Server.mu
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Server.mu still held by a slow close")
+	}
+	if !strings.Contains(ts.logs.String(), "link not reading; closing") {
+		t.Error("the outbox never overflowed: the test did not exercise the close")
 	}
 }
