@@ -35,6 +35,14 @@ type FS interface {
 	SyncDir(name string) error
 }
 
+// SpaceFS is an FS that can tell how much space is left. The store checks it
+// against Options.MinFree; on an FS that is not a SpaceFS, or whose Free
+// fails, there is no watermark.
+type SpaceFS interface {
+	// Free returns the bytes available for new data in directory dir.
+	Free(dir string) (int64, error)
+}
+
 // File is an open file of an FS. ReadAt may be called concurrently with
 // Write: the store reads committed records while it appends new ones.
 type File interface {

@@ -20,6 +20,11 @@ type Options struct {
 	Now         func() time.Time // clock (NTP-corrected by the caller); nil = time.Now
 	SegmentSize int64            // target segment size; 0 = default (64 MiB)
 	Logger      *slog.Logger     // nil = slog.Default()
+	// MinFree, if positive, is the free space (bytes, as FS.Free reports
+	// it) below which new messages are refused with ErrFull, before the
+	// disk is actually full. Acks, queue copies and compaction go on: they
+	// free space or need little of it. 0 = no watermark.
+	MinFree int64
 }
 
 const (
@@ -59,6 +64,20 @@ const (
 	// tmpSuffix marks files written then renamed into place; any left at
 	// Open are from a crash and are removed.
 	tmpSuffix = ".tmp"
+)
+
+// ErrFull: the free space is below Options.MinFree. New messages are refused
+// until space returns; nothing else is affected, and the store recovers by
+// itself.
+var ErrFull = errors.New("store: storage full")
+
+// How often the free space is asked for while a watermark is set: a statfs
+// costs about a microsecond, so once per MiB appended or per tenth of a
+// second costs nothing, and the watermark need only be larger than what can
+// be appended between two looks.
+const (
+	spaceCheckEvery = 100 * time.Millisecond
+	spaceCheckBytes = 1 << 20
 )
 
 // ErrTooBig: a commit (envelopes, device lists, inline data) or a queue copy
@@ -114,6 +133,14 @@ type Log struct {
 	headSize int64    // its size, counting records not yet written
 	nextID   ID
 	ceiling  ID // persisted: no id at or above it has been issued
+	// The free-space watermark (roomLocked): minFree is Options.MinFree, 0
+	// once the FS turns out not to tell; full is the last verdict.
+	minFree      int64
+	full         bool
+	spaceAt      time.Time     // when the FS was last asked
+	spaceWritten int64         // bytes appended since
+	spaceEvery   time.Duration // spaceCheckEvery; tests change it
+
 	// syncDue is set by syncTimer: the writer is to fsync what it wrote.
 	syncDue   bool
 	syncDelay time.Duration // ackSyncDelay; tests change it
@@ -195,6 +222,7 @@ func Open(opts Options) (*Log, error) {
 		now:         opts.Now,
 		segSize:     opts.SegmentSize,
 		log:         opts.Logger,
+		minFree:     opts.MinFree,
 		msgs:        map[ID]*message{},
 		queues:      map[string]*devQueue{},
 		cache:       newMsgCache(defaultCacheBudget),
@@ -222,6 +250,7 @@ func Open(opts Options) (*Log, error) {
 	l.wake.L = &l.pendMu
 	l.space.L = &l.pendMu
 	l.syncDelay = ackSyncDelay
+	l.spaceEvery = spaceCheckEvery
 	start := time.Now()
 	if err := l.open(); err != nil {
 		for _, s := range l.segs {
@@ -379,6 +408,9 @@ func (l *Log) appendChunk(p []byte, pin bool) (chunk, error) {
 	if err := l.writable(); err != nil {
 		return chunk{}, err
 	}
+	if err := l.roomLocked(int64(len(p))); err != nil {
+		return chunk{}, err
+	}
 	b := l.pend
 	start := len(b.buf)
 	b.buf = beginFrame(b.buf, recChunk)
@@ -440,6 +472,9 @@ func (l *Log) appendCommit(d *draft, msgs []Message, fixed ID, done func([]Recei
 		l.wake.Signal()
 		return nil
 	}
+	if err := l.roomLocked(int64(len(d.buf))); err != nil {
+		return err
+	}
 	ids := make([]ID, len(msgs))
 	if fixed != 0 {
 		ids[0] = fixed
@@ -478,6 +513,46 @@ func (l *Log) appendCommit(d *draft, msgs []Message, fixed ID, done func([]Recei
 	b.commits = append(b.commits, completion{fn: done, rcpts: rcpts, pin: d.pin})
 	b.sync = true
 	l.wake.Signal()
+	return nil
+}
+
+// roomLocked returns ErrFull while the free space is below the watermark,
+// n being the bytes about to be appended. It asks the FS at most every
+// spaceCheckEvery or spaceCheckBytes, so a refused client retrying finds the
+// store accepting again soon after space returns. pendMu is held.
+func (l *Log) roomLocked(n int64) error {
+	if l.minFree <= 0 {
+		return nil
+	}
+	l.spaceWritten += n
+	if time.Since(l.spaceAt) < l.spaceEvery && l.spaceWritten < spaceCheckBytes {
+		if l.full {
+			return ErrFull
+		}
+		return nil
+	}
+	l.spaceAt, l.spaceWritten = time.Now(), 0
+	sfs, ok := l.fs.(SpaceFS)
+	var free int64
+	var err error
+	if ok {
+		free, err = sfs.Free(l.dir)
+	}
+	if !ok || err != nil {
+		l.log.Warn("store: cannot tell the free space; no watermark", "dir", l.dir, "err", err)
+		l.minFree, l.full = 0, false
+		return nil
+	}
+	switch full := free < l.minFree; {
+	case full && !l.full:
+		l.log.Warn("store: free space below the watermark; refusing new messages", "free", free, "minFree", l.minFree)
+	case !full && l.full:
+		l.log.Info("store: free space above the watermark; accepting new messages", "free", free, "minFree", l.minFree)
+	}
+	l.full = free < l.minFree
+	if l.full {
+		return ErrFull
+	}
 	return nil
 }
 

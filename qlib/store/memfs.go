@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 )
 
 // Op is a kind of file system operation, as MemFS counts and fails them.
@@ -88,6 +89,43 @@ type MemFS struct {
 	counts  [numOps]int
 	faults  []memFault
 	hook    func(op Op, name string) error
+	// capacity, if positive, is the size of the disk: a write that would
+	// take the files past it fails with ENOSPC, and Free reports what is
+	// left.
+	capacity int64
+}
+
+// SetCapacity gives the file system a size (0: unlimited): writes beyond it
+// fail with syscall.ENOSPC and have no effect, as on a full disk.
+func (m *MemFS) SetCapacity(n int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.capacity = n
+}
+
+// Free implements SpaceFS: the capacity less the bytes of every file.
+func (m *MemFS) Free(string) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.capacity <= 0 {
+		return 0, errors.ErrUnsupported
+	}
+	return m.capacity - m.usedLocked(), nil
+}
+
+// usedLocked is the bytes held by the current files. m.mu is held.
+func (m *MemFS) usedLocked() int64 {
+	seen := map[*memNode]bool{}
+	var n int64
+	for _, d := range m.dirs {
+		for _, nd := range d.cur {
+			if !seen[nd] {
+				seen[nd] = true
+				n += int64(len(nd.data))
+			}
+		}
+	}
+	return n
 }
 
 type memDir struct {
@@ -495,6 +533,9 @@ func (f *memFile) Write(p []byte) (int, error) {
 	nd := f.node
 	if f.append {
 		f.pos = int64(len(nd.data))
+	}
+	if grow := f.pos + int64(len(p)) - int64(len(nd.data)); grow > 0 && f.m.capacity > 0 && f.m.usedLocked()+grow > f.m.capacity {
+		return 0, &fs.PathError{Op: "write", Path: f.name, Err: syscall.ENOSPC}
 	}
 	if f.pos < int64(nd.syncedLen) {
 		nd.keepSynced()
