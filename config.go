@@ -43,6 +43,13 @@ const DefaultListenAddr = "0.0.0.0:5443"
 // and fsynced before its ack).
 const DefaultMaxPostBytes = 256 << 20
 
+// DefaultMinFreeBytes is the free-space watermark when the configuration does
+// not say. It must exceed what can be appended between two looks at the free
+// space (a MiB, store.Options.MinFree) with a wide margin, and leave room for
+// the user database, logs and compaction's copies; on the smallest VPS disk
+// it is still a sliver.
+const DefaultMinFreeBytes = 64 << 20
+
 // Limits on the configuration itself. The file is written by an operator, but
 // parts of it (name, authby) are sent to every client, so every value is
 // bounded and a typo fails at start rather than at the first client.
@@ -91,6 +98,11 @@ const (
 	// well under 1 KiB.
 	maxClientAuthByBytes = tmtp.MaxHeaderLen - 1024
 
+	// minFreeBytesLeast is the smallest watermark that works: the store
+	// looks at the free space once per MiB appended, so a smaller one
+	// could be overrun before it is seen.
+	minFreeBytesLeast = 4 << 20
+
 	// maxPostBytesLimit guards maxPostBytes against a typo (an extra digit
 	// or two): each post is held on disk until every recipient device acks
 	// it, and anything larger belongs in a file-sharing service.
@@ -123,6 +135,11 @@ type Config struct {
 	// MaxPostBytes is the largest datalen accepted on a post. Default
 	// DefaultMaxPostBytes.
 	MaxPostBytes int64 `json:"maxPostBytes,omitempty"`
+	// MinFreeBytes is the free space on the data's disk below which new
+	// messages are refused ("server storage full") while logins, acks and
+	// everything that frees space go on. Default DefaultMinFreeBytes; 0
+	// turns the watermark off.
+	MinFreeBytes int64 `json:"minFreeBytes"`
 }
 
 // NTPConfig lists the NTP servers queried at start (see SyncClock).
@@ -211,6 +228,7 @@ func DefaultConfig() *Config {
 		},
 		AuthBy:       []AuthProvider{},
 		MaxPostBytes: DefaultMaxPostBytes,
+		MinFreeBytes: DefaultMinFreeBytes,
 	}
 }
 
@@ -279,6 +297,9 @@ func parseConfig(data []byte, dir string) (*Config, error) {
 	}
 	if err := cfg.validate(present); err != nil {
 		return nil, err
+	}
+	if !present["minFreeBytes"] {
+		cfg.MinFreeBytes = DefaultMinFreeBytes // 0 is a setting: no watermark
 	}
 	cfg.resolve(dir)
 	return &cfg, nil
@@ -613,6 +634,9 @@ func (c *Config) validate(present map[string]bool) error {
 
 	if present["maxPostBytes"] && (c.MaxPostBytes <= 0 || c.MaxPostBytes > maxPostBytesLimit) {
 		bad("maxPostBytes", "%d is outside 1…%d", c.MaxPostBytes, int64(maxPostBytesLimit))
+	}
+	if c.MinFreeBytes != 0 && (c.MinFreeBytes < minFreeBytesLeast || c.MinFreeBytes > maxPostBytesLimit) {
+		bad("minFreeBytes", "%d is outside %d…%d (or 0 for no watermark)", c.MinFreeBytes, int64(minFreeBytesLeast), int64(maxPostBytesLimit))
 	}
 	if present["dataDir"] && c.DataDir == "" {
 		bad("dataDir", "must not be empty when given (leave it out for the config file's directory)")

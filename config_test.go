@@ -45,6 +45,7 @@ func TestParseConfigValid(t *testing.T) {
 		}},
 		DataDir:      "/srv/mnm/data",
 		MaxPostBytes: 1 << 20,
+		MinFreeBytes: DefaultMinFreeBytes,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("parseConfig =\n%+v\nwant\n%+v", cfg, want)
@@ -62,8 +63,13 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.DataDir != "/d" || cfg.MaxPostBytes != DefaultMaxPostBytes || cfg.AuthBy == nil {
-		t.Errorf("defaults not applied: dataDir %q maxPostBytes %d authby %v", cfg.DataDir, cfg.MaxPostBytes, cfg.AuthBy)
+	if cfg.DataDir != "/d" || cfg.MaxPostBytes != DefaultMaxPostBytes || cfg.AuthBy == nil || cfg.MinFreeBytes != DefaultMinFreeBytes {
+		t.Errorf("defaults not applied: dataDir %q maxPostBytes %d authby %v minFreeBytes %d", cfg.DataDir, cfg.MaxPostBytes, cfg.AuthBy, cfg.MinFreeBytes)
+	}
+	// 0 is a setting of its own: no watermark.
+	cfg, err = parseConfig([]byte(`{"name":"s","minFreeBytes":0,"listen":{"net":"tcp6","laddr":":443","certPath":"c","keyPath":"k"}}`), "/d")
+	if err != nil || cfg.MinFreeBytes != 0 {
+		t.Errorf("minFreeBytes 0: %v, %d", err, cfg.MinFreeBytes)
 	}
 }
 
@@ -235,6 +241,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"maxPostBytes zero", edit(`1048576`, `0`), "maxPostBytes: 0 is outside"},
 		{"maxPostBytes negative", edit(`1048576`, `-5`), "maxPostBytes: -5 is outside"},
 		{"maxPostBytes huge", edit(`1048576`, `1099511627776`), "maxPostBytes: 1099511627776 is outside"},
+		{"minFreeBytes small", edit(`"maxPostBytes": 1048576`, `"maxPostBytes": 1048576, "minFreeBytes": 1000`), "minFreeBytes: 1000 is outside"},
+		{"minFreeBytes negative", edit(`"maxPostBytes": 1048576`, `"maxPostBytes": 1048576, "minFreeBytes": -1`), "minFreeBytes: -1 is outside"},
 		{"dataDir empty", edit(`"dataDir": "data"`, `"dataDir": ""`), "dataDir: must not be empty when given"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

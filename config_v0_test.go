@@ -126,6 +126,7 @@ func TestLoadConfigV0(t *testing.T) {
 		}},
 		DataDir:      dir,
 		MaxPostBytes: DefaultMaxPostBytes,
+		MinFreeBytes: DefaultMinFreeBytes,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("LoadConfig =\n%+v\nwant\n%+v", cfg, want)

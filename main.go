@@ -211,7 +211,7 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(store.Options{Dir: cfg.QStoreDir(), Now: now, Logger: logger})
+	st, err := store.Open(store.Options{Dir: cfg.QStoreDir(), Now: now, Logger: logger, MinFree: cfg.MinFreeBytes})
 	if err != nil {
 		users.Close()
 		return nil, err
