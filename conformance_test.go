@@ -868,12 +868,16 @@ func (r *refRun) readDevice(d *refDevice, n int, deadline time.Time) []*testclie
 //     during this step (SPEC §4 op 2 stores a login notice for every
 //     device of the user).
 //   - the copies SPEC §4 gives the sender's other devices of what the sender
-//     sent to others: a Post's delivery (op 7, §5 "the user's other devices
-//     always get a copy"); a PostNotify's delivery and notify unless
-//     fornotself. §4 stores the post for the sender's devices "unless
-//     fornotself" and counts the notified parties as len(for)+len(notefor)+
-//     (1 unless fornotself), so fornotself leaves the sender out of the
-//     notify too. Pings and invites go to their recipient only.
+//     sent to others, which the deployed client keeps on every device: a
+//     Post's delivery (op 7, §5 "the user's other devices always get a
+//     copy"); a PostNotify's delivery unless fornotself, and its notify
+//     always (op 8: fornotself "only keeps the post from the sender's
+//     devices"); a Ping (op 9) and a GroupInvite's invitation (op 5). The
+//     transcript lists what the sender's node 0 gets, and the sending
+//     device gets none of these copies, so it cannot show them; nfsn does
+//     not remove them (it is about node 0's run, above). They are told by
+//     the frames, not by the step's request: step 51 sends a Ping in the
+//     data of its Login.
 func (r *refRun) senderNodeWant(s *refStep, gotStored, gotRecv []*testclient.Frame) []*testclient.Frame {
 	var out []*testclient.Frame
 	for _, f := range gotStored {
@@ -885,10 +889,15 @@ func (r *refRun) senderNodeWant(s *refStep, gotStored, gotRecv []*testclient.Fra
 	op, _ := r.req["Op"].(string)
 	forNotSelf, _ := r.req["Fornotself"].(bool)
 	for _, f := range gotRecv {
-		switch {
-		case !f.Stored():
-		case op == "eOpPost" && f.Op() == "delivery",
-			op == "eOpPostNotify" && !forNotSelf && (f.Op() == "delivery" || f.Op() == "notify"):
+		if !f.Stored() || f.Str("from") != refSendUID {
+			continue
+		}
+		switch f.Op() {
+		case "delivery":
+			if op == "eOpPost" || op == "eOpPostNotify" && !forNotSelf {
+				out = append(out, f)
+			}
+		case "notify", "ping", "invite":
 			out = append(out, f)
 		}
 	}

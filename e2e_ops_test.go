@@ -373,12 +373,16 @@ func TestE2EPostNotify(t *testing.T) {
 		t.Fatalf("notefor notify %s", n.Raw)
 	}
 
-	// fornotself: nothing for the sender's devices.
-	need(t)(a.c.PostNotify(to, nil, []byte("n2"), []byte("p2"), true))
+	// fornotself: the sender's other device gets the notification, not the
+	// post (SPEC §4 op 8).
+	ack = need(t)(a.c.PostNotify(to, nil, []byte("n2"), []byte("p2"), true))
 	next(t, b.c, "notify")
 	need(t)(a.c.Post([]testclient.Recipient{{ID: a.reg.UID, Type: 1}}, []byte("marker")))
-	if f := next(t, a2, "delivery"); string(f.Data) != "marker" {
-		t.Fatalf("sender's other device got %q with fornotself", f.Data)
+	if f := next(t, a2, "notify"); string(f.Data) != "n2" || f.Str("postid") != ack.MsgID {
+		t.Fatalf("sender's other device got %s %q, want the notification", f.Raw, f.Data)
+	}
+	if f := recv(t, a2); f.Op() != "delivery" || string(f.Data) != "marker" {
+		t.Fatalf("sender's other device got %s %q with fornotself, want the marker", f.Raw, f.Data)
 	}
 
 	// Data no longer than the note is a quit.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"mnm/qlib/store"
@@ -212,6 +213,28 @@ func std(from string, id store.ID, posted time.Time, datalen int64, extra ...tmt
 		tmtp.String("posted", formatPosted(posted)),
 		tmtp.Int("datalen", datalen),
 	)
+}
+
+// keepSent returns to plus the sender's devices other than the sending one,
+// for a ping, an invitation or a notification: the member's client keeps what
+// the member sent on every device and later matches replies against it (the
+// deployed client misbehaves without these copies; SPEC §4 ops 5, 8, 9). The
+// sending device has what it sent, so it gets a copy only as a recipient in
+// to (a ping to one's own alias). A device both in to and among the sender's
+// others is listed twice; the store references the message once from it
+// (store.Message.To ignores duplicates).
+func (l *link) keepSent(to []string) ([]string, error) {
+	own, err := l.srv.cfg.Directory.Devices(l.uid)
+	if err != nil {
+		return nil, err
+	}
+	out := slices.Clip(to) // never append into the caller's array
+	for _, d := range own {
+		if d != l.dev {
+			out = append(out, d)
+		}
+	}
+	return out, nil
 }
 
 // postedLayout is SPEC §3's acceptance time format.

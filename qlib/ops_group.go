@@ -8,8 +8,9 @@ import (
 )
 
 // opGroupInvite invites the user with alias to into group gid (op 5), creating
-// the group if needed. The invitee gets the invitation with its text; the
-// group's joined members get a member notice. Both are one commit.
+// the group if needed. The invitee and the inviter's other devices get the
+// invitation with its text; the group's joined members get a member notice.
+// Both are one commit.
 func (l *link) opGroupInvite(h *tmtp.Header) error {
 	text, err := l.readText(h)
 	if err != nil {
@@ -21,6 +22,9 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 		return l.ackError(h.ID, l.clientError(err))
 	}
 	inviteTo, err := dir.Devices(ch.Invitee)
+	if err == nil {
+		inviteTo, err = l.keepSent(inviteTo)
+	}
 	if err != nil {
 		return fmt.Errorf("groupinvite: %w", err)
 	}

@@ -100,21 +100,27 @@ func (l *link) flushPosts() {
 // opPostNotify stores a post and a notification of it (op 8): the first
 // notelen octets of the data are the notification, the rest the post. Both
 // messages are committed together: a crash keeps both or neither.
+//
+// fornotself keeps only the post from the sender's devices: the notification
+// always goes to the sender's other devices too, which keep what the member
+// sent, as they keep its pings and invitations (SPEC §4 op 8; keepSent).
 func (l *link) opPostNotify(h *tmtp.Header) error {
 	if h.Datalen > l.srv.cfg.MaxPostBytes {
 		return &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
 	}
-	withSender := !h.Fornotself
-	postTo, err := l.recipients(h.For, nil, withSender)
+	postToSender := !h.Fornotself
+	postTo, err := l.recipients(h.For, nil, postToSender)
 	if err != nil {
 		return l.refuse(h, err)
 	}
-	noteTo, err := l.recipients(h.Notefor, h.For, withSender)
+	noteTo, err := l.recipients(h.Notefor, h.For, true)
 	if err != nil {
 		return l.refuse(h, err)
 	}
+	// The notified parties as the deployed server counts them: the sender
+	// only when it gets the post (SPEC §4 op 8).
 	notify := int64(len(h.For) + len(h.Notefor))
-	if withSender {
+	if postToSender {
 		notify++
 	}
 	postLen := h.Datalen - h.Notelen

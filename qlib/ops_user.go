@@ -52,7 +52,7 @@ func (l *link) storeNotice(prio store.Priority, devs []string, fields ...tmtp.Fi
 }
 
 // opPing stores a short text from one of the sender's aliases for the user
-// with alias to (op 9).
+// with alias to (op 9), and for the sender's other devices.
 func (l *link) opPing(h *tmtp.Header) error {
 	text, err := l.readText(h)
 	if err != nil {
@@ -67,6 +67,9 @@ func (l *link) opPing(h *tmtp.Header) error {
 		return l.ackError(h.ID, fmt.Errorf("%w: %s", ErrAliasUnknown, h.To))
 	}
 	devs, err := dir.Devices(to)
+	if err == nil {
+		devs, err = l.keepSent(devs)
+	}
 	if err != nil {
 		return l.ackError(h.ID, l.clientError(err))
 	}

@@ -43,7 +43,7 @@ func postHead(to []Recipient, data []byte) map[string]any {
 
 // PostNotify sends post to the recipients with a notification note for
 // notefor (op 8): data is note followed by post. With fornotself the sender's
-// own devices get only the notification.
+// other devices get only the notification, not the post.
 func (c *Client) PostNotify(to, notefor []Recipient, note, post []byte, fornotself bool) (Ack, error) {
 	data := make([]byte, 0, len(note)+len(post))
 	data = append(append(data, note...), post...)
