@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -140,9 +141,22 @@ func startProcess(t *testing.T, bin, cfg string) *process {
 	}
 	p := &process{t: t, cmd: cmd, done: make(chan struct{})}
 	addr := make(chan string, 1)
+	var mu sync.Mutex
+	var tail []string // the last lines of the server's log, for a failure
+	logTail := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(tail, "\n")
+	}
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			mu.Lock()
+			tail = append(tail, sc.Text())
+			if len(tail) > 40 {
+				tail = tail[1:]
+			}
+			mu.Unlock()
 			if m := listenRE.FindStringSubmatch(sc.Text()); m != nil {
 				addr <- m[1]
 			}
@@ -157,9 +171,9 @@ func startProcess(t *testing.T, bin, cfg string) *process {
 	select {
 	case p.addr = <-addr:
 	case <-p.done:
-		t.Fatal("server exited before listening")
+		t.Fatalf("server exited before listening; its log ends:\n%s", logTail())
 	case <-time.After(30 * time.Second):
-		t.Fatal("server did not start within 30s")
+		t.Fatalf("server did not start within 30s; its log ends:\n%s", logTail())
 	}
 	return p
 }
