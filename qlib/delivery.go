@@ -84,6 +84,7 @@ func (l *link) queueAck(frame []byte) {
 		return
 	}
 	l.acks = append(l.acks, frame)
+	l.acksQueued++
 	l.dmu.Unlock()
 	l.wake()
 }
@@ -99,6 +100,7 @@ func (l *link) deliver() {
 	for {
 		l.dmu.Lock()
 		l.kicked = false
+		acks := uint64(len(l.acks))
 		out := append(l.acks, l.outbox...)
 		l.acks, l.outbox = nil, nil
 		l.dmu.Unlock()
@@ -119,6 +121,12 @@ func (l *link) deliver() {
 				l.log.Info("delivery failed", "err", err)
 				l.stopDelivery()
 				return
+			}
+			if acks > 0 {
+				l.dmu.Lock()
+				l.acksWritten += acks
+				l.ackCond.Broadcast()
+				l.dmu.Unlock()
 			}
 			if send != 0 {
 				inFlight = send
@@ -178,10 +186,15 @@ func (l *link) isDone() bool {
 	}
 }
 
+// stopDelivery ends deliver for good. The link is ending (or can no longer
+// be written): acks still queued will not be written, and drainAcks stops
+// waiting for them.
 func (l *link) stopDelivery() {
 	l.dmu.Lock()
 	l.running = false
 	l.awaiting = 0
+	l.ackFailed = true
+	l.ackCond.Broadcast()
 	l.dmu.Unlock()
 }
 

@@ -174,13 +174,24 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 // the real filesystem in a temporary directory).
 func startServerFS(t *testing.T, fsys store.FS, tweak func(*Config)) *testServer {
 	t.Helper()
+	return startServerStore(t, fsys, nil, tweak)
+}
+
+// startServerStore is startServerFS with the store's Options changed by
+// storeTweak (a watermark, say).
+func startServerStore(t *testing.T, fsys store.FS, storeTweak func(*store.Options), tweak func(*Config)) *testServer {
+	t.Helper()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	dir := "/qstore"
 	if fsys == nil {
 		dir = t.TempDir()
 	}
-	st, err := store.Open(store.Options{Dir: dir, FS: fsys, Logger: logger})
+	opts := store.Options{Dir: dir, FS: fsys, Logger: logger}
+	if storeTweak != nil {
+		storeTweak(&opts)
+	}
+	st, err := store.Open(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,6 +44,13 @@ type link struct {
 	outbox   [][]byte // frames from other links, for deliver to write
 	acks     [][]byte // acks of committed posts, for deliver to write
 	closed   bool
+	// Acks of committed posts queued and written: deliver is their only
+	// writer, so that they go out in request order and none is lost to
+	// another writer closing the link (drainAcks). ackFailed: deliver
+	// can no longer write. ackCond (on dmu) signals progress.
+	acksQueued, acksWritten uint64
+	ackFailed               bool
+	ackCond                 sync.Cond
 
 	// inflight holds a token per post whose commit is in flight (see
 	// opPost); made at login.
@@ -56,7 +63,7 @@ type link struct {
 
 func newLink(s *Server, conn net.Conn) *link {
 	in := newInput(conn, s.cfg.ParkAfter)
-	return &link{
+	l := &link{
 		srv:   s,
 		conn:  conn,
 		in:    in,
@@ -66,7 +73,14 @@ func newLink(s *Server, conn net.Conn) *link {
 		acked: make(chan store.ID, 1),
 		done:  make(chan struct{}),
 	}
+	l.ackCond.L = &l.dmu
+	return l
 }
+
+// ErrStorageFull refuses a request that would store a message while the
+// disk's free space is below the watermark (the config's minFreeBytes):
+// nothing is stored, the link stays up, and the client may try again later.
+var ErrStorageFull = errors.New("server storage full")
 
 // errQuit ends the request loop after a reply that closes the link (logout).
 var errQuit = errors.New("quit")
@@ -168,6 +182,14 @@ func (l *link) loop() (idle bool) {
 			return false
 		case errors.Is(err, errQuit):
 			return false
+		case errors.Is(err, store.ErrFull) && h.ID != "":
+			// Refused, not failed: nothing was stored and the request's
+			// data was read to its end, so the link goes on.
+			l.log.Warn("request refused: storage full", "op", int(h.Op))
+			l.drainAcks() // earlier posts are answered first
+			if l.ackError(h.ID, ErrStorageFull) != nil {
+				return false
+			}
 		case errors.Is(err, store.ErrFailed):
 			l.srv.fatal(err)
 			return false
@@ -232,7 +254,7 @@ func (l *link) isInterrupted() bool { return l.in.isInterrupted() }
 func (l *link) finish() {
 	// Posts already handed to the store are answered before the link goes,
 	// so that a post made durable is acked when the link is still up.
-	l.flushPosts()
+	l.drainAcks()
 	l.dmu.Lock()
 	l.closed = true
 	l.dmu.Unlock()

@@ -45,7 +45,7 @@ func (l *link) handle(h *tmtp.Header) error {
 	case tmtp.OpPulse:
 		return nil // reading the frame reset the idle deadline
 	default: // tmtp.OpQuit; the parser admits no other op
-		l.flushPosts()
+		l.drainAcks() // "logout ok" comes after every ack of an accepted post
 		l.write(tmtp.Quit(tmtp.QuitLogout))
 		return errQuit
 	}
@@ -195,7 +195,12 @@ func (l *link) startSession(uid, dev string, notice bool) error {
 		if err != nil {
 			return fmt.Errorf("login notice: %w", err)
 		}
-		if _, err := l.storeNotice(store.Normal, devs, tmtp.String("node", "tbd"), tmtp.String("op", "login")); err != nil {
+		_, err = l.storeNotice(store.Normal, devs, tmtp.String("node", "tbd"), tmtp.String("op", "login"))
+		if errors.Is(err, store.ErrFull) {
+			// Logins go on while the disk is nearly full: they let
+			// devices ack, which frees space. The notice is only news.
+			l.log.Warn("login notice not stored: storage full")
+		} else if err != nil {
 			return fmt.Errorf("login notice: %w", err)
 		}
 	}

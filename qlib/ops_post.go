@@ -63,7 +63,7 @@ func (l *link) commitPost(d store.Draft, reqID string, msgs ...store.Message) er
 			if errors.Is(err, store.ErrFailed) {
 				l.srv.fatal(err)
 			}
-			l.conn.Close()
+			l.closeHard() // this is the store's writer goroutine: never block it
 			return
 		}
 		l.queueAck(ackFrame(reqID, rs[0]))
@@ -75,8 +75,13 @@ func (l *link) commitPost(d store.Draft, reqID string, msgs ...store.Message) er
 	return nil
 }
 
-// flushPosts waits for the link's posts in flight and writes their acks.
-func (l *link) flushPosts() {
+// drainAcks returns once every post the link has handed to the store is
+// answered on the wire, or the link can no longer be written: the posts'
+// commits complete, and deliver, the one writer of their acks, writes them.
+// The link's end and its "logout ok" wait for it, so that a client that
+// pipelines posts and then Quit gets every ack of a stored post and does not
+// send it again.
+func (l *link) drainAcks() {
 	if l.inflight == nil {
 		return
 	}
@@ -87,14 +92,10 @@ func (l *link) flushPosts() {
 		<-l.inflight
 	}
 	l.dmu.Lock()
-	acks := l.acks
-	l.acks = nil
-	l.dmu.Unlock()
-	for _, a := range acks {
-		if l.write(a) != nil {
-			return
-		}
+	for l.acksWritten < l.acksQueued && !l.ackFailed {
+		l.ackCond.Wait()
 	}
+	l.dmu.Unlock()
 }
 
 // opPostNotify stores a post and a notification of it (op 8): the first
@@ -192,8 +193,31 @@ func (l *link) fitsFrame(fields ...tmtp.Field) bool {
 // is not cut off by the idle timeout.
 func (l *link) readData(w io.Writer, n int64) error {
 	r := &deadlineReader{r: l.rd.Data(n), l: l}
-	_, err := io.CopyN(w, r, n)
-	return err
+	fw := &fullWriter{w: w}
+	if _, err := io.CopyN(fw, r, n); err != nil {
+		return err
+	}
+	return fw.err
+}
+
+// fullWriter passes writes to w until w reports store.ErrFull; from then on
+// it discards them, so that a post refused for want of space is still read
+// to its end and the link stays in step with the client.
+type fullWriter struct {
+	w   io.Writer
+	err error // the store.ErrFull that stopped the writes
+}
+
+func (f *fullWriter) Write(p []byte) (int, error) {
+	if f.err != nil {
+		return len(p), nil
+	}
+	n, err := f.w.Write(p)
+	if errors.Is(err, store.ErrFull) {
+		f.err = err
+		return len(p), nil
+	}
+	return n, err
 }
 
 type deadlineReader struct {

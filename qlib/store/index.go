@@ -219,6 +219,7 @@ type devQueue struct {
 	prio  [numPrio]idQueue
 	watch func()
 	stamp uint64 // the last batch that added entries, to notify once per batch
+	bytes int64  // sizes of the messages referenced (queuebytes.go)
 }
 
 func (d *devQueue) head() (ID, bool) {

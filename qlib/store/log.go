@@ -140,6 +140,7 @@ type Log struct {
 	spaceAt      time.Time     // when the FS was last asked
 	spaceWritten int64         // bytes appended since
 	spaceEvery   time.Duration // spaceCheckEvery; tests change it
+	spaceErr     bool          // the last look failed (logged once)
 
 	// syncDue is set by syncTimer: the writer is to fsync what it wrote.
 	syncDue   bool
@@ -533,16 +534,22 @@ func (l *Log) roomLocked(n int64) error {
 	}
 	l.spaceAt, l.spaceWritten = time.Now(), 0
 	sfs, ok := l.fs.(SpaceFS)
-	var free int64
-	var err error
-	if ok {
-		free, err = sfs.Free(l.dir)
-	}
-	if !ok || err != nil {
-		l.log.Warn("store: cannot tell the free space; no watermark", "dir", l.dir, "err", err)
+	if !ok {
+		l.log.Warn("store: the file system cannot tell its free space; no watermark", "dir", l.dir)
 		l.minFree, l.full = 0, false
 		return nil
 	}
+	free, err := sfs.Free(l.dir)
+	if err != nil {
+		// Unknown is not full: a watermark must not stop a server whose
+		// disk is fine. Asked again at the next look; logged once.
+		if !l.spaceErr {
+			l.log.Warn("store: cannot tell the free space; accepting messages", "dir", l.dir, "err", err)
+		}
+		l.spaceErr, l.full = true, false
+		return nil
+	}
+	l.spaceErr = false
 	switch full := free < l.minFree; {
 	case full && !l.full:
 		l.log.Warn("store: free space below the watermark; refusing new messages", "free", free, "minFree", l.minFree)
@@ -796,7 +803,8 @@ func (l *Log) apply(b *batch) []func() {
 				if len(rm.devs) == 0 {
 					continue
 				}
-				l.msgs[rm.id] = l.newMessage(a.blob, rm)
+				m := l.newMessage(a.blob, rm)
+				l.msgs[rm.id] = m
 				if rm.cache != nil {
 					l.cache.put(rm.id, rm.cache)
 					rm.cache = nil
@@ -804,6 +812,7 @@ func (l *Log) apply(b *batch) []func() {
 				for _, dev := range rm.devs {
 					q := l.queue(dev)
 					q.prio[rm.prio].push(rm.id)
+					q.bytes += m.size()
 					notify(q)
 				}
 			}
@@ -974,6 +983,7 @@ func (l *Log) Ack(dev string, id ID) error {
 	if devs, ok := l.moving[id]; ok {
 		l.moving[id] = slices.DeleteFunc(devs, func(d string) bool { return d == dev })
 	}
+	q.bytes -= m.size()
 	l.unref(id, m)
 	l.dropIfIdle(dev, q)
 	return l.appendAck(dev, id)
@@ -999,6 +1009,7 @@ func (l *Log) CopyQueue(src, dst string) error {
 		for p := range sq.prio {
 			nq.prio[p].ids = slices.Clone(sq.prio[p].slice())
 		}
+		nq.bytes = sq.bytes
 		ids = sq.ids()
 	}
 	// Reference the new entries before dropping the old, so that a message

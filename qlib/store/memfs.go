@@ -113,6 +113,13 @@ func (m *MemFS) Free(string) (int64, error) {
 	return m.capacity - m.usedLocked(), nil
 }
 
+// Used returns the bytes held by the current files.
+func (m *MemFS) Used() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.usedLocked()
+}
+
 // usedLocked is the bytes held by the current files. m.mu is held.
 func (m *MemFS) usedLocked() int64 {
 	seen := map[*memNode]bool{}

@@ -363,6 +363,7 @@ func (r *replayer) finish() error {
 		for p := range q.prio {
 			slices.Sort(q.prio[p].ids)
 		}
+		l.recount(q)
 		l.queues[dev] = q
 	}
 	return nil

@@ -138,6 +138,12 @@ type Store interface {
 	// Len reports the number of entries in dev's queue.
 	Len(dev string) int
 
+	// QueueBytes reports the size of dev's queue: the sum, over its
+	// entries, of the bytes WriteTo sends for each (envelope and data). A
+	// message queued for several devices counts for each. It is kept as
+	// entries come and go, so it costs no more than Len.
+	QueueBytes(dev string) int64
+
 	// Close flushes pending work and releases the store. Drafts and commits in
 	// progress fail with ErrClosed.
 	Close() error
