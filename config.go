@@ -19,6 +19,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"mnm/qlib"
 	"mnm/qlib/tmtp"
 )
 
@@ -107,6 +108,24 @@ const (
 	// or two): each post is held on disk until every recipient device acks
 	// it, and anything larger belongs in a file-sharing service.
 	maxPostBytesLimit = 64 << 30
+
+	// maxExemptRanges bounds limits.exempt: every connection is checked
+	// against the list, and an operator's trusted proxies are a handful of
+	// ranges.
+	maxExemptRanges = 256
+
+	// maxLimitCount bounds the counted limits (links, registrations,
+	// failures, pings, invitations): a million of anything per address or
+	// per member is no limit at all, so a larger value is a typo; 0 is the
+	// way to turn a limit off.
+	maxLimitCount = 1_000_000
+
+	// queueBytesLeast and queueBytesMost bound limits.queueBytesPerDevice
+	// (or 0, off): below a MiB a device would be refused after a few
+	// photos, which is a unit mistaken rather than a policy; above a TiB
+	// it guards nothing.
+	queueBytesLeast = 1 << 20
+	queueBytesMost  = 1 << 40
 )
 
 // Config is the server configuration, read from the JSON file mnm.config.
@@ -140,6 +159,157 @@ type Config struct {
 	// everything that frees space go on. Default DefaultMinFreeBytes; 0
 	// turns the watermark off.
 	MinFreeBytes int64 `json:"minFreeBytes"`
+	// Limits bound what one remote address or one member may do.
+	Limits LimitsConfig `json:"limits"`
+}
+
+// LimitsConfig bounds what one remote address or one member may do
+// (qlib.Limits, which documents each default and why; Protocol.md,
+// "Limits"). A field left out takes its default; 0 turns that limit off.
+type LimitsConfig struct {
+	// Exempt lists the address ranges (CIDR, or a single address) that the
+	// per-address limits leave alone: local tools, trusted proxies.
+	// Default: 127.0.0.1/32 and ::1/128 only; [] exempts nothing.
+	Exempt []string `json:"exempt"`
+	// LinksPerAddress bounds the open links from one address (an IPv6
+	// address counts as its /64).
+	LinksPerAddress int `json:"linksPerAddress"`
+	// RegistrationsPerHour bounds the accounts one address may create per
+	// hour.
+	RegistrationsPerHour int `json:"registrationsPerHour"`
+	// LoginFailuresPerAddress and LoginFailuresPerUID are the failed logins
+	// after which logins from that address, or to that uid, back off.
+	LoginFailuresPerAddress int `json:"loginFailuresPerAddress"`
+	LoginFailuresPerUID     int `json:"loginFailuresPerUID"`
+	// PingsPerDay and InvitationsPerDay bound what one member may send per
+	// 24 hours.
+	PingsPerDay       int `json:"pingsPerDay"`
+	InvitationsPerDay int `json:"invitationsPerDay"`
+	// QueueBytesPerDevice is the backlog above which new messages for a
+	// device are refused, with an ack error naming its user.
+	QueueBytesPerDevice int64 `json:"queueBytesPerDevice"`
+}
+
+// DefaultLimitsConfig is qlib.DefaultLimits in the configuration's terms.
+func DefaultLimitsConfig() LimitsConfig {
+	d := qlib.DefaultLimits()
+	exempt := make([]string, len(d.Exempt))
+	for i, p := range d.Exempt {
+		exempt[i] = p.String()
+	}
+	return LimitsConfig{
+		Exempt:                  exempt,
+		LinksPerAddress:         d.LinksPerAddr,
+		RegistrationsPerHour:    d.RegisterPerHour,
+		LoginFailuresPerAddress: d.LoginFailuresPerAddr,
+		LoginFailuresPerUID:     d.LoginFailuresPerUID,
+		PingsPerDay:             d.PingsPerDay,
+		InvitationsPerDay:       d.InvitesPerDay,
+		QueueBytesPerDevice:     d.QueueBytesPerDevice,
+	}
+}
+
+// limitField is one counted limit of a LimitsConfig and its JSON name.
+type limitField struct {
+	name string
+	v    *int
+}
+
+// counts lists the counted limits, for validation and defaults.
+func (lc *LimitsConfig) counts() []limitField {
+	return []limitField{
+		{"linksPerAddress", &lc.LinksPerAddress},
+		{"registrationsPerHour", &lc.RegistrationsPerHour},
+		{"loginFailuresPerAddress", &lc.LoginFailuresPerAddress},
+		{"loginFailuresPerUID", &lc.LoginFailuresPerUID},
+		{"pingsPerDay", &lc.PingsPerDay},
+		{"invitationsPerDay", &lc.InvitationsPerDay},
+	}
+}
+
+// validate checks the limits; bad reports a fault by field path.
+func (lc *LimitsConfig) validate(bad func(field, format string, args ...any)) {
+	if len(lc.Exempt) > maxExemptRanges {
+		bad("limits.exempt", "%d ranges, at most %d", len(lc.Exempt), maxExemptRanges)
+	}
+	for i, s := range lc.Exempt {
+		if _, err := parseExempt(s); err != nil {
+			bad(fmt.Sprintf("limits.exempt[%d]", i), "%v", err)
+		}
+	}
+	for _, c := range lc.counts() {
+		if *c.v < 0 || *c.v > maxLimitCount {
+			bad("limits."+c.name, "%d is outside 0…%d (0 turns the limit off)", *c.v, maxLimitCount)
+		}
+	}
+	if q := lc.QueueBytesPerDevice; q != 0 && (q < queueBytesLeast || q > queueBytesMost) {
+		bad("limits.queueBytesPerDevice", "%d is outside %d…%d (or 0 for no limit)", q, int64(queueBytesLeast), int64(queueBytesMost))
+	}
+}
+
+// fillDefaults gives every limit left out of the file its default; present
+// holds the paths of the values the file sets (checkShape).
+func (lc *LimitsConfig) fillDefaults(present map[string]bool) {
+	def := DefaultLimitsConfig()
+	if !present["limits.exempt"] {
+		lc.Exempt = def.Exempt
+	}
+	defCounts := def.counts()
+	for i, c := range lc.counts() {
+		if !present["limits."+c.name] {
+			*c.v = *defCounts[i].v
+		}
+	}
+	if !present["limits.queueBytesPerDevice"] {
+		lc.QueueBytesPerDevice = def.QueueBytesPerDevice
+	}
+}
+
+// parseExempt reads one exempt range: a CIDR prefix, or a single address.
+// A prefix with bits set past its length is refused: "10.1.2.3/8" is more
+// likely a mistake for 10.1.2.3/32 than a way to write 10.0.0.0/8.
+func parseExempt(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is neither an address range (CIDR) nor an address", s)
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address range (CIDR): %v", s, err)
+	}
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("%q: write IPv4 ranges in IPv4 form", s)
+	}
+	if p != p.Masked() {
+		return netip.Prefix{}, fmt.Errorf("%q has address bits set past /%d: write %s, or %s/%d for the one address",
+			s, p.Bits(), p.Masked(), p.Addr(), p.Addr().BitLen())
+	}
+	return p, nil
+}
+
+// Qlib returns the limits as qlib takes them. The configuration has been
+// validated.
+func (lc *LimitsConfig) Qlib() *qlib.Limits {
+	exempt := make([]netip.Prefix, 0, len(lc.Exempt))
+	for _, s := range lc.Exempt {
+		if p, err := parseExempt(s); err == nil {
+			exempt = append(exempt, p)
+		}
+	}
+	return &qlib.Limits{
+		Exempt:               exempt,
+		LinksPerAddr:         lc.LinksPerAddress,
+		RegisterPerHour:      lc.RegistrationsPerHour,
+		LoginFailuresPerAddr: lc.LoginFailuresPerAddress,
+		LoginFailuresPerUID:  lc.LoginFailuresPerUID,
+		PingsPerDay:          lc.PingsPerDay,
+		InvitesPerDay:        lc.InvitationsPerDay,
+		QueueBytesPerDevice:  lc.QueueBytesPerDevice,
+	}
 }
 
 // NTPConfig lists the NTP servers queried at start (see SyncClock).
@@ -229,6 +399,7 @@ func DefaultConfig() *Config {
 		AuthBy:       []AuthProvider{},
 		MaxPostBytes: DefaultMaxPostBytes,
 		MinFreeBytes: DefaultMinFreeBytes,
+		Limits:       DefaultLimitsConfig(),
 	}
 }
 
@@ -301,6 +472,7 @@ func parseConfig(data []byte, dir string) (*Config, error) {
 	if !present["minFreeBytes"] {
 		cfg.MinFreeBytes = DefaultMinFreeBytes // 0 is a setting: no watermark
 	}
+	cfg.Limits.fillDefaults(present) // 0 is a setting: no limit
 	cfg.resolve(dir)
 	return &cfg, nil
 }
@@ -641,6 +813,7 @@ func (c *Config) validate(present map[string]bool) error {
 	if present["dataDir"] && c.DataDir == "" {
 		bad("dataDir", "must not be empty when given (leave it out for the config file's directory)")
 	}
+	c.Limits.validate(bad)
 	return errors.Join(errs...)
 }
 

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"mnm/qlib"
 )
 
 // validConfigJSON is a configuration using every field; tests derive bad ones
@@ -46,6 +49,7 @@ func TestParseConfigValid(t *testing.T) {
 		DataDir:      "/srv/mnm/data",
 		MaxPostBytes: 1 << 20,
 		MinFreeBytes: DefaultMinFreeBytes,
+		Limits:       DefaultLimitsConfig(),
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("parseConfig =\n%+v\nwant\n%+v", cfg, want)
@@ -621,5 +625,88 @@ func TestConfigComments(t *testing.T) {
 	_, err = parseConfig([]byte("{\n// c\n\"nmae\": 1}"), t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "nmae") {
 		t.Fatalf("error %v, want one naming the field", err)
+	}
+}
+
+// TestParseConfigLimits: limits left out take their defaults, 0 turns one
+// off, every value is checked with its field path, and what qlib gets
+// matches the file.
+func TestParseConfigLimits(t *testing.T) {
+	const base = `{"name":"s","listen":{"net":"tcp","laddr":":1","certPath":"c","keyPath":"k"}`
+	parse := func(limits string) (*Config, error) {
+		if limits == "" {
+			return parseConfig([]byte(base+`}`), "/d")
+		}
+		return parseConfig([]byte(base+`,"limits":`+limits+`}`), "/d")
+	}
+	for _, limits := range []string{"", "null", "{}"} {
+		cfg, err := parse(limits)
+		if err != nil {
+			t.Fatalf("limits %q: %v", limits, err)
+		}
+		if !reflect.DeepEqual(cfg.Limits, DefaultLimitsConfig()) {
+			t.Errorf("limits %q: %+v, want the defaults", limits, cfg.Limits)
+		}
+	}
+	// mnm.conf shows the defaults.
+	data, err := os.ReadFile("mnm.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := parseConfig(data, "/d"); err != nil || !reflect.DeepEqual(cfg.Limits, DefaultLimitsConfig()) {
+		t.Errorf("mnm.conf's limits are not the defaults: %v %+v", err, cfg)
+	}
+	defaults := DefaultLimitsConfig()
+	def := defaults.Qlib()
+	want := qlib.DefaultLimits()
+	if !reflect.DeepEqual(def, &want) {
+		t.Errorf("the default limits reach qlib as %+v, want %+v", def, want)
+	}
+
+	cfg, err := parse(`{"exempt": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"], "pingsPerDay": 0,
+		"linksPerAddress": 7, "queueBytesPerDevice": 1048576}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := cfg.Limits.Qlib()
+	wantExempt := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32")}
+	if !reflect.DeepEqual(got.Exempt, wantExempt) || got.PingsPerDay != 0 || got.LinksPerAddr != 7 ||
+		got.QueueBytesPerDevice != 1<<20 || got.InvitesPerDay != qlib.DefaultInvitesPerDay {
+		t.Errorf("limits set in the file reach qlib as %+v", got)
+	}
+	// An empty list exempts nothing, not even loopback.
+	if cfg, err := parse(`{"exempt": []}`); err != nil || len(cfg.Limits.Exempt) != 0 {
+		t.Errorf(`"exempt": []: %v, %v`, err, cfg.Limits.Exempt)
+	}
+
+	bad := []struct{ limits, want string }{
+		{`{"exempt": ["10.1.2.3/8"]}`, `limits.exempt[0]: "10.1.2.3/8" has address bits set past /8: write 10.0.0.0/8, or 10.1.2.3/32 for the one address`},
+		{`{"exempt": ["127.0.0.1/32", "localhost"]}`, `limits.exempt[1]: "localhost" is neither an address range (CIDR) nor an address`},
+		{`{"exempt": ["10.0.0.0/33"]}`, `limits.exempt[0]: "10.0.0.0/33" is not an address range (CIDR)`},
+		{`{"exempt": ["::ffff:10.0.0.0/104"]}`, `limits.exempt[0]: "::ffff:10.0.0.0/104": write IPv4 ranges in IPv4 form`},
+		{`{"exempt": "127.0.0.1/32"}`, `field "limits.exempt": want a list, got a string`},
+		{`{"linksPerAddress": -1}`, `limits.linksPerAddress: -1 is outside 0…1000000 (0 turns the limit off)`},
+		{`{"registrationsPerHour": 1000001}`, `limits.registrationsPerHour: 1000001 is outside 0…1000000`},
+		{`{"loginFailuresPerAddress": -5}`, `limits.loginFailuresPerAddress: -5 is outside`},
+		{`{"loginFailuresPerUID": 2000000}`, `limits.loginFailuresPerUID: 2000000 is outside`},
+		{`{"pingsPerDay": -1}`, `limits.pingsPerDay: -1 is outside`},
+		{`{"invitationsPerDay": 1.5}`, `field "limits.invitationsPerDay": want an integer`},
+		{`{"queueBytesPerDevice": 1000}`, `limits.queueBytesPerDevice: 1000 is outside 1048576…1099511627776 (or 0 for no limit)`},
+		{`{"queueBytesPerDevice": 2199023255552}`, `limits.queueBytesPerDevice: 2199023255552 is outside`},
+		{`{"pingsPerDey": 5}`, `unknown field "limits.pingsPerDey"`},
+		{`{"pingsPerDay": 5, "PingsPerDay": 6}`, `duplicate field "limits.pingsPerDay"`},
+	}
+	for _, b := range bad {
+		_, err := parse(b.limits)
+		if err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("limits %s: got %v, want an error containing %q", b.limits, err, b.want)
+		}
+	}
+	many := make([]string, maxExemptRanges+1)
+	for i := range many {
+		many[i] = fmt.Sprintf(`"10.0.%d.%d"`, i/256, i%256)
+	}
+	if _, err := parse(`{"exempt": [` + strings.Join(many, ",") + `]}`); err == nil || !strings.Contains(err.Error(), "limits.exempt: 257 ranges, at most 256") {
+		t.Errorf("too many exempt ranges: %v", err)
 	}
 }

@@ -127,6 +127,7 @@ func TestLoadConfigV0(t *testing.T) {
 		DataDir:      dir,
 		MaxPostBytes: DefaultMaxPostBytes,
 		MinFreeBytes: DefaultMinFreeBytes,
+		Limits:       DefaultLimitsConfig(), // the deployed server had none
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("LoadConfig =\n%+v\nwant\n%+v", cfg, want)

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,7 +154,7 @@ func startProcess(t *testing.T, bin, cfg string) *process {
 		for sc.Scan() {
 			mu.Lock()
 			tail = append(tail, sc.Text())
-			if len(tail) > 40 {
+			if len(tail) > 400 {
 				tail = tail[1:]
 			}
 			mu.Unlock()
@@ -173,7 +174,10 @@ func startProcess(t *testing.T, bin, cfg string) *process {
 	case <-p.done:
 		t.Fatalf("server exited before listening; its log ends:\n%s", logTail())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("server did not start within 30s; its log ends:\n%s", logTail())
+		// SIGQUIT makes the Go runtime print every goroutine's stack.
+		cmd.Process.Signal(syscall.SIGQUIT)
+		<-p.done
+		t.Fatalf("server did not start within 30s; its log and stacks end:\n%s", logTail())
 	}
 	return p
 }

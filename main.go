@@ -229,6 +229,7 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		AuthOptional: optional,
 		Verifier:     verifier,
 		OnFatal:      d.failed,
+		Limits:       cfg.Limits.Qlib(),
 	})
 	if err != nil {
 		st.Close()

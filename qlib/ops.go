@@ -68,6 +68,10 @@ func (l *link) opTmtpRev(h *tmtp.Header) error {
 }
 
 func (l *link) opRegister(h *tmtp.Header) error {
+	// Counted before the token check, which may cost a key fetch.
+	if !l.srv.limits.allowRegister(l.srv.remote(l)) {
+		return &tmtp.ProtocolError{Reason: tmtp.QuitRegister}
+	}
 	var claims map[string]any
 	if l.srv.cfg.Auth > 0 {
 		var err error
@@ -106,6 +110,14 @@ func (l *link) opRegister(h *tmtp.Header) error {
 const noAlias = "_"
 
 func (l *link) opLogin(h *tmtp.Header) error {
+	// While the address or the uid backs off after failed logins, the
+	// nodeid is not even checked: refusing costs nothing, and a right
+	// one is refused too, so that backing off cannot be told apart from
+	// a wrong guess.
+	rem := l.srv.remote(l)
+	if !l.srv.limits.allowLogin(rem, h.UID) {
+		return &tmtp.ProtocolError{Reason: tmtp.QuitLoginFailed}
+	}
 	node, err := tmtp.Base32.DecodeString(h.Node)
 	if err != nil {
 		return &tmtp.ProtocolError{Reason: tmtp.QuitBase32}
@@ -113,7 +125,9 @@ func (l *link) opLogin(h *tmtp.Header) error {
 	dir := l.srv.cfg.Directory
 	dev, err := dir.Login(h.UID, node)
 	if err != nil {
-		if !errors.Is(err, ErrLoginFailed) {
+		if errors.Is(err, ErrLoginFailed) {
+			l.srv.limits.loginFailed(rem, h.UID)
+		} else {
 			l.log.Error("login lookup failed", "err", err)
 		}
 		return &tmtp.ProtocolError{Reason: tmtp.QuitLoginFailed}
@@ -133,6 +147,7 @@ func (l *link) opLogin(h *tmtp.Header) error {
 			return &tmtp.ProtocolError{Reason: tmtp.QuitAuthRequired}
 		}
 	}
+	l.srv.limits.loginSucceeded(rem, h.UID)
 	return l.startSession(h.UID, dev, true)
 }
 

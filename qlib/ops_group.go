@@ -16,7 +16,28 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 	if err != nil {
 		return err
 	}
+	// Every invitation counts, refused or not, as every ping does.
+	if err := l.srv.limits.allowInvite(l.uid); err != nil {
+		return l.ackError(h.ID, err)
+	}
 	dir := l.srv.cfg.Directory
+	// The invitee's queues are checked before the group changes, so that
+	// a refused invitation changes nothing. The member notices are not:
+	// they are small, and one full queue among a group's members must
+	// not stop its invitations.
+	if invitee, ok := dir.AliasUID(h.To); ok {
+		toDevs, err := dir.Devices(invitee)
+		var devs []string
+		if err == nil {
+			devs, err = l.keepSent(toDevs)
+		}
+		if err != nil {
+			return l.ackError(h.ID, l.clientError(err))
+		}
+		if err := l.roomFor(devs, l.ownerIn(invitee, toDevs)); err != nil {
+			return l.ackError(h.ID, err)
+		}
+	}
 	ch, err := dir.GroupInvite(l.uid, h.Gid, h.From, h.To)
 	if err != nil {
 		return l.ackError(h.ID, l.clientError(err))

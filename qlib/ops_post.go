@@ -243,9 +243,10 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 // With withSender, the sender's other devices are added, and the sending
 // device too when the sender listed itself (type 1) or a group including it
 // (type 2) (SPEC §5); without, no device of the sender is added by that rule.
+// A device whose queue is full refuses the whole list (roomFor).
 func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]string, error) {
 	dir := l.srv.cfg.Directory
-	seen := make(map[string]bool)
+	owner := make(map[string]string) // device → uid, for every device in to
 	var to []string
 	selfListed := false
 	addUser := func(uid string) error {
@@ -257,12 +258,19 @@ func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]strin
 			selfListed = true
 		}
 		for _, d := range devs {
-			if !seen[d] {
-				seen[d] = true
+			if _, seen := owner[d]; !seen {
+				owner[d] = uid
 				to = append(to, d)
 			}
 		}
 		return nil
+	}
+	// A post is stored for all of its recipients or for none.
+	room := func(to []string) ([]string, error) {
+		if err := l.roomFor(to, func(d string) string { return owner[d] }); err != nil {
+			return nil, err
+		}
+		return to, nil
 	}
 	for _, r := range slices.Concat(list, also) {
 		switch r.Type {
@@ -290,7 +298,7 @@ func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]strin
 		}
 	}
 	if !withSender {
-		return to, nil
+		return room(to)
 	}
 	listed := selfListed
 	if err := addUser(l.uid); err != nil {
@@ -299,5 +307,5 @@ func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]strin
 	if !listed {
 		to = slices.DeleteFunc(to, func(d string) bool { return d == l.dev })
 	}
-	return to, nil
+	return room(to)
 }

@@ -58,6 +58,11 @@ func (l *link) opPing(h *tmtp.Header) error {
 	if err != nil {
 		return err
 	}
+	// Every ping counts, refused or not, so the limit also bounds how
+	// fast a member can probe which aliases exist.
+	if err := l.srv.limits.allowPing(l.uid); err != nil {
+		return l.ackError(h.ID, err)
+	}
 	dir := l.srv.cfg.Directory
 	if uid, ok := dir.AliasUID(h.From); !ok || uid != l.uid {
 		return l.ackError(h.ID, ErrFromNotSender)
@@ -66,12 +71,16 @@ func (l *link) opPing(h *tmtp.Header) error {
 	if !ok {
 		return l.ackError(h.ID, fmt.Errorf("%w: %s", ErrAliasUnknown, h.To))
 	}
-	devs, err := dir.Devices(to)
+	toDevs, err := dir.Devices(to)
+	var devs []string
 	if err == nil {
-		devs, err = l.keepSent(devs)
+		devs, err = l.keepSent(toDevs)
 	}
 	if err != nil {
 		return l.ackError(h.ID, l.clientError(err))
+	}
+	if err := l.roomFor(devs, l.ownerIn(to, toDevs)); err != nil {
+		return l.ackError(h.ID, err)
 	}
 	env := l.envelope(int64(len(text)),
 		tmtp.String("alias", h.From), tmtp.String("op", "ping"), tmtp.String("to", h.To))

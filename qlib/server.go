@@ -73,6 +73,10 @@ type Config struct {
 	// 0 = no bound.
 	MaxLinks int
 
+	// Limits bound what one remote address or one member may do
+	// (limits.go); nil = DefaultLimits().
+	Limits *Limits
+
 	// OnFatal is called (once, from a link goroutine) when the store has
 	// failed and nothing more can be acknowledged: the owner should shut
 	// the server down. nil: the failure is only logged.
@@ -87,8 +91,9 @@ type Config struct {
 
 // Server runs TMTP links.
 type Server struct {
-	cfg Config
-	log *slog.Logger
+	cfg    Config
+	log    *slog.Logger
+	limits *limiter
 
 	wg        sync.WaitGroup // one per running link goroutine
 	fatalOnce sync.Once
@@ -99,7 +104,7 @@ type Server struct {
 	mu        sync.Mutex
 	closing   bool
 	listeners map[net.Listener]struct{}
-	links     map[*link]struct{}         // every open link
+	links     map[*link]remote           // every open link, and its address
 	devices   map[string]*link           // logged-in links by device key
 	users     map[string][]*link         // logged-in links by uid
 	ohi       map[string]map[string]bool // uid → uids told of its presence (presence.go)
@@ -124,11 +129,16 @@ func NewServer(cfg Config) (*Server, error) {
 	setDefault(&cfg.ResendAfter, DefaultResendAfter)
 	setDefault(&cfg.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&cfg.ParkAfter, DefaultParkAfter)
+	limits := DefaultLimits()
+	if cfg.Limits != nil {
+		limits = *cfg.Limits
+	}
 	return &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
+		limits:    newLimiter(limits, cfg.Logger),
 		listeners: make(map[net.Listener]struct{}),
-		links:     make(map[*link]struct{}),
+		links:     make(map[*link]remote),
 		devices:   make(map[string]*link),
 		users:     make(map[string][]*link),
 		ohi:       make(map[string]map[string]bool),
@@ -191,21 +201,31 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // ServeConn runs a link on conn in a new goroutine. It reports false, leaving
-// conn to the caller, when the server is shutting down.
+// conn to the caller, when the server is shutting down or the link is over
+// a limit: the total (MaxLinks) or its address's (Limits.LinksPerAddr).
+// Nothing has been read from or written to conn then, so a TLS connection
+// is closed before its handshake, at the least cost to the server.
 func (s *Server) ServeConn(conn net.Conn) bool {
+	rem := s.limits.remoteOf(conn.RemoteAddr())
+	if !s.limits.openLink(rem) {
+		s.refused.Add(1)
+		return false
+	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
+		s.limits.closeLink(rem)
 		return false
 	}
 	if s.cfg.MaxLinks > 0 && len(s.links) >= s.cfg.MaxLinks {
 		s.mu.Unlock()
+		s.limits.closeLink(rem)
 		s.refused.Add(1)
 		s.log.Warn("link refused: at the link limit", "remote", conn.RemoteAddr().String(), "limit", s.cfg.MaxLinks)
 		return false
 	}
 	l := newLink(s, conn)
-	s.links[l] = struct{}{}
+	s.links[l] = rem
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {
@@ -253,6 +273,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
+// remote returns l's address as the limits see it.
+func (s *Server) remote(l *link) remote {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.links[l]
+}
+
 // fatal reports a store failure to the owner, once. Links keep refusing work
 // (every store call fails) until the owner shuts the server down.
 func (s *Server) fatal(err error) {
@@ -270,7 +297,7 @@ type Stats struct {
 	Devices int   // logged-in devices
 	Users   int   // users with at least one logged-in device
 	Parked  int64 // links idle long enough to have parked (DefaultParkAfter)
-	Refused int64 // connections closed at MaxLinks since start
+	Refused int64 // connections closed at MaxLinks or LinksPerAddr since start
 }
 
 // Stats reports the server's current links.
@@ -339,6 +366,7 @@ func (s *Server) forgetDeviceLocked(l *link) {
 func (s *Server) dropLink(l *link) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.limits.closeLink(s.links[l])
 	delete(s.links, l)
 	if l.dev == "" || s.devices[l.dev] != l {
 		return
