@@ -9,9 +9,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"errors"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -38,18 +36,7 @@ const v0AuthBy = `[{"label":"Example provider",` +
 // TestV0ConfigTestdataMatchesShared: the testdata copy is the file of the
 // shared v0 site, so that the tests below test what operators have.
 func TestV0ConfigTestdataMatchesShared(t *testing.T) {
-	f, err := os.Open(site11)
-	if errors.Is(err, fs.ErrNotExist) {
-		if os.Getenv("MNM_REQUIRE_SHARED") == "1" {
-			t.Fatalf("%s is absent and MNM_REQUIRE_SHARED=1", site11)
-		}
-		t.Skipf("%s is absent (no ../shared checkout); set MNM_REQUIRE_SHARED=1 to make this a failure", site11)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	gz, err := gzip.NewReader(f)
+	gz, err := gzip.NewReader(bytes.NewReader(readShared(t, site11)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"maps"
 	"math/big"
@@ -229,16 +228,7 @@ func TestReferenceTranscript(t *testing.T) {
 func loadReferenceTranscript(t *testing.T) []refStep {
 	t.Helper()
 	path := filepath.FromSlash(referenceTranscript)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		if os.Getenv("MNM_REQUIRE_SHARED") == "1" {
-			t.Fatalf("%s is absent and MNM_REQUIRE_SHARED=1", path)
-		}
-		t.Skipf("%s is absent (no ../shared checkout); set MNM_REQUIRE_SHARED=1 to make this a failure", path)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := readShared(t, path)
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.UseNumber()
 	var raw []map[string]any

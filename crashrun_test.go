@@ -16,9 +16,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -108,11 +106,7 @@ func TestCrashRun(t *testing.T) {
 		kills = n
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "mnm")
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t, dir)
 	cfg := writeTestConfig(t, dir, "127.0.0.1:0")
 	r := &crashRun{t: t, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1)),
 		devices: map[string]*crashDevice{}, posts: map[string]*crashPost{}}
