@@ -119,6 +119,16 @@ type process struct {
 	cmd  *exec.Cmd
 	addr string
 	done chan struct{}
+	tail func() string // the last lines of its log
+}
+
+// dump ends the process with SIGQUIT, which makes the Go runtime print
+// every goroutine's stack, and returns the end of its log: for a test that
+// found the server stuck.
+func (p *process) dump() string {
+	p.cmd.Process.Signal(syscall.SIGQUIT)
+	<-p.done
+	return p.tail()
 }
 
 var listenRE = regexp.MustCompile(`msg="mnm started".* listen=(\S+)`)
@@ -138,19 +148,26 @@ func startProcess(t *testing.T, bin, cfg string) *process {
 	p := &process{t: t, cmd: cmd, done: make(chan struct{})}
 	addr := make(chan string, 1)
 	var mu sync.Mutex
-	var tail []string // the last lines of the server's log, for a failure
+	// The last lines of the server's log and of anything else it printed
+	// (a stack dump), for a failure.
+	var logLines, other []string
 	logTail := func() string {
 		mu.Lock()
 		defer mu.Unlock()
-		return strings.Join(tail, "\n")
+		return strings.Join(logLines, "\n") + "\n" + strings.Join(other, "\n")
 	}
+	p.tail = logTail
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			mu.Lock()
-			tail = append(tail, sc.Text())
-			if len(tail) > 400 {
-				tail = tail[1:]
+			if line := sc.Text(); strings.HasPrefix(line, "time=") {
+				logLines = append(logLines, line)
+				if len(logLines) > 200 {
+					logLines = logLines[1:]
+				}
+			} else if len(other) < 300 {
+				other = append(other, line)
 			}
 			mu.Unlock()
 			if m := listenRE.FindStringSubmatch(sc.Text()); m != nil {
@@ -169,10 +186,7 @@ func startProcess(t *testing.T, bin, cfg string) *process {
 	case <-p.done:
 		t.Fatalf("server exited before listening; its log ends:\n%s", logTail())
 	case <-time.After(30 * time.Second):
-		// SIGQUIT makes the Go runtime print every goroutine's stack.
-		cmd.Process.Signal(syscall.SIGQUIT)
-		<-p.done
-		t.Fatalf("server did not start within 30s; its log and stacks end:\n%s", logTail())
+		t.Fatalf("server did not start within 30s; its log and stacks end:\n%s", p.dump())
 	}
 	return p
 }

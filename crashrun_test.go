@@ -119,7 +119,7 @@ func TestCrashRun(t *testing.T) {
 	for k := range kills {
 		r.life = k + 1
 		p = startProcess(t, bin, cfg)
-		clients := r.connect(p.addr)
+		clients := r.connect(p)
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for _, m := range r.members {
@@ -144,7 +144,7 @@ func TestCrashRun(t *testing.T) {
 	}
 	r.life = kills + 1
 	p = startProcess(t, bin, cfg)
-	r.drain(p.addr)
+	r.drain(p)
 	p.stop()
 	r.checkFiles(dir)
 	lost := r.check()
@@ -206,7 +206,8 @@ func (r *crashRun) setup(addr string) {
 
 // connect logs in every known device; each records the posts it receives,
 // and the nodeids of new devices of its member, before acking them.
-func (r *crashRun) connect(addr string) map[string]*testclient.Client {
+func (r *crashRun) connect(p *process) map[string]*testclient.Client {
+	addr := p.addr
 	clients := map[string]*testclient.Client{}
 	r.mu.Lock()
 	devs := make([]*crashDevice, 0, len(r.devices))
@@ -217,7 +218,7 @@ func (r *crashRun) connect(addr string) map[string]*testclient.Client {
 	for _, d := range devs {
 		c, _, err := testclient.Login(addr, d.uid, d.nodeid, testclient.Options{AutoAck: true, OnMessage: r.receiver(d)})
 		if err != nil {
-			r.t.Fatalf("login of %s after restart %d: %v", d.key, r.life, err)
+			r.t.Fatalf("login of %s after restart %d: %v; the server's log and stacks end:\n%s", d.key, r.life, err, p.dump())
 		}
 		clients[d.nodeid] = c
 	}
@@ -392,9 +393,10 @@ func (r *crashRun) register(addr string, c *testclient.Client, m *crashMember, r
 // drain logs in every device after the last restart and waits until each
 // has received a marker posted after everything else; every registration
 // must log in.
-func (r *crashRun) drain(addr string) {
+func (r *crashRun) drain(p *process) {
 	t := r.t
-	clients := r.connect(addr)
+	addr := p.addr
+	clients := r.connect(p)
 	defer func() {
 		for _, c := range clients {
 			c.Close()
