@@ -232,6 +232,9 @@ func (r *crashRun) receiver(d *crashDevice) func(*testclient.Frame) {
 		switch f.Op() {
 		case "delivery":
 			tok, _, _ := strings.Cut(string(f.Data), " ")
+			// A copy: a substring would keep the whole post alive, and a
+			// long run receives tens of GB.
+			tok = strings.Clone(tok)
 			p := r.posts[tok]
 			if p == nil {
 				if !strings.HasPrefix(tok, "marker/") {
