@@ -81,8 +81,14 @@ func writeTestConfig(t *testing.T, dir, laddr string) string {
 
 func startE2E(t *testing.T, dir string) *e2eServer {
 	t.Helper()
-	s := &e2eServer{t: t, dir: dir, logs: newLockedBuffer()}
-	s.cfg = writeTestConfig(t, dir, "127.0.0.1:0")
+	return serveE2E(t, dir, writeTestConfig(t, dir, "127.0.0.1:0"))
+}
+
+// serveE2E starts the daemon on the config file cfg in dir, stopped at the
+// end of the test.
+func serveE2E(t *testing.T, dir, cfg string) *e2eServer {
+	t.Helper()
+	s := &e2eServer{t: t, dir: dir, cfg: cfg, logs: newLockedBuffer()}
 	s.start()
 	t.Cleanup(func() {
 		if s.d != nil {

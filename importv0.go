@@ -487,16 +487,20 @@ func (im *importer) check() (*counts, error) {
 	defer st.Close()
 
 	c := &counts{}
-	want := make(map[string][]store.ID) // device → queue, in delivery order
-	for _, m := range im.site.Msgs {
-		id, _ := store.ParseID(m.ID)
-		for _, q := range m.Queues {
-			want[devKey(q.UID, q.Num)] = append(want[devKey(q.UID, q.Num)], id)
+	// Each device's queue in delivery order: high priority first, then by
+	// id (site.Msgs is in id order).
+	want := make(map[string][]store.ID)
+	for _, high := range []bool{true, false} {
+		for _, m := range im.site.Msgs {
+			if m.High != high {
+				continue
+			}
+			id, _ := store.ParseID(m.ID)
+			for _, q := range m.Queues {
+				dev := devKey(q.UID, q.Num)
+				want[dev] = append(want[dev], id)
+			}
 		}
-	}
-	for dev, ids := range want {
-		slices.SortStableFunc(ids, func(a, b store.ID) int { return im.prio(b) - im.prio(a) })
-		want[dev] = ids
 	}
 	seen := make(map[store.ID]bool)
 	for uid, u := range db.users {
@@ -543,14 +547,6 @@ func (im *importer) check() (*counts, error) {
 		c.members += len(g.rec.Load().Members)
 	}
 	return c, nil
-}
-
-func (im *importer) prio(id store.ID) int {
-	i, ok := slices.BinarySearchFunc(im.site.Msgs, id.String(), func(m v0site.Message, s string) int { return strings.Compare(m.ID, s) })
-	if ok && im.site.Msgs[i].High {
-		return 1
-	}
-	return 0
 }
 
 // stageConfig copies the old site's config, and the certificate and key it

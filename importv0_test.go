@@ -150,17 +150,7 @@ func importAndServe(t *testing.T, old string) (*e2eServer, *importSummary) {
 	if _, err := os.Lstat(filepath.Join(dir, stageDirName)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("staging folder left behind: %v", err)
 	}
-	s := &e2eServer{t: t, dir: dir, cfg: cfg, logs: newLockedBuffer()}
-	s.start()
-	t.Cleanup(func() {
-		if s.d != nil {
-			s.stop()
-		}
-		if t.Failed() {
-			t.Logf("server log:\n%s", s.logs.String())
-		}
-	})
-	return s, sum
+	return serveE2E(t, dir, cfg), sum
 }
 
 // checkBacklog logs in every device of every user with its old credentials
@@ -416,10 +406,7 @@ func TestImportV0Interrupted(t *testing.T) {
 	if err != nil || !sum.Finished {
 		t.Fatalf("second run: %+v, %v", sum, err)
 	}
-	s := &e2eServer{t: t, dir: dir, cfg: cfg, logs: newLockedBuffer()}
-	s.start()
-	defer s.stop()
-	checkBacklog(t, s, backlogOf(built))
+	checkBacklog(t, serveE2E(t, dir, cfg), backlogOf(built))
 }
 
 // BenchmarkImportV0 imports a generated site of 1,000 users and 20,000
