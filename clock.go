@@ -1,14 +1,17 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/beevik/ntp"
@@ -19,7 +22,7 @@ const ntpDefaultPort = "123"
 
 // ntpQueryTimeout bounds one NTP query. A public server answers in well under
 // a second; 2 s allows a slow path while keeping the worst start-up delay with
-// the default configuration (4 hosts × 3 tries × 2 s) under half a minute.
+// the default configuration (hosts asked at once, 3 tries × 2 s) at 6 s.
 const ntpQueryTimeout = 2 * time.Second
 
 // ntpOffsetWarn is the offset beyond which the local clock is set badly
@@ -64,11 +67,39 @@ func LocalClock() *Clock {
 	return &Clock{base: time.Now()}
 }
 
-// SyncClock measures the local clock's offset from NTP. It queries cfg.Hosts in
-// order, each up to cfg.Retries times (at least once), and uses the first
-// valid reply; a host that answers "kiss of death" (slow down) is not asked
-// again. When no host answers it logs a warning and returns a local clock
-// (offset 0), or an error when cfg.Required.
+// DefaultNTPMaxOffset bounds the offset SyncClock accepts from NTP unless the
+// configuration says otherwise. NTP is unauthenticated: a spoofed reply at
+// start would move message ids, and the store's persisted id ceiling, forward
+// for good. 1000 s is ntpd's own panic threshold, beyond which it too refuses
+// to step the clock without an operator; a host whose clock is that far off
+// needs its time daemon fixed, not a correction inside mnm.
+const DefaultNTPMaxOffset = 1000 * time.Second
+
+// ntpAgreement is how far apart two hosts' offsets may be and still agree.
+// Public servers agree to milliseconds; a second allows an asymmetric path
+// while keeping a spoofer who wins the vote from moving ids by more.
+const ntpAgreement = time.Second
+
+// ntpReading is one host's measurement.
+type ntpReading struct {
+	host   string
+	offset time.Duration
+	rtt    time.Duration
+}
+
+// SyncClock measures the local clock's offset from NTP. It asks every host of
+// cfg at once, each up to cfg.Retries times (at least once); a host that
+// answers "kiss of death" (slow down) is not asked again. Because NTP is
+// unauthenticated, an answer is used only when it is believable:
+//
+//   - an offset beyond cfg.MaxOffset (DefaultNTPMaxOffset) is refused;
+//   - when several hosts answer, a majority must agree within ntpAgreement,
+//     and the median of that majority is used; answers outside it are
+//     logged as outliers. Without a majority nothing is used.
+//
+// Every refusal is logged at error level. When no answer is usable it logs a
+// warning and returns a local clock (offset 0), or an error when
+// cfg.Required.
 func SyncClock(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption) (*Clock, error) {
 	o := clockOptions{timeout: ntpQueryTimeout}
 	for _, opt := range opts {
@@ -77,33 +108,110 @@ func SyncClock(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption) (*Clock,
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	tries := max(cfg.Retries, 1)
+	maxOffset := DefaultNTPMaxOffset
+	if cfg.MaxOffsetSeconds > 0 {
+		maxOffset = time.Duration(cfg.MaxOffsetSeconds) * time.Second
+	}
 
 	var errs []error
-	for _, host := range cfg.Hosts {
-		resp, n, err := queryNTP(host, tries, o.timeout)
-		if err != nil {
-			logger.Warn("ntp host did not answer", "host", host, "tries", n, "err", err)
-			errs = append(errs, fmt.Errorf("%s: %w", host, err))
-			continue
+	var answers []ntpReading
+	for _, r := range queryHosts(cfg.Hosts, max(cfg.Retries, 1), o.timeout) {
+		switch {
+		case r.err != nil:
+			logger.Warn("ntp host did not answer", "host", r.host, "tries", r.tries, "err", r.err)
+			errs = append(errs, fmt.Errorf("%s: %w", r.host, r.err))
+		case r.resp.ClockOffset.Abs() > maxOffset:
+			logger.Error("ntp answer refused: offset beyond the bound (spoofed, or this host's clock needs fixing)",
+				"host", r.host, "offset", r.resp.ClockOffset, "maxOffset", maxOffset)
+			errs = append(errs, fmt.Errorf("%s: offset %v beyond %v", r.host, r.resp.ClockOffset, maxOffset))
+		default:
+			answers = append(answers, ntpReading{host: r.host, offset: r.resp.ClockOffset, rtt: r.resp.RTT})
 		}
-		c := &Clock{base: time.Now(), offset: resp.ClockOffset, synced: true}
-		level := slog.LevelInfo
-		if resp.ClockOffset.Abs() > ntpOffsetWarn {
-			level = slog.LevelWarn
+	}
+
+	if len(answers) > 0 {
+		agreed, outliers := ntpMajority(answers)
+		for _, a := range outliers {
+			logger.Error("ntp answer refused: disagrees with the other hosts", "host", a.host, "offset", a.offset)
 		}
-		logger.Log(context.Background(), level, "ntp clock synced", "host", host, "offset", resp.ClockOffset, "rtt", resp.RTT)
-		return c, nil
+		if agreed != nil {
+			c := &Clock{base: time.Now(), offset: agreed.offset, synced: true}
+			level := slog.LevelInfo
+			if agreed.offset.Abs() > ntpOffsetWarn {
+				level = slog.LevelWarn
+			}
+			logger.Log(context.Background(), level, "ntp clock synced", "host", agreed.host, "offset", agreed.offset,
+				"rtt", agreed.rtt, "agreeing", len(answers)-len(outliers), "asked", len(cfg.Hosts))
+			return c, nil
+		}
+		logger.Error("ntp hosts disagree; not using any of them", "answers", len(answers))
+		errs = append(errs, fmt.Errorf("%d hosts answered without a majority agreeing within %v", len(answers), ntpAgreement))
 	}
 
 	if len(cfg.Hosts) == 0 {
 		errs = append(errs, errors.New("no hosts configured"))
 	}
 	if cfg.Required {
-		return nil, fmt.Errorf("ntp: required, but no host answered: %w", errors.Join(errs...))
+		return nil, fmt.Errorf("ntp: required, but no usable answer: %w", errors.Join(errs...))
 	}
 	logger.Warn("ntp unavailable, using the local clock", "hosts", len(cfg.Hosts))
 	return LocalClock(), nil
+}
+
+// ntpMajority returns the answer to use, the median of the largest group of
+// answers within ntpAgreement of its median, when that group is a strict
+// majority of answers; outliers are the answers outside it. Without a strict
+// majority agreed is nil (one answer is a majority of one).
+func ntpMajority(answers []ntpReading) (agreed *ntpReading, outliers []ntpReading) {
+	sorted := slices.Clone(answers)
+	slices.SortFunc(sorted, func(a, b ntpReading) int { return cmp.Compare(a.offset, b.offset) })
+	// The largest window of sorted offsets no wider than 2×ntpAgreement
+	// around its median: every member is within ntpAgreement of it.
+	best, bestLen := 0, 0
+	for i := range sorted {
+		j := i
+		for j < len(sorted) && sorted[j].offset-sorted[i].offset <= 2*ntpAgreement {
+			j++
+		}
+		if j-i > bestLen {
+			best, bestLen = i, j-i
+		}
+	}
+	if 2*bestLen <= len(sorted) && len(sorted) > 1 {
+		return nil, nil
+	}
+	group := sorted[best : best+bestLen]
+	median := group[len(group)/2]
+	for _, a := range answers {
+		if (a.offset - median.offset).Abs() > ntpAgreement {
+			outliers = append(outliers, a)
+		}
+	}
+	return &median, outliers
+}
+
+// ntpResult is what asking one host gave.
+type ntpResult struct {
+	host  string
+	resp  *ntp.Response
+	tries int
+	err   error
+}
+
+// queryHosts asks every host at once, so that the start-up delay is one
+// host's worst case rather than the sum, and returns the results in the
+// configured order.
+func queryHosts(hosts []string, tries int, timeout time.Duration) []ntpResult {
+	results := make([]ntpResult, len(hosts))
+	var wg sync.WaitGroup
+	for i, host := range hosts {
+		wg.Go(func() {
+			resp, n, err := queryNTP(host, tries, timeout)
+			results[i] = ntpResult{host: host, resp: resp, tries: n, err: err}
+		})
+	}
+	wg.Wait()
+	return results
 }
 
 // queryNTP asks host up to tries times and returns the first valid reply and

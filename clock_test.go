@@ -162,7 +162,7 @@ func TestSyncClockMeasuresOffset(t *testing.T) {
 		t.Run(offset.String(), func(t *testing.T) {
 			addr := startNTPResponder(t, offset)
 			logger, logs := newTestLogger()
-			c, err := SyncClock(NTPConfig{Hosts: []string{addr}, Retries: 1}, logger, WithNTPTimeout(testNTPTimeout))
+			c, err := SyncClock(NTPConfig{Hosts: []string{addr}, Retries: 1, MaxOffsetSeconds: 2 * 3600}, logger, WithNTPTimeout(testNTPTimeout))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -255,7 +255,7 @@ func TestSyncClockRetries(t *testing.T) {
 				timeout = 50 * time.Millisecond // every try waits this long
 			}
 			logger, logs := newTestLogger()
-			c, err := SyncClock(NTPConfig{Hosts: []string{bad.addr(), good.addr()}, Retries: tc.retries}, logger, WithNTPTimeout(timeout))
+			c, err := SyncClock(NTPConfig{Hosts: []string{bad.addr(), good.addr()}, Retries: tc.retries, MaxOffsetSeconds: 2 * 3600}, logger, WithNTPTimeout(timeout))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -275,18 +275,101 @@ func TestSyncClockRetries(t *testing.T) {
 	}
 }
 
-func TestSyncClockFirstAnswerWins(t *testing.T) {
-	first := newNTPResponder(t, time.Hour, ntpAnswer)
-	second := newNTPResponder(t, -time.Hour, ntpAnswer)
-	c, err := SyncClock(NTPConfig{Hosts: []string{first.addr(), second.addr()}, Retries: 3}, nil, WithNTPTimeout(testNTPTimeout))
-	if err != nil {
-		t.Fatal(err)
+// TestSyncClockRefusesSpoofedOffset is the attack of issue #10 item 10: a
+// spoofed answer at start, a day ahead, would push ids (and the persisted id
+// ceiling) forward for good. Beyond the bound it is refused, loudly.
+func TestSyncClockRefusesSpoofedOffset(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		maxOffset int
+		offset    time.Duration
+		accept    bool
+	}{
+		{"a day ahead, default bound", 0, 24 * time.Hour, false},
+		{"a day behind, default bound", 0, -24 * time.Hour, false},
+		{"within the default bound", 0, DefaultNTPMaxOffset - time.Minute, true},
+		{"beyond a configured bound", 60, 2 * time.Minute, false},
+		{"within a configured bound", 7200, time.Hour, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spoof := newNTPResponder(t, tc.offset, ntpAnswer)
+			logger, logs := newTestLogger()
+			cfg := NTPConfig{Hosts: []string{spoof.addr()}, Retries: 1, MaxOffsetSeconds: tc.maxOffset}
+			c, err := SyncClock(cfg, logger, WithNTPTimeout(testNTPTimeout))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.accept {
+				if d := (c.Offset() - tc.offset).Abs(); d > time.Second || !c.Synced() {
+					t.Errorf("Offset() = %v, Synced() = %v; want %v, true", c.Offset(), c.Synced(), tc.offset)
+				}
+				return
+			}
+			if c.Offset() != 0 || c.Synced() {
+				t.Errorf("Offset() = %v, Synced() = %v; want the local clock", c.Offset(), c.Synced())
+			}
+			if !strings.Contains(logs.String(), `level=ERROR msg="ntp answer refused: offset beyond the bound`) {
+				t.Errorf("refusal not logged at error level:\n%s", logs)
+			}
+			cfg.Required = true
+			if _, err := SyncClock(cfg, nil, WithNTPTimeout(testNTPTimeout)); err == nil || !strings.Contains(err.Error(), "beyond") {
+				t.Errorf("required: err = %v, want a refusal naming the bound", err)
+			}
+		})
 	}
-	if first.requests.Load() != 1 || second.requests.Load() != 0 {
-		t.Errorf("requests: first %d, second %d; want 1, 0", first.requests.Load(), second.requests.Load())
-	}
-	if c.Offset() < 0 {
-		t.Errorf("Offset() = %v, want the first host's +1h", c.Offset())
+}
+
+// TestSyncClockHostsMustAgree: when several hosts answer, a majority must
+// agree; a spoofer among honest hosts is outvoted, and hosts that disagree
+// without a majority are not used at all.
+func TestSyncClockHostsMustAgree(t *testing.T) {
+	const spoofed = 10 * time.Minute // within the default bound
+	for _, tc := range []struct {
+		name    string
+		offsets []time.Duration
+		want    time.Duration // the offset used; ignored when !synced
+		synced  bool
+		errors  int // error lines logged
+	}{
+		{"all agree", []time.Duration{0, 0, 0}, 0, true, 0},
+		{"one spoofer among three", []time.Duration{0, spoofed, 0}, 0, true, 1},
+		{"spoofer first among three", []time.Duration{spoofed, 0, 0}, 0, true, 1},
+		{"two spoofers agreeing outvote one", []time.Duration{spoofed, 0, spoofed}, spoofed, true, 1},
+		{"two disagree", []time.Duration{0, spoofed}, 0, false, 1},
+		{"three disagree", []time.Duration{0, spoofed, -spoofed}, 0, false, 1},
+		{"one answer", []time.Duration{spoofed}, spoofed, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hosts []string
+			var rs []*ntpResponder
+			for _, off := range tc.offsets {
+				r := newNTPResponder(t, off, ntpAnswer)
+				rs = append(rs, r)
+				hosts = append(hosts, r.addr())
+			}
+			logger, logs := newTestLogger()
+			c, err := SyncClock(NTPConfig{Hosts: hosts, Retries: 1}, logger, WithNTPTimeout(testNTPTimeout))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, r := range rs {
+				if n := r.requests.Load(); n != 1 {
+					t.Errorf("host %d asked %d times, want 1 (every host is asked)", i, n)
+				}
+			}
+			if c.Synced() != tc.synced {
+				t.Fatalf("Synced() = %v, want %v\n%s", c.Synced(), tc.synced, logs)
+			}
+			if d := (c.Offset() - tc.want).Abs(); d > time.Second {
+				t.Errorf("Offset() = %v, want %v", c.Offset(), tc.want)
+			}
+			if got := strings.Count(logs.String(), "level=ERROR"); got != tc.errors {
+				t.Errorf("%d error lines, want %d:\n%s", got, tc.errors, logs)
+			}
+			if !tc.synced && !strings.Contains(logs.String(), "ntp hosts disagree") {
+				t.Errorf("disagreement not logged:\n%s", logs)
+			}
+		})
 	}
 }
 

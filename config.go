@@ -64,10 +64,14 @@ const (
 	// tmtprev reply; a sentence is plenty.
 	maxSiteNameBytes = 128
 
-	// maxNTPHosts and maxNTPRetries bound the start-up delay when no host
-	// answers: hosts × retries × the query timeout.
+	// maxNTPHosts bounds the queries sent at start (to every host at
+	// once); maxNTPRetries the start-up delay when no host answers:
+	// retries × the query timeout.
 	maxNTPHosts   = 16
 	maxNTPRetries = 10
+	// maxNTPMaxOffsetSeconds (a year) bounds ntp.maxOffsetSeconds: a bound
+	// wider than that accepts any answer, which the default exists to stop.
+	maxNTPMaxOffsetSeconds = 365 * 24 * 3600
 
 	// maxAuthProviders is the deployed limit (SPEC §7, §8): clients label
 	// the providers a…z. The empty first entry is not a provider and does
@@ -323,6 +327,10 @@ type NTPConfig struct {
 	// Required refuses to start when no host answers, rather than falling
 	// back to the local clock.
 	Required bool `json:"required"`
+	// MaxOffsetSeconds bounds the offset accepted from a host: NTP is
+	// unauthenticated, and a spoofed answer would move message ids forward
+	// for good. 0 or absent: DefaultNTPMaxOffset (SyncClock).
+	MaxOffsetSeconds int `json:"maxOffsetSeconds,omitempty"`
 }
 
 // ListenConfig is the TLS listener.
@@ -754,6 +762,9 @@ func (c *Config) validate(present map[string]bool) error {
 	if c.NTP.Required && len(c.NTP.Hosts) == 0 {
 		bad("ntp.hosts", "empty, but ntp.required is true")
 	}
+	if c.NTP.MaxOffsetSeconds < 0 || c.NTP.MaxOffsetSeconds > maxNTPMaxOffsetSeconds {
+		bad("ntp.maxOffsetSeconds", "%d is outside 0…%d (0 for the default, %d)", c.NTP.MaxOffsetSeconds, maxNTPMaxOffsetSeconds, int(DefaultNTPMaxOffset.Seconds()))
+	}
 	if c.NTP.Retries < 0 || c.NTP.Retries > maxNTPRetries {
 		bad("ntp.retries", "%d is outside 0…%d", c.NTP.Retries, maxNTPRetries)
 	}
@@ -1099,7 +1110,8 @@ func EnsureConfig(dir string, logger *slog.Logger) (path string, created bool, e
 			return path, false, fmt.Errorf("config: %w", err)
 		}
 		logger.Info("created tls key", "path", keyPath)
-		logger.Info("created self-signed tls certificate", "path", certPath, "hosts", hosts, "years", selfSignedYears)
+		logger.Info("created self-signed tls certificate", "path", certPath, "hosts", hosts, "years", selfSignedYears,
+			"advice", "a test site may keep it; any other site should use a certificate from a CA (README, Security)")
 	}
 
 	data, err := json.MarshalIndent(cfg, "", "  ")

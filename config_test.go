@@ -185,6 +185,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"ntp port zero", edit(`127.0.0.1:1123`, `127.0.0.1:0`), "ntp.hosts[0]:"},
 		{"negative retries", edit(`"retries": 2`, `"retries": -1`), "ntp.retries: -1 is outside 0…10"},
 		{"many retries", edit(`"retries": 2`, `"retries": 11`), "ntp.retries: 11 is outside"},
+		{"negative max offset", edit(`"retries": 2`, `"retries": 2, "maxOffsetSeconds": -1`), "ntp.maxOffsetSeconds: -1 is outside 0…31536000 (0 for the default, 1000)"},
+		{"max offset over a year", edit(`"retries": 2`, `"retries": 2, "maxOffsetSeconds": 31536001`), "ntp.maxOffsetSeconds: 31536001 is outside"},
 		{"required without hosts", edit(`"hosts": ["127.0.0.1:1123", "pool.ntp.org"], "retries": 2, "required": false`, `"hosts": [], "required": true`), "ntp.hosts: empty, but ntp.required is true"},
 		{"net", edit(`"net": "tcp"`, `"net": "udp"`), `listen.net: "udp" is not one of tcp, tcp4, tcp6`},
 		{"laddr no port", edit(`"127.0.0.1:5443"`, `"127.0.0.1"`), "listen.laddr:"},

@@ -5,6 +5,7 @@
 //	mnm --version     print the version
 //	mnm load [flags]  the load benchmark (load.go, BENCHMARKS.md)
 //	mnm import-v0 OLD_SITE  take over a site of the deployed server (importv0.go)
+//	mnm check [-config F]   check a site's config, certificate and data directory (check.go)
 //
 // See README.md for operating it and Protocol.md for what it speaks.
 package main
@@ -56,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runLoad(args[1:], stdout, stderr)
 		case "import-v0":
 			return runImportV0(args[1:], stdout, stderr)
+		case "check":
+			return runCheck(args[1:], stdout, stderr)
 		}
 		// A number N: simulate N members against an in-process server.
 		if n, ok := simMembers(args[0]); ok {
@@ -110,7 +113,7 @@ func waitForStop(d *daemon, logger *slog.Logger) int {
 			if err := d.certs.Reload(); err != nil {
 				logger.Error("certificate reload failed; keeping the old one", "err", err)
 			} else {
-				logger.Info("certificate reloaded", "notAfter", d.certs.NotAfter())
+				logCertificate(logger, d.certs, "certificate reloaded")
 			}
 		case err := <-d.fatal:
 			// Fail stop: nothing more can be acknowledged safely.
@@ -167,6 +170,7 @@ func startDaemon(configPath string, logger *slog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	logCertificate(logger, certs, "tls certificate")
 	ln, err := net.Listen(cfg.Listen.Net, cfg.Listen.Laddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)

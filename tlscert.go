@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -11,11 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -202,12 +206,76 @@ func (r *CertReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 // NotAfter is when the current certificate expires, for the start-up log.
 func (r *CertReloader) NotAfter() time.Time { return r.cert.Load().Leaf.NotAfter }
 
+// Fingerprint is the SHA-256 of the current certificate, as colon-separated
+// hex pairs: what `openssl x509 -noout -fingerprint -sha256` prints, so that
+// a member can compare the two.
+func (r *CertReloader) Fingerprint() string { return certFingerprint(r.cert.Load().Leaf) }
+
+// SelfSigned reports whether the current certificate signs itself: members
+// then reach the site with "=host:port", which skips verification, and must
+// check its fingerprint instead.
+func (r *CertReloader) SelfSigned() bool { return isSelfSigned(r.cert.Load().Leaf) }
+
+// certFingerprint returns the SHA-256 of c's DER encoding as "AB:CD:…".
+func certFingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	var b strings.Builder
+	for i, x := range sum {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		fmt.Fprintf(&b, "%02X", x)
+	}
+	return b.String()
+}
+
+// isSelfSigned reports whether c is signed by its own key. (CheckSignatureFrom
+// would refuse: a leaf is not a CA.)
+func isSelfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
+}
+
+// logCertificate logs the certificate being served, with the fingerprint
+// members of a self-signed site compare against, at every start and reload.
+// A self-signed certificate also gets a warning: anyone on the path can
+// impersonate such a site to a member who skips that comparison, and collect
+// nodeids at Login.
+func logCertificate(logger *slog.Logger, r *CertReloader, event string) {
+	leaf := r.cert.Load().Leaf
+	logger.Info(event, "sha256", r.Fingerprint(), "selfSigned", r.SelfSigned(),
+		"names", leaf.DNSNames, "notAfter", r.NotAfter().UTC().Format(time.RFC3339))
+	if r.SelfSigned() {
+		logger.Warn(selfSignedAdvice)
+	}
+}
+
+// selfSignedAdvice is logged with every self-signed certificate.
+const selfSignedAdvice = "self-signed certificate: members must check its sha256 fingerprint when they add the site (README, Security);" +
+	" for any site that is not a test, use a certificate from a CA (certPath, keyPath)"
+
+// aeadCipherSuites are the TLS 1.2 suites the server accepts: ECDHE key
+// exchange, for forward secrecy, with AEAD ciphers only. Go's defaults still
+// include CBC-SHA1 suites, whose MAC-then-encrypt construction has a history
+// of padding-oracle attacks; every client that speaks TLS 1.2 has AES-GCM.
+// TLS 1.3's suites are all AEAD and not configurable.
+func aeadCipherSuites() []uint16 {
+	return []uint16{
+		tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+		tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+		tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	}
+}
+
 // TLSConfig returns a server configuration that serves the reloader's current
 // certificate. TLS 1.2 is the floor: older versions have known weaknesses and
-// every client mnm supports speaks 1.2 or 1.3.
+// every client mnm supports speaks 1.2 or 1.3; with 1.2, only AEAD suites.
 func (r *CertReloader) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
+		CipherSuites:   aeadCipherSuites(),
 		GetCertificate: r.GetCertificate,
 	}
 }
