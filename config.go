@@ -44,6 +44,15 @@ const DefaultListenAddr = "0.0.0.0:5443"
 // and fsynced before its ack).
 const DefaultMaxPostBytes = 256 << 20
 
+// DefaultTokenMaxAgeSeconds is how old (by its iat) a third-party token may
+// be. A client gets the token from the provider just before it signs up
+// and sends it at once, so a token an hour old is one that was kept: a
+// token stolen or stockpiled to register accounts later. An hour is the
+// life of the common providers' id_tokens (Google's, Microsoft's), so for
+// them it refuses nothing that exp would not; it bounds the providers that
+// issue tokens for a day or more.
+const DefaultTokenMaxAgeSeconds = 3600
+
 // DefaultMinFreeBytes is the free-space watermark when the configuration does
 // not say. It must exceed what can be appended between two looks at the free
 // space (a MiB, store.Options.MinFree) with a wide margin, and leave room for
@@ -119,10 +128,22 @@ const (
 	maxExemptRanges = 256
 
 	// maxLimitCount bounds the counted limits (links, registrations,
-	// failures, pings, invitations): a million of anything per address or
-	// per member is no limit at all, so a larger value is a typo; 0 is the
-	// way to turn a limit off.
+	// failures, pings, invitations, devices per post): a million of
+	// anything per address, per member or per post is no limit at all, so
+	// a larger value is a typo; 0 is the way to turn a limit off.
 	maxLimitCount = 1_000_000
+
+	// maxAccountsPerIdentity bounds accountsPerIdentity (or 0, no bound):
+	// a person with more accounts than this on one site is no longer a
+	// person, so a larger value is a typo for 0.
+	maxAccountsPerIdentity = 1000
+
+	// tokenMaxAgeLeast and tokenMaxAgeMost bound tokenMaxAgeSeconds (or
+	// 0, off): below the clock skew allowed (a minute) a provider whose
+	// clock is slightly behind ours would have its fresh tokens refused;
+	// above a day a token is no longer a fresh proof of anything.
+	tokenMaxAgeLeast = 60
+	tokenMaxAgeMost  = 24 * 3600
 
 	// queueBytesLeast and queueBytesMost bound limits.queueBytesPerDevice
 	// (or 0, off): below a MiB a device would be refused after a few
@@ -130,6 +151,18 @@ const (
 	// it guards nothing.
 	queueBytesLeast = 1 << 20
 	queueBytesMost  = 1 << 40
+
+	// maxLinksLimit guards maxLinks against a typo: each link is a file
+	// descriptor and tens of KiB of memory, and no single server holds
+	// more than a few million.
+	maxLinksLimit = 1 << 24
+
+	// preLoginBytesLeast and preLoginBytesMost bound
+	// limits.preLoginBytes (or 0, off): below a MiB (15 long headers) a
+	// few strangers would stop sign-ups with long tokens, which is a unit
+	// mistaken rather than a policy; above 16 GiB it guards nothing.
+	preLoginBytesLeast = 1 << 20
+	preLoginBytesMost  = 1 << 34
 )
 
 // Config is the server configuration, read from the JSON file mnm.config.
@@ -152,6 +185,14 @@ type Config struct {
 	// "#" comments) makes third-party auth optional; it is not a provider.
 	// It is ignored when Auth is 0.
 	AuthBy []AuthProvider `json:"authby"`
+	// AccountsPerIdentity bounds the accounts that one third-party
+	// identity (a token's issuer and subject) may register. Default
+	// DefaultAccountsPerIdentity; 0 removes the bound.
+	AccountsPerIdentity int `json:"accountsPerIdentity"`
+	// TokenMaxAgeSeconds refuses third-party tokens issued (iat) longer
+	// ago than this, and tokens without iat. Default
+	// DefaultTokenMaxAgeSeconds; 0 turns the check off (exp still holds).
+	TokenMaxAgeSeconds int `json:"tokenMaxAgeSeconds"`
 	// DataDir holds userdb/ and qstore/. Default: the config file's
 	// directory.
 	DataDir string `json:"dataDir,omitempty"`
@@ -165,6 +206,11 @@ type Config struct {
 	MinFreeBytes int64 `json:"minFreeBytes"`
 	// Limits bound what one remote address or one member may do.
 	Limits LimitsConfig `json:"limits"`
+	// MaxLinks bounds the open links, logged in or not, so that a flood of
+	// connections cannot take the file descriptors that the store and the
+	// user database need. 0 (the default) derives it from the process's
+	// descriptor limit, keeping a reserve (linkCap).
+	MaxLinks int `json:"maxLinks,omitempty"`
 }
 
 // LimitsConfig bounds what one remote address or one member may do
@@ -189,9 +235,25 @@ type LimitsConfig struct {
 	// 24 hours.
 	PingsPerDay       int `json:"pingsPerDay"`
 	InvitationsPerDay int `json:"invitationsPerDay"`
+	// GroupsPerDay bounds the groups one member may create per 24 hours;
+	// InvitationsPerInviteePerDay the invitations one member may send one
+	// invitee per 24 hours.
+	GroupsPerDay                int `json:"groupsPerDay"`
+	InvitationsPerInviteePerDay int `json:"invitationsPerInviteePerDay"`
+	// DevicesPerPost bounds the devices one post may store a message for,
+	// after its groups are expanded; a post over it is refused with the ack
+	// error "too many recipients: over N devices".
+	DevicesPerPost int `json:"devicesPerPost"`
 	// QueueBytesPerDevice is the backlog above which new messages for a
 	// device are refused, with an ack error naming its user.
 	QueueBytesPerDevice int64 `json:"queueBytesPerDevice"`
+	// PreLoginBytes is the memory that links not logged in may hold, all
+	// together, in buffers for headers longer than 512 bytes (64 KiB
+	// each); a link that would take more is closed.
+	PreLoginBytes int64 `json:"preLoginBytes"`
+	// PreLoginLinks bounds the links not logged in, all together; at the
+	// bound the oldest is closed to make room, or the newcomer refused.
+	PreLoginLinks int `json:"preLoginLinks"`
 }
 
 // DefaultLimitsConfig is qlib.DefaultLimits in the configuration's terms.
@@ -209,7 +271,13 @@ func DefaultLimitsConfig() LimitsConfig {
 		LoginFailuresPerUID:     d.LoginFailuresPerUID,
 		PingsPerDay:             d.PingsPerDay,
 		InvitationsPerDay:       d.InvitesPerDay,
+		DevicesPerPost:          d.DevicesPerPost,
 		QueueBytesPerDevice:     d.QueueBytesPerDevice,
+		PreLoginBytes:           d.PreLoginBytes,
+		PreLoginLinks:           d.PreLoginLinks,
+
+		GroupsPerDay:                d.GroupsPerDay,
+		InvitationsPerInviteePerDay: d.InvitesPerInviteePerDay,
 	}
 }
 
@@ -228,6 +296,10 @@ func (lc *LimitsConfig) counts() []limitField {
 		{"loginFailuresPerUID", &lc.LoginFailuresPerUID},
 		{"pingsPerDay", &lc.PingsPerDay},
 		{"invitationsPerDay", &lc.InvitationsPerDay},
+		{"groupsPerDay", &lc.GroupsPerDay},
+		{"invitationsPerInviteePerDay", &lc.InvitationsPerInviteePerDay},
+		{"devicesPerPost", &lc.DevicesPerPost},
+		{"preLoginLinks", &lc.PreLoginLinks},
 	}
 }
 
@@ -249,6 +321,9 @@ func (lc *LimitsConfig) validate(bad func(field, format string, args ...any)) {
 	if q := lc.QueueBytesPerDevice; q != 0 && (q < queueBytesLeast || q > queueBytesMost) {
 		bad("limits.queueBytesPerDevice", "%d is outside %d…%d (or 0 for no limit)", q, int64(queueBytesLeast), int64(queueBytesMost))
 	}
+	if p := lc.PreLoginBytes; p != 0 && (p < preLoginBytesLeast || p > preLoginBytesMost) {
+		bad("limits.preLoginBytes", "%d is outside %d…%d (or 0 for no limit)", p, int64(preLoginBytesLeast), int64(preLoginBytesMost))
+	}
 }
 
 // fillDefaults gives every limit left out of the file its default; present
@@ -266,6 +341,9 @@ func (lc *LimitsConfig) fillDefaults(present map[string]bool) {
 	}
 	if !present["limits.queueBytesPerDevice"] {
 		lc.QueueBytesPerDevice = def.QueueBytesPerDevice
+	}
+	if !present["limits.preLoginBytes"] {
+		lc.PreLoginBytes = def.PreLoginBytes
 	}
 }
 
@@ -312,7 +390,13 @@ func (lc *LimitsConfig) Qlib() *qlib.Limits {
 		LoginFailuresPerUID:  lc.LoginFailuresPerUID,
 		PingsPerDay:          lc.PingsPerDay,
 		InvitesPerDay:        lc.InvitationsPerDay,
+		DevicesPerPost:       lc.DevicesPerPost,
 		QueueBytesPerDevice:  lc.QueueBytesPerDevice,
+		PreLoginBytes:        lc.PreLoginBytes,
+		PreLoginLinks:        lc.PreLoginLinks,
+
+		GroupsPerDay:            lc.GroupsPerDay,
+		InvitesPerInviteePerDay: lc.InvitationsPerInviteePerDay,
 	}
 }
 
@@ -408,6 +492,9 @@ func DefaultConfig() *Config {
 		MaxPostBytes: DefaultMaxPostBytes,
 		MinFreeBytes: DefaultMinFreeBytes,
 		Limits:       DefaultLimitsConfig(),
+
+		AccountsPerIdentity: DefaultAccountsPerIdentity,
+		TokenMaxAgeSeconds:  DefaultTokenMaxAgeSeconds,
 	}
 }
 
@@ -481,6 +568,12 @@ func parseConfig(data []byte, dir string) (*Config, error) {
 		cfg.MinFreeBytes = DefaultMinFreeBytes // 0 is a setting: no watermark
 	}
 	cfg.Limits.fillDefaults(present) // 0 is a setting: no limit
+	if !present["accountsPerIdentity"] {
+		cfg.AccountsPerIdentity = DefaultAccountsPerIdentity // 0 is a setting: no bound
+	}
+	if !present["tokenMaxAgeSeconds"] {
+		cfg.TokenMaxAgeSeconds = DefaultTokenMaxAgeSeconds // 0 is a setting: no check
+	}
 	cfg.resolve(dir)
 	return &cfg, nil
 }
@@ -808,6 +901,12 @@ func (c *Config) validate(present map[string]bool) error {
 	if c.Auth > 0 && providers == 0 {
 		bad("authby", "auth is %d but no provider is listed", c.Auth)
 	}
+	if n := c.AccountsPerIdentity; n < 0 || n > maxAccountsPerIdentity {
+		bad("accountsPerIdentity", "%d is outside 0…%d (0 for no bound)", n, maxAccountsPerIdentity)
+	}
+	if n := c.TokenMaxAgeSeconds; n != 0 && (n < tokenMaxAgeLeast || n > tokenMaxAgeMost) {
+		bad("tokenMaxAgeSeconds", "%d is outside %d…%d (or 0 for no check)", n, tokenMaxAgeLeast, tokenMaxAgeMost)
+	}
 	if list, _, err := clientAuthBy(c.AuthBy); err != nil {
 		bad("authby", "%v", err)
 	} else if len(list) > maxClientAuthByBytes {
@@ -820,6 +919,9 @@ func (c *Config) validate(present map[string]bool) error {
 	}
 	if c.MinFreeBytes != 0 && (c.MinFreeBytes < minFreeBytesLeast || c.MinFreeBytes > maxPostBytesLimit) {
 		bad("minFreeBytes", "%d is outside %d…%d (or 0 for no watermark)", c.MinFreeBytes, int64(minFreeBytesLeast), int64(maxPostBytesLimit))
+	}
+	if c.MaxLinks < 0 || c.MaxLinks > maxLinksLimit {
+		bad("maxLinks", "%d is outside 0…%d (0 derives it from the file descriptor limit)", c.MaxLinks, maxLinksLimit)
 	}
 	if present["dataDir"] && c.DataDir == "" {
 		bad("dataDir", "must not be empty when given (leave it out for the config file's directory)")

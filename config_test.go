@@ -50,6 +50,9 @@ func TestParseConfigValid(t *testing.T) {
 		MaxPostBytes: 1 << 20,
 		MinFreeBytes: DefaultMinFreeBytes,
 		Limits:       DefaultLimitsConfig(),
+
+		AccountsPerIdentity: DefaultAccountsPerIdentity,
+		TokenMaxAgeSeconds:  DefaultTokenMaxAgeSeconds,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("parseConfig =\n%+v\nwant\n%+v", cfg, want)
@@ -666,14 +669,16 @@ func TestParseConfigLimits(t *testing.T) {
 	}
 
 	cfg, err := parse(`{"exempt": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"], "pingsPerDay": 0,
-		"linksPerAddress": 7, "queueBytesPerDevice": 1048576}`)
+		"linksPerAddress": 7, "queueBytesPerDevice": 1048576, "devicesPerPost": 300,
+		"groupsPerDay": 0, "invitationsPerInviteePerDay": 9}`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := cfg.Limits.Qlib()
 	wantExempt := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32")}
 	if !reflect.DeepEqual(got.Exempt, wantExempt) || got.PingsPerDay != 0 || got.LinksPerAddr != 7 ||
-		got.QueueBytesPerDevice != 1<<20 || got.InvitesPerDay != qlib.DefaultInvitesPerDay {
+		got.QueueBytesPerDevice != 1<<20 || got.InvitesPerDay != qlib.DefaultInvitesPerDay || got.DevicesPerPost != 300 ||
+		got.GroupsPerDay != 0 || got.InvitesPerInviteePerDay != 9 {
 		t.Errorf("limits set in the file reach qlib as %+v", got)
 	}
 	// An empty list exempts nothing, not even loopback.
@@ -693,6 +698,10 @@ func TestParseConfigLimits(t *testing.T) {
 		{`{"loginFailuresPerUID": 2000000}`, `limits.loginFailuresPerUID: 2000000 is outside`},
 		{`{"pingsPerDay": -1}`, `limits.pingsPerDay: -1 is outside`},
 		{`{"invitationsPerDay": 1.5}`, `field "limits.invitationsPerDay": want an integer`},
+		{`{"groupsPerDay": -1}`, `limits.groupsPerDay: -1 is outside 0…1000000 (0 turns the limit off)`},
+		{`{"invitationsPerInviteePerDay": 1000001}`, `limits.invitationsPerInviteePerDay: 1000001 is outside`},
+		{`{"devicesPerPost": -1}`, `limits.devicesPerPost: -1 is outside 0…1000000 (0 turns the limit off)`},
+		{`{"devicesPerPost": 1000001}`, `limits.devicesPerPost: 1000001 is outside`},
 		{`{"queueBytesPerDevice": 1000}`, `limits.queueBytesPerDevice: 1000 is outside 1048576…1099511627776 (or 0 for no limit)`},
 		{`{"queueBytesPerDevice": 2199023255552}`, `limits.queueBytesPerDevice: 2199023255552 is outside`},
 		{`{"pingsPerDey": 5}`, `unknown field "limits.pingsPerDey"`},
@@ -710,5 +719,48 @@ func TestParseConfigLimits(t *testing.T) {
 	}
 	if _, err := parse(`{"exempt": [` + strings.Join(many, ",") + `]}`); err == nil || !strings.Contains(err.Error(), "limits.exempt: 257 ranges, at most 256") {
 		t.Errorf("too many exempt ranges: %v", err)
+	}
+}
+
+// TestParseConfigSignUpBounds: accountsPerIdentity and tokenMaxAgeSeconds
+// take their defaults when left out, 0 when set to 0 (no bound, no check),
+// and refuse values outside their ranges.
+func TestParseConfigSignUpBounds(t *testing.T) {
+	const base = `{"name":"s","listen":{"net":"tcp","laddr":":1","certPath":"c","keyPath":"k"}`
+	parse := func(extra string) (*Config, error) { return parseConfig([]byte(base+extra+`}`), "/d") }
+	cfg, err := parse("")
+	if err != nil || cfg.AccountsPerIdentity != DefaultAccountsPerIdentity || cfg.TokenMaxAgeSeconds != DefaultTokenMaxAgeSeconds {
+		t.Fatalf("defaults: %v, %+v", err, cfg)
+	}
+	if d := DefaultConfig(); d.AccountsPerIdentity != DefaultAccountsPerIdentity || d.TokenMaxAgeSeconds != DefaultTokenMaxAgeSeconds {
+		t.Errorf("DefaultConfig: accountsPerIdentity %d, tokenMaxAgeSeconds %d", d.AccountsPerIdentity, d.TokenMaxAgeSeconds)
+	}
+	cfg, err = parse(`,"accountsPerIdentity":0,"tokenMaxAgeSeconds":0`)
+	if err != nil || cfg.AccountsPerIdentity != 0 || cfg.TokenMaxAgeSeconds != 0 {
+		t.Errorf("set to 0: %v, %d, %d", err, cfg.AccountsPerIdentity, cfg.TokenMaxAgeSeconds)
+	}
+	cfg, err = parse(`,"accountsPerIdentity":3,"tokenMaxAgeSeconds":600`)
+	if err != nil || cfg.AccountsPerIdentity != 3 || cfg.TokenMaxAgeSeconds != 600 {
+		t.Errorf("set: %v, %d, %d", err, cfg.AccountsPerIdentity, cfg.TokenMaxAgeSeconds)
+	}
+	for _, b := range []struct{ extra, want string }{
+		{`,"accountsPerIdentity":-1`, "accountsPerIdentity: -1 is outside 0…1000 (0 for no bound)"},
+		{`,"accountsPerIdentity":1001`, "accountsPerIdentity: 1001 is outside"},
+		{`,"tokenMaxAgeSeconds":59`, "tokenMaxAgeSeconds: 59 is outside 60…86400 (or 0 for no check)"},
+		{`,"tokenMaxAgeSeconds":86401`, "tokenMaxAgeSeconds: 86401 is outside"},
+		{`,"tokenMaxAgeSeconds":-1`, "tokenMaxAgeSeconds: -1 is outside"},
+		{`,"tokenMaxAgeSeconds":"1h"`, `field "tokenMaxAgeSeconds": want an integer`},
+	} {
+		if _, err := parse(b.extra); err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%s: got %v, want an error containing %q", b.extra, err, b.want)
+		}
+	}
+	// mnm.conf shows the defaults.
+	data, err := os.ReadFile("mnm.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := parseConfig(data, "/d"); err != nil || cfg.AccountsPerIdentity != DefaultAccountsPerIdentity || cfg.TokenMaxAgeSeconds != DefaultTokenMaxAgeSeconds {
+		t.Errorf("mnm.conf: %v, %+v", err, cfg)
 	}
 }

@@ -95,6 +95,9 @@ func TestLoadConfigV0(t *testing.T) {
 		MaxPostBytes: DefaultMaxPostBytes,
 		MinFreeBytes: DefaultMinFreeBytes,
 		Limits:       DefaultLimitsConfig(), // the deployed server had none
+
+		AccountsPerIdentity: DefaultAccountsPerIdentity,
+		TokenMaxAgeSeconds:  DefaultTokenMaxAgeSeconds,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("LoadConfig =\n%+v\nwant\n%+v", cfg, want)

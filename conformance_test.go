@@ -120,11 +120,28 @@ type refDifference struct {
 	// after, if set, runs once the step is checked, to put the fixture
 	// back as the transcript's later steps expect it.
 	after func(r *refRun)
+	// senderNode1, if set, is what the sender's node 1 receives instead
+	// of the same stored messages as node 0 (templates, as in want).
+	senderNode1 []map[string]any
 }
 
 // refDifferences lists the deliberate differences by step number (1-based
 // position in reference-test.json).
 var refDifferences = map[int]refDifference{
+	36: {
+		why: "a new device's nodeid goes only to the requesting device (Protocol.md, UserEdit): " +
+			"the user's other devices get the announcement without it, as a message of their own, " +
+			"so that the password does not stay on disk until every device has acked it",
+		adjust: func(want []map[string]any) []map[string]any { return want },
+		check: func(s *refStep) bool {
+			return s.Head["Op"] == "eOpUserEdit" && s.Head["Newnode"] != nil &&
+				slices.ContainsFunc(s.Want, func(w map[string]any) bool { return w["op"] == "user" && w["nodeid"] != nil })
+		},
+		senderNode1: []map[string]any{
+			{"datalen": json.Number("0"), "from": "*senduid", "headsum": json.Number("1"), "id": "#sid#",
+				"newnode": "ref", "op": "user", "posted": "#spdt#"},
+		},
+	},
 	49: {
 		why: "SPEC §6: ohi status 2 is sent when the user's last device disconnects; " +
 			"the fixture keeps the sender's node 1 logged in, so node 0's Quit sends none",
@@ -536,11 +553,12 @@ type refRun struct {
 	srv           *refServer
 	steps         []refStep
 	rx0, rx1, tx1 *refDevice
-	link          *refLink       // the step link; nil before step 1
-	otherUser     bool           // the step's refDifference.otherUser
-	req           map[string]any // head of the request being answered (a msg step continues it)
-	cur           int            // the step running, for messages
-	failed        []int          // steps with a failure, in order
+	link          *refLink         // the step link; nil before step 1
+	otherUser     bool             // the step's refDifference.otherUser
+	senderNode1   []map[string]any // the step's refDifference.senderNode1
+	req           map[string]any   // head of the request being answered (a msg step continues it)
+	cur           int              // the step running, for messages
+	failed        []int            // steps with a failure, in order
 }
 
 func (r *refRun) errorf(format string, args ...any) {
@@ -583,8 +601,10 @@ func (r *refRun) step(n int, s *refStep) {
 		r.t.Logf("step %d differs deliberately from the transcript: %s", n, d.why)
 		want = d.adjust(want)
 		r.otherUser = d.otherUser
+		r.senderNode1 = d.senderNode1
 		defer func() {
 			r.otherUser = false
+			r.senderNode1 = nil
 			if d.after != nil {
 				d.after(r)
 			}
@@ -769,10 +789,14 @@ func (r *refRun) check(s *refStep, want []map[string]any) {
 	r.sameFrames(r.rx1, gotRecv, r.readDevice(r.rx1, len(wantRecv), deadline))
 
 	tx1Want := r.senderNodeWant(s, gotStored, gotRecv)
-	if r.otherUser {
-		tx1Want = nil
+	switch {
+	case r.senderNode1 != nil:
+		r.matchRun(r.tx1.name, r.senderNode1, r.readDevice(r.tx1, len(r.senderNode1), deadline))
+	case r.otherUser:
+		r.sameFrames(r.tx1, nil, r.readDevice(r.tx1, 0, deadline))
+	default:
+		r.sameFrames(r.tx1, tx1Want, r.readDevice(r.tx1, len(tx1Want), deadline))
 	}
-	r.sameFrames(r.tx1, tx1Want, r.readDevice(r.tx1, len(tx1Want), deadline))
 
 	r.checkConsistency(wantLink, wantRecv, gotLink, gotRecv)
 	r.checkOrder("step link", gotStored)

@@ -365,6 +365,12 @@ func userFromV0(u v0site.User, now time.Time) (*userRecord, error) {
 		if err := json.Unmarshal(u.Auth, &rec.Claims); err != nil {
 			rec.Claims = map[string]any{"v0Authentication": json.RawMessage(u.Auth)}
 		}
+		// Of claims that name an identity only iss and sub are kept, as
+		// for a sign-up here (keptClaims): an e-mail address and the like
+		// are pruned now rather than carried over. Users that share an
+		// identity are all imported; the accounts-per-identity bound only
+		// refuses new registrations.
+		rec.Claims = keptClaims(rec.Claims)
 	}
 	if err := rec.check(u.UID); err != nil {
 		return nil, err

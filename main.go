@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	"mnm/logflood"
 	"mnm/qlib"
 	"mnm/qlib/store"
 )
@@ -81,7 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *debug {
 		level = slog.LevelDebug
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logger, closeLog := newDaemonLogger(stderr, level)
+	defer closeLog()
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "mnm: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
@@ -93,6 +95,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return waitForStop(d, logger)
+}
+
+// newDaemonLogger returns the server's logger, writing text lines to w, and
+// the function that writes the summaries of lines still suppressed at exit.
+// A connection that fails before login logs a line, so a flood of them
+// would flood the log: past logflood.DefaultBurst lines of one kind a
+// minute, the rest are counted in one summary line. Errors (a store or
+// user database failure) always pass. A kind of line is its level, message,
+// reason and uid: refusals for different reasons stay apart, and so do
+// different members' logins, so that what is cut is one event repeated,
+// the shape of a flood.
+func newDaemonLogger(w io.Writer, level slog.Level) (*slog.Logger, func()) {
+	h := logflood.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}),
+		logflood.Options{KeyAttrs: []string{"reason", "uid"}})
+	return slog.New(h), func() { h.Close() }
 }
 
 // waitForStop serves until SIGINT/SIGTERM or a store failure, then shuts the
@@ -178,7 +195,11 @@ func startDaemon(configPath string, logger *slog.Logger) (*daemon, error) {
 	var verifier qlib.TokenVerifier
 	if cfg.Auth > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), verifierStartTimeout)
-		v, err := NewOIDCVerifier(ctx, cfg.AuthBy, nil, logger, clock.Now)
+		v, err := NewOIDCVerifier(ctx, cfg.AuthBy, OIDCOptions{
+			MaxTokenAge: time.Duration(cfg.TokenMaxAgeSeconds) * time.Second,
+			Logger:      logger,
+			Now:         clock.Now,
+		})
 		cancel()
 		if err != nil {
 			ln.Close()
@@ -215,6 +236,7 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	if err != nil {
 		return nil, err
 	}
+	users.SetAccountsPerIdentity(cfg.AccountsPerIdentity)
 	st, err := store.Open(store.Options{Dir: cfg.QStoreDir(), Now: now, Logger: logger, MinFree: cfg.MinFreeBytes})
 	if err != nil {
 		users.Close()
@@ -234,6 +256,7 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		Verifier:     verifier,
 		OnFatal:      d.failed,
 		Limits:       cfg.Limits.Qlib(),
+		MaxLinks:     linkCap(cfg.MaxLinks, logger),
 	})
 	if err != nil {
 		st.Close()

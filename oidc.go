@@ -13,6 +13,8 @@ import (
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -82,6 +84,12 @@ const (
 	// maxLoggedValueBytes bounds untrusted strings (an unknown issuer, a
 	// skipped kid) quoted in errors and logs.
 	maxLoggedValueBytes = 64
+
+	// maxJWKSRedirects bounds the redirects one key set fetch follows. A
+	// provider may move its keys URL (one hop, perhaps two through a CDN);
+	// Go's default of ten only gives a misconfigured or hostile server
+	// more round trips to spend the fetch timeout on.
+	maxJWKSRedirects = 3
 )
 
 // Reasons a token is refused. They are logged; the client only learns that
@@ -98,6 +106,8 @@ var (
 	errTokenExpired     = errors.New("oidc: token expired")
 	errTokenNotYetValid = errors.New("oidc: token not valid yet")
 	errTokenClaims      = errors.New("oidc: token claims invalid")
+	errTokenTooOld      = errors.New("oidc: token issued too long ago")
+	errTokenAZP         = errors.New("oidc: token authorized party is not this site")
 )
 
 // OIDCVerifier checks OpenID Connect id_tokens against the site's providers.
@@ -110,6 +120,61 @@ type OIDCVerifier struct {
 	client   *http.Client
 	logger   *slog.Logger
 	now      func() time.Time
+	maxAge   time.Duration // OIDCOptions.MaxTokenAge
+}
+
+// OIDCOptions are NewOIDCVerifier's settings beyond the providers.
+type OIDCOptions struct {
+	// MaxTokenAge refuses tokens issued (iat) longer ago than this, and
+	// tokens without iat; 0 turns the check off. The configuration's
+	// default is DefaultTokenMaxAgeSeconds.
+	MaxTokenAge time.Duration
+	// Client fetches the key sets; nil uses newJWKSClient(nil), which is
+	// what a server wants. Whatever the client, redirects are checked by
+	// checkJWKSRedirect.
+	Client *http.Client
+	// Logger receives the fetch outcomes; nil discards.
+	Logger *slog.Logger
+	// Now is the clock tokens are checked against; nil uses time.Now.
+	Now func() time.Time
+}
+
+// newJWKSClient returns the client that fetches key sets: a clone of
+// http.DefaultTransport (its dial, TLS and idle timeouts) trusting roots
+// (nil: the system's), without proxies. DefaultTransport takes its proxy
+// from HTTP_PROXY, HTTPS_PROXY and NO_PROXY, so anything that can set the
+// server's environment (a unit file, a shell profile, a container default)
+// could route the fetch of the keys every sign-up is checked against
+// through a host of its choosing. A site that must reach its providers
+// through a proxy should say so in its configuration, where the operator
+// sees it; no site has needed that yet, so there is no such setting.
+// Redirects go through checkJWKSRedirect. Timeouts come from the request
+// context (jwksFetchTimeout).
+func newJWKSClient(roots *x509.CertPool) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	if roots != nil {
+		tr.TLSClientConfig = &tls.Config{RootCAs: roots}
+	}
+	return &http.Client{Transport: tr, CheckRedirect: checkJWKSRedirect}
+}
+
+// errJWKSRedirect refuses a redirect of a key set fetch.
+var errJWKSRedirect = errors.New("oidc: key set redirect refused")
+
+// checkJWKSRedirect lets a key set fetch follow at most maxJWKSRedirects
+// redirects, each to https. The keys URL is https (checkAuthURL; http only
+// on loopback, for tests), and a redirect to http would hand the keys that
+// every sign-up is checked against to anyone on the path: they could then
+// sign tokens of their own.
+func checkJWKSRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) > maxJWKSRedirects {
+		return fmt.Errorf("%w: more than %d redirects", errJWKSRedirect, maxJWKSRedirects)
+	}
+	if req.URL.Scheme != "https" {
+		return fmt.Errorf("%w: to %s, not https", errJWKSRedirect, req.URL.Scheme)
+	}
+	return nil
 }
 
 var _ qlib.TokenVerifier = (*OIDCVerifier)(nil)
@@ -142,24 +207,33 @@ type oidcProvider struct {
 //
 // It fetches every provider's keys before returning. A provider that cannot
 // be reached is a logged warning, not an error: its tokens are refused until
-// a later fetch succeeds. A nil client uses a default one, a nil logger
-// discards, and a nil now uses time.Now.
-func NewOIDCVerifier(ctx context.Context, providers []AuthProvider, client *http.Client, logger *slog.Logger, now func() time.Time) (*OIDCVerifier, error) {
-	if client == nil {
-		// Timeouts come from the request context (jwksFetchTimeout).
-		client = &http.Client{}
+// a later fetch succeeds.
+func NewOIDCVerifier(ctx context.Context, providers []AuthProvider, opts OIDCOptions) (*OIDCVerifier, error) {
+	var client *http.Client
+	if opts.Client == nil {
+		client = newJWKSClient(nil)
+	} else {
+		c := *opts.Client // a copy: the caller's client is not changed
+		c.CheckRedirect = checkJWKSRedirect
+		client = &c
 	}
+	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	now := opts.Now
 	if now == nil {
 		now = time.Now
+	}
+	if opts.MaxTokenAge < 0 {
+		return nil, fmt.Errorf("oidc: negative token age %v", opts.MaxTokenAge)
 	}
 	v := &OIDCVerifier{
 		byIssuer: map[string]*oidcProvider{},
 		client:   client,
 		logger:   logger,
 		now:      now,
+		maxAge:   opts.MaxTokenAge,
 	}
 	var errs []error
 	issuerField := map[string]string{}
@@ -378,7 +452,7 @@ func rsaPublicKey(n64, e64 string) (*rsa.PublicKey, error) {
 // provider (the claims are parsed before the signature is checked, but
 // nothing in them is trusted until it is); the key named by kid, fetching the
 // provider's keys again when kid is unknown; the RS256 signature; then iss,
-// aud, exp, nbf, iat and sub.
+// aud, azp (for several audiences), exp, nbf, iat (and its age) and sub.
 //
 // Header parameters that point at keys (jku, x5u, jwk, x5c) are ignored on
 // purpose: keys come only from the configured keys URL, or anyone could sign
@@ -438,7 +512,7 @@ func (v *OIDCVerifier) Verify(ctx context.Context, token string) (map[string]any
 	if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig); err != nil {
 		return nil, fmt.Errorf("%w (provider %s)", errTokenSignature, p.label)
 	}
-	if err := p.checkClaims(claims, v.now()); err != nil {
+	if err := p.checkClaims(claims, v.now(), v.maxAge); err != nil {
 		return nil, fmt.Errorf("%w (provider %s)", err, p.label)
 	}
 	return claims, nil
@@ -501,8 +575,9 @@ func (p *oidcProvider) lookup(kid string) (*rsa.PublicKey, bool) {
 	return nil, false
 }
 
-// checkClaims checks the claims of a token whose signature p's key verified.
-func (p *oidcProvider) checkClaims(claims map[string]any, now time.Time) error {
+// checkClaims checks the claims of a token whose signature p's key verified;
+// maxAge is OIDCOptions.MaxTokenAge.
+func (p *oidcProvider) checkClaims(claims map[string]any, now time.Time, maxAge time.Duration) error {
 	// The issuer picked p; checking again keeps this function correct on
 	// its own.
 	if iss, _ := claims["iss"].(string); iss != p.iss {
@@ -510,6 +585,17 @@ func (p *oidcProvider) checkClaims(claims map[string]any, now time.Time) error {
 	}
 	if !audienceContains(claims["aud"], p.aud) {
 		return errTokenAudience
+	}
+	// OpenID Connect Core §3.1.3.7 items 4 and 5: a token for several
+	// audiences must name in azp the party it was issued to, and that must
+	// be us; otherwise another of its audiences, having been given the
+	// token, could present it here as its holder's sign-up. With one
+	// audience azp is not checked: some providers set it to the client
+	// that asked for the token (an app) while aud is the site's id.
+	if list, ok := claims["aud"].([]any); ok && len(list) > 1 {
+		if azp, _ := claims["azp"].(string); azp != p.aud {
+			return errTokenAZP
+		}
 	}
 	// Times are compared as float seconds: a JSON number may be fractional
 	// or far outside the range of time.Time.
@@ -533,6 +619,18 @@ func (p *oidcProvider) checkClaims(claims map[string]any, now time.Time) error {
 		}
 		if t > nowSec+skew {
 			return fmt.Errorf("%w: %s is in the future", errTokenNotYetValid, name)
+		}
+	}
+	// iat is required in an id_token (OpenID Connect Core §2), and the
+	// age check needs it: without it a token would be good until exp,
+	// which the provider, not the site, chose.
+	if maxAge > 0 {
+		iat, ok := claims["iat"].(float64)
+		if !ok {
+			return fmt.Errorf("%w: iat missing, and tokens may be at most %v old", errTokenClaims, maxAge)
+		}
+		if nowSec-iat > maxAge.Seconds()+skew {
+			return fmt.Errorf("%w: more than %v ago", errTokenTooOld, maxAge)
 		}
 	}
 	if sub, _ := claims["sub"].(string); sub == "" {

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -19,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -188,6 +190,9 @@ func (l *oidcLogs) String() string {
 const (
 	oidcTestIssuer   = "https://issuer.example"
 	oidcTestAudience = "mnm-test-client"
+	// oidcTestMaxAge is the fixture's OIDCOptions.MaxTokenAge, the
+	// configuration's default.
+	oidcTestMaxAge = DefaultTokenMaxAgeSeconds * time.Second
 )
 
 // oidcFixture is a verifier with one provider served by srv.
@@ -222,7 +227,9 @@ func newOIDCFixture(t testing.TB, body []byte, down bool) *oidcFixture {
 		},
 	}
 	logger := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	v, err := NewOIDCVerifier(context.Background(), providers, f.srv.Client(), logger, f.clock.now)
+	v, err := NewOIDCVerifier(context.Background(), providers, OIDCOptions{
+		MaxTokenAge: oidcTestMaxAge, Client: f.srv.Client(), Logger: logger, Now: f.clock.now,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,12 +281,16 @@ func TestOIDCVerifyAccepts(t *testing.T) {
 		header map[string]any
 		edit   func(c map[string]any)
 	}{
-		{"aud list", oidcHeader("a"), func(c map[string]any) { c["aud"] = []any{"other", oidcTestAudience} }},
 		{"expired within skew", oidcHeader("a"), func(c map[string]any) { c["exp"] = now - 30 }},
 		{"nbf within skew", oidcHeader("a"), func(c map[string]any) { c["nbf"] = now + 30 }},
 		{"iat within skew", oidcHeader("a"), func(c map[string]any) { c["iat"] = now + 30 }},
 		{"fractional times", oidcHeader("a"), func(c map[string]any) { c["exp"] = float64(now) + 0.5; c["iat"] = float64(now) - 0.5 }},
-		{"no iat", oidcHeader("a"), func(c map[string]any) { delete(c, "iat") }},
+		{"iat as old as allowed", oidcHeader("a"), func(c map[string]any) { c["iat"] = now - int64(oidcTestMaxAge.Seconds()) - 30 }},
+		{"aud list of one without azp", oidcHeader("a"), func(c map[string]any) { c["aud"] = []any{oidcTestAudience} }},
+		{"aud list with azp ours", oidcHeader("a"), func(c map[string]any) {
+			c["aud"], c["azp"] = []any{"other", oidcTestAudience}, oidcTestAudience
+		}},
+		{"single aud, azp another client", oidcHeader("a"), func(c map[string]any) { c["azp"] = "android-app-client" }},
 		{"no kid, single key", map[string]any{"alg": "RS256"}, func(c map[string]any) {}},
 	}
 	for _, tt := range tests {
@@ -358,6 +369,21 @@ func TestOIDCVerifyRejects(t *testing.T) {
 		{"exp a string", withClaims(func(c map[string]any) { c["exp"] = "tomorrow" }), errTokenClaims},
 		{"nbf in the future", withClaims(func(c map[string]any) { c["nbf"] = now + 120 }), errTokenNotYetValid},
 		{"iat in the future", withClaims(func(c map[string]any) { c["iat"] = now + 120 }), errTokenNotYetValid},
+		// A token kept (stolen or stockpiled) past the age limit, though
+		// its exp says it is still good.
+		{"iat too old", withClaims(func(c map[string]any) {
+			c["iat"], c["exp"] = now-int64(oidcTestMaxAge.Seconds())-61, now+86400
+		}), errTokenTooOld},
+		{"iat missing", withClaims(func(c map[string]any) { delete(c, "iat") }), errTokenClaims},
+		{"iat a string", withClaims(func(c map[string]any) { c["iat"] = "yesterday" }), errTokenClaims},
+		// OIDC Core §3.1.3.7: several audiences need azp, and it must be us.
+		{"aud list without azp", withClaims(func(c map[string]any) { c["aud"] = []any{"other", oidcTestAudience} }), errTokenAZP},
+		{"aud list, azp another", withClaims(func(c map[string]any) {
+			c["aud"], c["azp"] = []any{"other", oidcTestAudience}, "other"
+		}), errTokenAZP},
+		{"aud list, azp not a string", withClaims(func(c map[string]any) {
+			c["aud"], c["azp"] = []any{"other", oidcTestAudience}, []any{oidcTestAudience}
+		}), errTokenAZP},
 		{"nbf a string", withClaims(func(c map[string]any) { c["nbf"] = "now" }), errTokenClaims},
 		{"wrong iss", withClaims(func(c map[string]any) { c["iss"] = "https://evil.example" }), errTokenIssuer},
 		{"iss with trailing slash", withClaims(func(c map[string]any) { c["iss"] = oidcTestIssuer + "/" }), errTokenIssuer},
@@ -618,7 +644,7 @@ func TestOIDCProviderRefused(t *testing.T) {
 	l.Close()
 	logs := &oidcLogs{}
 	v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Gone", Keys: "http://" + addr + "/jwks", Iss: oidcTestIssuer, Aud: oidcTestAudience}},
-		nil, slog.New(slog.NewTextHandler(logs, nil)), nil)
+		OIDCOptions{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -669,7 +695,7 @@ func TestOIDCKeySetErrors(t *testing.T) {
 		t.Cleanup(srv.Close)
 		logs := &oidcLogs{}
 		if _, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "X", Keys: srv.URL, Iss: oidcTestIssuer, Aud: oidcTestAudience}},
-			srv.Client(), slog.New(slog.NewTextHandler(logs, nil)), nil); err != nil {
+			OIDCOptions{Client: srv.Client(), Logger: slog.New(slog.NewTextHandler(logs, nil))}); err != nil {
 			t.Fatal(err)
 		}
 		if !strings.Contains(logs.String(), "404") {
@@ -797,7 +823,7 @@ func TestNewOIDCVerifierConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v, err := NewOIDCVerifier(context.Background(), tt.providers, nil, nil, nil)
+			v, err := NewOIDCVerifier(context.Background(), tt.providers, OIDCOptions{})
 			if err == nil {
 				t.Fatalf("accepted, verifier %v", v)
 			}
@@ -815,7 +841,7 @@ func TestNewOIDCVerifierConfigErrors(t *testing.T) {
 func TestNewOIDCVerifierSkips(t *testing.T) {
 	logs := &oidcLogs{}
 	v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{}, {Label: "NoKeys", Iss: oidcTestIssuer}},
-		nil, slog.New(slog.NewTextHandler(logs, nil)), nil)
+		OIDCOptions{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -845,7 +871,7 @@ func TestNewOIDCVerifierCancelled(t *testing.T) {
 		<-hold.entered
 		cancel()
 	}()
-	_, err := NewOIDCVerifier(ctx, []AuthProvider{{Label: "A", Keys: srv.URL, Iss: oidcTestIssuer, Aud: oidcTestAudience}}, srv.Client(), nil, nil)
+	_, err := NewOIDCVerifier(ctx, []AuthProvider{{Label: "A", Keys: srv.URL, Iss: oidcTestIssuer, Aud: oidcTestAudience}}, OIDCOptions{Client: srv.Client()})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("err = %v, want %v", err, context.Canceled)
 	}
@@ -913,4 +939,234 @@ func FuzzParseJWKS(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestOIDCTokenAgeOff: with no age limit a token without iat, or an old
+// one, is checked against exp only, as before the limit existed.
+func TestOIDCTokenAgeOff(t *testing.T) {
+	keyA := oidcKey(t, "a")
+	f := newOIDCFixture(t, oidcJWKS(t, oidcJWK("a", &keyA.PublicKey)), false)
+	v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Test", Keys: f.srv.URL + "/jwks", Iss: oidcTestIssuer, Aud: oidcTestAudience}},
+		OIDCOptions{Client: f.srv.Client(), Now: f.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := f.clock.now().Unix()
+	for name, edit := range map[string]func(c map[string]any){
+		"no iat":  func(c map[string]any) { delete(c, "iat") },
+		"old iat": func(c map[string]any) { c["iat"] = now - 10*86400 },
+	} {
+		c := f.claims()
+		edit(c)
+		if _, err := v.Verify(context.Background(), oidcSign(t, keyA, oidcHeader("a"), c)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := NewOIDCVerifier(context.Background(), nil, OIDCOptions{MaxTokenAge: -time.Second}); err == nil {
+		t.Error("a negative token age was accepted")
+	}
+}
+
+// oidcTLSServer starts an https server on loopback running h, and returns
+// it with a pool that trusts it (every httptest TLS server has the same
+// certificate, for 127.0.0.1 and example.com).
+func oidcTLSServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *x509.CertPool) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.SetKeepAlivesEnabled(false)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	return srv, pool
+}
+
+// TestOIDCRedirectDowngradeRefused: a keys URL that redirects to http is not
+// followed, so that whoever is on the path of the http request cannot hand
+// us keys of their own; the http server gets no request and tokens are
+// refused for want of keys. The verifier stays usable: once the provider
+// serves its keys over https, they are fetched and tokens verify.
+func TestOIDCRedirectDowngradeRefused(t *testing.T) {
+	keyA := oidcKey(t, "a")
+	plain := newJWKSServer(t, oidcJWKS(t, oidcJWK("a", &keyA.PublicKey)))
+	var redirect atomic.Bool
+	redirect.Store(true)
+	srv, pool := oidcTLSServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if redirect.Load() {
+			http.Redirect(w, r, plain.URL+"/jwks", http.StatusFound)
+			return
+		}
+		w.Write(oidcJWKS(t, oidcJWK("a", &keyA.PublicKey)))
+	})
+	clock := &oidcClock{t: time.Now()}
+	logs := &oidcLogs{}
+	v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Test", Keys: srv.URL + "/jwks", Iss: oidcTestIssuer, Aud: oidcTestAudience}},
+		OIDCOptions{Client: newJWKSClient(pool), Logger: slog.New(slog.NewTextHandler(logs, nil)), Now: clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := plain.requests.Load(); n != 0 {
+		t.Errorf("the http key server got %d requests, want 0", n)
+	}
+	if !strings.Contains(logs.String(), "redirect refused") {
+		t.Errorf("refused redirect not logged:\n%s", logs)
+	}
+	now := clock.now().Unix()
+	token := oidcSign(t, keyA, oidcHeader("a"), map[string]any{"iss": oidcTestIssuer, "aud": oidcTestAudience, "sub": "s", "iat": now, "exp": now + 600})
+	if _, err := v.Verify(context.Background(), token); !errors.Is(err, errTokenNoKeys) {
+		t.Fatalf("err = %v, want %v", err, errTokenNoKeys)
+	}
+
+	redirect.Store(false)
+	clock.advance(jwksRefetchInterval)
+	if _, err := v.Verify(context.Background(), token); err != nil {
+		t.Fatalf("after the provider fixed its keys URL: %v", err)
+	}
+}
+
+// TestOIDCRedirects: https redirects are followed up to maxJWKSRedirects;
+// a loop is cut there. The caller's own client is not changed.
+func TestOIDCRedirects(t *testing.T) {
+	keyA := oidcKey(t, "a")
+	var hops atomic.Int64
+	srv, pool := oidcTLSServer(t, func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		hops.Add(1)
+		if r.URL.Path == "/loop" || n < maxJWKSRedirects {
+			http.Redirect(w, r, fmt.Sprintf("%s?n=%d", r.URL.Path, n+1), http.StatusFound)
+			return
+		}
+		w.Write(oidcJWKS(t, oidcJWK("a", &keyA.PublicKey)))
+	})
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	for _, tt := range []struct {
+		path     string
+		hops     int64
+		wantKeys bool
+	}{
+		{"/jwks", maxJWKSRedirects + 1, true},
+		{"/loop", maxJWKSRedirects + 1, false},
+	} {
+		hops.Store(0)
+		logs := &oidcLogs{}
+		v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Test", Keys: srv.URL + tt.path, Iss: oidcTestIssuer, Aud: oidcTestAudience}},
+			OIDCOptions{Client: client, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := v.byIssuer[oidcTestIssuer]
+		p.mu.Lock()
+		gotKeys := p.keys != nil
+		p.mu.Unlock()
+		if gotKeys != tt.wantKeys || hops.Load() != tt.hops {
+			t.Errorf("%s: keys %v after %d requests, want %v after %d\n%s", tt.path, gotKeys, hops.Load(), tt.wantKeys, tt.hops, logs)
+		}
+	}
+	if client.CheckRedirect != nil {
+		t.Error("NewOIDCVerifier changed the caller's client")
+	}
+}
+
+// TestOIDCProxyEnvironmentIgnored: with HTTPS_PROXY and HTTP_PROXY naming a
+// loopback listener, the key set is still fetched directly, and the
+// listener sees no connection. The provider is reached as example.com
+// (the dial is pointed at a loopback server), because proxy variables are
+// never applied to loopback hosts anyway.
+func TestOIDCProxyEnvironmentIgnored(t *testing.T) {
+	keyA := oidcKey(t, "a")
+	srv, pool := oidcTLSServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Write(oidcJWKS(t, oidcJWK("a", &keyA.PublicKey)))
+	})
+	proxy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var proxied atomic.Int64
+	go func() {
+		for {
+			c, err := proxy.Accept()
+			if err != nil {
+				return
+			}
+			proxied.Add(1)
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { proxy.Close() })
+	proxyURL := "http://" + proxy.Addr().String()
+	t.Setenv("HTTPS_PROXY", proxyURL)
+	t.Setenv("HTTP_PROXY", proxyURL)
+	t.Setenv("NO_PROXY", "")
+
+	const keysURL = "https://example.com/jwks"
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == "example.com:443" {
+			addr = srv.Listener.Addr().String()
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	client := newJWKSClient(pool)
+	tr := client.Transport.(*http.Transport)
+	tr.DialContext = dial
+	if tr.Proxy != nil {
+		t.Fatal("the key set transport has a proxy")
+	}
+
+	// The control: had the transport taken its proxy from the environment,
+	// as http.DefaultTransport does, the fetch would have gone to the
+	// listener. The environment is read once per process, so this holds
+	// only when no earlier test read it; the assertions below hold anyway.
+	req, _ := http.NewRequest(http.MethodGet, keysURL, nil)
+	if u, _ := http.ProxyFromEnvironment(req); u != nil {
+		ctl := tr.Clone()
+		ctl.Proxy = http.ProxyFromEnvironment
+		resp, err := (&http.Client{Transport: ctl}).Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		if proxied.Load() == 0 {
+			t.Fatal("control: a transport using the environment's proxy did not reach the listener")
+		}
+		proxied.Store(0)
+	} else {
+		t.Log("proxy environment already read by this process; control skipped")
+	}
+
+	v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Test", Keys: keysURL, Iss: oidcTestIssuer, Aud: oidcTestAudience}},
+		OIDCOptions{Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Unix()
+	token := oidcSign(t, keyA, oidcHeader("a"), map[string]any{"iss": oidcTestIssuer, "aud": oidcTestAudience, "sub": "s", "iat": now, "exp": now + 600})
+	if _, err := v.Verify(context.Background(), token); err != nil {
+		t.Fatalf("token not verified with keys fetched directly: %v", err)
+	}
+	if n := proxied.Load(); n != 0 {
+		t.Errorf("%d connections reached the proxy, want 0", n)
+	}
+}
+
+// TestOIDCDefaultClient: the client a server gets (no Client option) has no
+// proxy and checks redirects.
+func TestOIDCDefaultClient(t *testing.T) {
+	v, err := NewOIDCVerifier(context.Background(), nil, OIDCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, ok := v.client.Transport.(*http.Transport)
+	if !ok || tr.Proxy != nil {
+		t.Errorf("transport %T has a proxy function", v.client.Transport)
+	}
+	if tr == http.DefaultTransport {
+		t.Error("the shared default transport is used")
+	}
+	if v.client.CheckRedirect == nil {
+		t.Fatal("redirects are not checked")
+	}
+	http1, _ := http.NewRequest(http.MethodGet, "http://issuer.example/jwks", nil)
+	if err := v.client.CheckRedirect(http1, []*http.Request{{}}); !errors.Is(err, errJWKSRedirect) {
+		t.Errorf("redirect to http: err = %v, want %v", err, errJWKSRedirect)
+	}
 }

@@ -87,6 +87,26 @@ const (
 	// Defunct devices do not count.
 	maxDevices = 100
 
+	// maxAliases is the number of aliases a user may add. Every alias is
+	// stored in the user's record, which is rewritten and fsynced whole on
+	// every change, so without a bound one member adding aliases makes each
+	// addition costlier than the last (3,000 aliases of 200 octets made a
+	// 609 KB record) and takes names from everyone else without end. A
+	// person uses a handful (a name, a nickname, one per community); 100
+	// keeps the record under 25 KB at maxAliasBytes each. Retired aliases
+	// (imported) do not count, and records already holding more (imported)
+	// keep them: only adding is refused.
+	maxAliases = 100
+
+	// DefaultAccountsPerIdentity is how many accounts one third-party
+	// identity (issuer and subject of a sign-up token) may create unless
+	// the operator says otherwise: one. A site that requires a provider's
+	// token to sign up does so to tie each account to a person; a second
+	// account for the same person is a second device of the first
+	// (UserEdit newnode), and without the bound one token signs up any
+	// number of accounts, which sidesteps every per-member limit.
+	DefaultAccountsPerIdentity = 1
+
 	// recordVersion is the "v" of a record file; a reader refuses versions it
 	// does not know rather than misreading them.
 	recordVersion = 1
@@ -283,6 +303,9 @@ type UserDB struct {
 	now      func() time.Time
 	// groupLimit is maxGroupMembers; tests lower it.
 	groupLimit int
+	// openFile is os.OpenFile; tests replace it to make opening fail as it
+	// does when the process is out of file descriptors.
+	openFile func(name string, flag int, perm fs.FileMode) (*os.File, error)
 
 	// mu guards the fields below. It is held only for map operations, never
 	// across file I/O.
@@ -292,6 +315,14 @@ type UserDB struct {
 	names  map[string]*nameEntry  // aliases and gids
 	failed error                  // set when a write left the disk in an unknown state
 	closed bool
+	// identities maps a sign-up identity (identityKey) to the uids signed
+	// up with it, those being written included. It is derived from the
+	// records, never stored, so it is rebuilt at open and cannot disagree
+	// with them after a crash.
+	identities map[string][]string
+	// identityLimit bounds len(identities[key]) for new registrations;
+	// 0 = no bound. See SetAccountsPerIdentity.
+	identityLimit int
 	// onFatal is told of the failure that sets failed; see SetOnFatal.
 	onFatal func(error)
 }
@@ -307,6 +338,17 @@ func (db *UserDB) SetOnFatal(fn func(error)) {
 	db.onFatal = fn
 }
 
+// SetAccountsPerIdentity bounds the accounts that one third-party identity
+// may register (DefaultAccountsPerIdentity until it is called); 0 removes
+// the bound. Accounts over the bound that already exist (imported from the
+// deployed server, or made under a higher bound) are kept and log in as
+// before: only new registrations are refused.
+func (db *UserDB) SetAccountsPerIdentity(n int) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	db.identityLimit = max(n, 0)
+}
+
 // OpenUserDB opens the user database in dir, creating it if missing, and
 // loads every record into memory. It completes or discards temp files left by
 // an interrupted write, and refuses to open if any record is corrupt or the
@@ -316,14 +358,17 @@ func OpenUserDB(dir string, logger *slog.Logger) (*UserDB, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	db := &UserDB{
-		userDir:    filepath.Join(dir, userSubdir),
-		groupDir:   filepath.Join(dir, groupSubdir),
-		logger:     logger,
-		now:        time.Now,
-		groupLimit: maxGroupMembers,
-		users:      make(map[string]*userState),
-		groups:     make(map[string]*groupState),
-		names:      make(map[string]*nameEntry),
+		userDir:       filepath.Join(dir, userSubdir),
+		groupDir:      filepath.Join(dir, groupSubdir),
+		logger:        logger,
+		now:           time.Now,
+		groupLimit:    maxGroupMembers,
+		openFile:      os.OpenFile,
+		users:         make(map[string]*userState),
+		groups:        make(map[string]*groupState),
+		names:         make(map[string]*nameEntry),
+		identities:    make(map[string][]string),
+		identityLimit: DefaultAccountsPerIdentity,
 	}
 	for _, sub := range []string{db.userDir, db.groupDir} {
 		if err := ensureRecordDir(sub); err != nil {
@@ -434,6 +479,13 @@ func (db *UserDB) load() error {
 			if err := syncRecordDir(t.dir); err != nil {
 				return err
 			}
+		}
+	}
+	// From the records as completed: a recovered temp file may be a
+	// registration.
+	for _, uid := range slices.Sorted(maps.Keys(db.users)) {
+		if key := identityKey(db.users[uid].rec.Load().Claims); key != "" {
+			db.identities[key] = append(db.identities[key], uid)
 		}
 	}
 	return db.checkMembers()
@@ -918,13 +970,15 @@ func (db *UserDB) writable() error {
 	return db.writableLocked()
 }
 
-// Register creates a user with one device labelled label, keeping claims
-// (the verified sign-up claims, or nil) in the user's record.
+// Register creates a user with one device labelled label, keeping of claims
+// (the verified sign-up claims, or nil) what keptClaims keeps in the user's
+// record. qlib.ErrIdentityUsed when the identity the claims name already
+// has as many accounts as SetAccountsPerIdentity allows.
 func (db *UserDB) Register(label string, claims map[string]any) (uid, nodeid, dev string, err error) {
 	if err := checkLabel(label); err != nil {
 		return "", "", "", err
 	}
-	claims, err = copyClaims(claims)
+	claims, err = copyClaims(keptClaims(claims))
 	if err != nil {
 		return "", "", "", err
 	}
@@ -940,6 +994,33 @@ func (db *UserDB) Register(label string, claims map[string]any) (uid, nodeid, de
 		db.logger.Info("user registered", "uid", uid)
 		return uid, nodeids[0], devKey(uid, 0), nil
 	}
+}
+
+// keptClaims returns what a record keeps of sign-up claims: only the issuer
+// and the subject, which name the account at the provider (OpenID Connect
+// Core §2) and are all that Login (auth 2) and the accounts-per-identity
+// bound need. The rest of a token (an e-mail address, a name, a picture) is
+// personal data the site has no use for, so it is not stored. Claims that
+// name no identity (imported from the deployed server in another shape)
+// are kept as they are: whether a record has claims at all decides whether
+// its logins need a token. keptClaims never changes claims.
+func keptClaims(claims map[string]any) map[string]any {
+	if identityKey(claims) == "" || len(claims) == 2 {
+		return claims
+	}
+	return map[string]any{"iss": claims["iss"], "sub": claims["sub"]}
+}
+
+// identityKey returns the identities index key of the identity claims name
+// (non-empty iss and sub strings), or "" if they name none. The issuer's
+// length leads, so that no two pairs make one key.
+func identityKey(claims map[string]any) string {
+	iss, _ := claims["iss"].(string)
+	sub, _ := claims["sub"].(string)
+	if iss == "" || sub == "" {
+		return ""
+	}
+	return strconv.Itoa(len(iss)) + ":" + iss + sub
 }
 
 // copyClaims returns claims as the record will hold them: a deep copy, so
@@ -1041,12 +1122,14 @@ func dedup(names []string) []string {
 	return out
 }
 
-// create writes a new user record; the uid and the aliases are reserved first
-// so that no concurrent request can take them while the record is written.
+// create writes a new user record; the uid, the aliases and the sign-up
+// identity's place are reserved first so that no concurrent request can take
+// them while the record is written.
 func (db *UserDB) create(uid string, labels, aliases []string, claims map[string]any) ([]string, error) {
 	u := &userState{}
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
+	identity := identityKey(claims)
 
 	db.mu.Lock()
 	if err := db.writableLocked(); err != nil {
@@ -1057,11 +1140,18 @@ func (db *UserDB) create(uid string, labels, aliases []string, claims map[string
 		db.mu.Unlock()
 		return nil, ErrUserExists
 	}
+	if identity != "" && db.identityLimit > 0 && len(db.identities[identity]) >= db.identityLimit {
+		db.mu.Unlock()
+		return nil, qlib.ErrIdentityUsed
+	}
 	if err := db.reserveLocked(uid, aliases); err != nil {
 		db.mu.Unlock()
 		return nil, err
 	}
 	db.users[uid] = u
+	if identity != "" {
+		db.identities[identity] = append(db.identities[identity], uid)
+	}
 	db.mu.Unlock()
 
 	rec := &userRecord{UID: uid, Rev: 1, Created: db.now().UTC(), NextDevice: len(labels), Aliases: aliases, Claims: claims}
@@ -1078,6 +1168,14 @@ func (db *UserDB) create(uid string, labels, aliases []string, claims map[string
 	if err != nil {
 		delete(db.users, uid)
 		db.releaseLocked(aliases)
+		if identity != "" {
+			// As with the names: a doubtful failure has set db.failed, so
+			// the freed place cannot be taken before a restart.
+			db.identities[identity] = slices.DeleteFunc(db.identities[identity], func(u string) bool { return u == uid })
+			if len(db.identities[identity]) == 0 {
+				delete(db.identities, identity)
+			}
+		}
 		return nil, err
 	}
 	u.rec.Store(rec)
@@ -1212,6 +1310,10 @@ func (db *UserDB) update(uid string, change func(rec *userRecord) error) error {
 		}
 		return err
 	}
+	// Records written before only the identity was kept lose the other
+	// claims at their next write (keptClaims); the identity stays, so the
+	// index is unchanged.
+	rec.Claims = keptClaims(rec.Claims)
 	rec.Rev++
 	if err := db.writeRecord(rec); err != nil {
 		return err
@@ -1221,6 +1323,7 @@ func (db *UserDB) update(uid string, change func(rec *userRecord) error) error {
 }
 
 // AddAlias gives uid the alias; see checkAlias for the rules.
+// qlib.ErrTooManyAliases when uid has maxAliases aliases.
 func (db *UserDB) AddAlias(uid, alias string) error {
 	if err := checkAlias(alias, minAliasChars); err != nil {
 		return err
@@ -1232,6 +1335,9 @@ func (db *UserDB) AddAlias(uid, alias string) error {
 		// Under the user's write lock, a name this user owns is never pending.
 		if e, ok := db.names[alias]; ok && e.kind == nameAlias && e.owner == uid {
 			return errDone
+		}
+		if len(rec.Aliases) >= maxAliases {
+			return qlib.ErrTooManyAliases
 		}
 		if err := db.reserveLocked(uid, []string{alias}); err != nil {
 			return err
@@ -1658,9 +1764,23 @@ func (db *UserDB) writeGroup(rec *groupRecord) error {
 
 // writeFile replaces the record file final, in dir, with data, in the order
 // and with the failure handling writeRecord describes.
+//
+// The directory is opened first, before anything on disk changes, and held
+// for the fsync that ends the write. Opening a file is what fails when the
+// process or the system is out of file descriptors (EMFILE, ENFILE), which
+// a flood of links can bring about; failing here, or when creating the temp
+// file, leaves the disk as it was, so the write is only refused and the
+// database stays usable. Opened after the rename, the same failure would
+// leave the rename not durable and stop the database.
 func (db *UserDB) writeFile(dir, final string, data []byte) error {
+	d, err := db.openFile(dir, os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("userdb: open %s: %w", dir, err)
+	}
+	// Read-only: closing it can lose nothing.
+	defer d.Close()
 	tmp := final + recordTmpSuffix
-	if err := writeRecordFile(tmp, data); err != nil {
+	if err := createRecordFile(db.openFile, tmp, data); err != nil {
 		if rmErr := os.Remove(tmp); rmErr != nil && !errors.Is(rmErr, fs.ErrNotExist) {
 			db.fail(rmErr)
 		}
@@ -1670,9 +1790,9 @@ func (db *UserDB) writeFile(dir, final string, data []byte) error {
 		db.fail(err)
 		return fmt.Errorf("userdb: rename %s: %w", tmp, err)
 	}
-	if err := syncRecordDir(dir); err != nil {
+	if err := d.Sync(); err != nil {
 		db.fail(err)
-		return err
+		return fmt.Errorf("userdb: sync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -1702,7 +1822,12 @@ func (db *UserDB) groupPath(gid string) string {
 
 // writeRecordFile writes data to a new file at path and fsyncs it.
 func writeRecordFile(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, recordPerm)
+	return createRecordFile(os.OpenFile, path, data)
+}
+
+// createRecordFile is writeRecordFile opening the file with open.
+func createRecordFile(open func(string, int, fs.FileMode) (*os.File, error), path string, data []byte) error {
+	f, err := open(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, recordPerm)
 	if err != nil {
 		return fmt.Errorf("userdb: create %s: %w", path, err)
 	}

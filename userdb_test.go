@@ -1028,8 +1028,11 @@ func TestUserDBClaims(t *testing.T) {
 	claims := map[string]any{
 		"iss": "https://example.com", "sub": "12345", "email_verified": true,
 		"aud": []any{"a", "b"}, "exp": 1.7e9, "nested": map[string]any{"k": "v"},
+		"email": "jane@example.com",
 	}
-	want := cloneJSON(claims).(map[string]any)
+	// Only the identity is kept: the e-mail address and the rest are not
+	// the site's to store (keptClaims).
+	want := map[string]any{"iss": "https://example.com", "sub": "12345"}
 	uid, _, _, err := db.Register("laptop", claims)
 	if err != nil {
 		t.Fatal(err)
@@ -1043,18 +1046,28 @@ func TestUserDBClaims(t *testing.T) {
 	claims["iss"] = "changed"
 	claims["aud"].([]any)[0] = "changed"
 	got["sub"] = "changed"
-	got["nested"].(map[string]any)["k"] = "changed"
 	if again, _ := db.Claims(uid); !reflect.DeepEqual(again, want) {
 		t.Errorf("Claims after the caller changed maps = %v, want %v", again, want)
 	}
 
-	// Claims take their JSON form at once, not only after a reopen.
-	numUID, _, _, err := db.Register("laptop", map[string]any{"n": 3})
+	data, err := os.ReadFile(db.recordPath(uid))
+	if err != nil || bytes.Contains(data, []byte("jane@")) || bytes.Contains(data, []byte("nested")) {
+		t.Errorf("record keeps more than the identity (%v):\n%s", err, data)
+	}
+
+	// Claims that name no identity are kept whole, and take their JSON
+	// form at once, not only after a reopen.
+	numUID, _, _, err := db.Register("laptop", map[string]any{"n": 3, "nested": map[string]any{"k": "v"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := db.Claims(numUID); got["n"] != 3.0 {
 		t.Errorf("integer claim returned as %#v, want float64 3", got["n"])
+	} else {
+		got["nested"].(map[string]any)["k"] = "changed"
+		if again, _ := db.Claims(numUID); again["nested"].(map[string]any)["k"] != "v" {
+			t.Error("a change to the returned claims reached the record")
+		}
 	}
 
 	plain, _, _ := udbRegister(t, db, "laptop")

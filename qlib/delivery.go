@@ -5,29 +5,41 @@ import (
 	"time"
 
 	"mnm/qlib/store"
+	"mnm/qlib/tmtp"
 )
 
 // Delivery (SPEC §5): a logged-in device receives its queue one message at a
 // time, in queue order, and each message waits for the device's Ack before the
 // next is sent; without an Ack it is sent again after ResendAfter.
 //
-// Frames that other links produce for this one (presence notices) go through
-// a small outbox instead of being written by the producing goroutine, so that
-// a slow or dead link never blocks anyone else.
+// Frames that other links produce for this one (presence notices) are queued
+// for deliver instead of being written by the producing goroutine, so that a
+// slow or dead link never blocks anyone else. They are coalesced per sender:
+// a notice replaces the one still waiting from the same sender, since only
+// the latest status means anything. So the notices waiting for a link are at
+// most one per member whose presence list names its user, however fast the
+// members change their lists, and however often a list names the user: a
+// member cannot make another's link overflow by repeating itself.
 //
 // The deliver goroutine runs only while there is something to send or await.
 // wake starts it, or tells a running one to look again; it exits when the
-// queue and the outbox are empty, so idle links hold no goroutine besides
-// their reader.
+// queue and the pending notices are empty, so idle links hold no goroutine
+// besides their reader.
 
-// maxOutbox bounds the presence notices waiting for one link. A client that
-// lets this many pile up has stopped reading; it is disconnected rather than
-// allowed to grow the server's memory.
-const maxOutbox = 256
+// maxOhiPending bounds the senders with a presence notice waiting for one
+// link. Every deliver round writes all of them, so they pile up only while
+// the link's writes stall; a link with this many has stopped reading, and is
+// disconnected rather than allowed to grow the server's memory (its next
+// login reply lists who is online afresh). Reaching it takes this many
+// distinct members online, each with the user on its list, changing status
+// while the link stalls: far more than the contacts of a person, while an
+// entry costs a few dozen bytes, so a stalled link holds at most a few
+// hundred KiB until WriteTimeout ends it.
+const maxOhiPending = 4096
 
 // wake is the store's Watch callback and is also called at login and when a
-// frame is queued in the outbox. It never blocks: the store calls it from its
-// writer goroutine.
+// presence notice or an ack is queued. It never blocks: the store calls it
+// from its writer goroutine.
 func (l *link) wake() {
 	l.dmu.Lock()
 	defer l.dmu.Unlock()
@@ -53,25 +65,42 @@ func (l *link) wake() {
 	}()
 }
 
-// send queues a frame that is not a stored message (a presence notice) for
-// the link's deliver goroutine. It reports false if the link is closed or has
-// let too many frames pile up (then it is being closed).
-func (l *link) send(frame []byte) bool {
+// sendOhi queues a presence notice, from's status, for the link's deliver
+// goroutine; it replaces a notice from from still waiting. It reports false
+// if the link is closed or has let notices from too many senders pile up
+// (then it is being closed).
+func (l *link) sendOhi(from string, status int64) bool {
 	l.dmu.Lock()
 	if l.closed {
 		l.dmu.Unlock()
 		return false
 	}
-	if len(l.outbox) >= maxOutbox {
-		l.dmu.Unlock()
-		l.log.Warn("link not reading; closing", "outbox", len(l.outbox))
-		l.closeHard() // the caller may hold Server.mu
-		return false
+	if _, waiting := l.ohiStatus[from]; !waiting {
+		if len(l.ohiOrder) >= maxOhiPending {
+			l.dmu.Unlock()
+			l.log.Warn("link not reading; closing", "pending", len(l.ohiOrder))
+			l.closeHard() // the caller may hold Server.mu
+			return false
+		}
+		if l.ohiStatus == nil {
+			l.ohiStatus = make(map[string]int64)
+		}
+		l.ohiOrder = append(l.ohiOrder, from)
 	}
-	l.outbox = append(l.outbox, frame)
+	l.ohiStatus[from] = status
 	l.dmu.Unlock()
 	l.wake()
 	return true
+}
+
+// ohiFrames returns the frames of the presence notices taken from sendOhi,
+// in one buffer, in the order their senders first queued them.
+func ohiFrames(order []string, status map[string]int64) []byte {
+	var b []byte
+	for _, from := range order {
+		b = tmtp.AppendFrame(b, tmtp.String("from", from), tmtp.String("op", "ohi"), tmtp.Int("status", status[from]))
+	}
+	return b
 }
 
 // queueAck queues the ack of a committed post for the deliver goroutine. It
@@ -89,8 +118,9 @@ func (l *link) queueAck(frame []byte) {
 	l.wake()
 }
 
-// deliver writes the outbox, sends the queue's head and waits for its Ack (or
-// resends it), until there is nothing left to do or the link ends.
+// deliver writes the acks and presence notices, sends the queue's head and
+// waits for its Ack (or resends it), until there is nothing left to do or the
+// link ends.
 func (l *link) deliver() {
 	st := l.srv.cfg.Store
 	timer := time.NewTimer(l.srv.cfg.ResendAfter)
@@ -101,9 +131,13 @@ func (l *link) deliver() {
 		l.dmu.Lock()
 		l.kicked = false
 		acks := uint64(len(l.acks))
-		out := append(l.acks, l.outbox...)
-		l.acks, l.outbox = nil, nil
+		out := l.acks
+		order, status := l.ohiOrder, l.ohiStatus
+		l.acks, l.ohiOrder, l.ohiStatus = nil, nil, nil
 		l.dmu.Unlock()
+		if len(order) > 0 {
+			out = append(out, ohiFrames(order, status))
+		}
 
 		var send store.ID
 		if inFlight == 0 {
@@ -135,7 +169,7 @@ func (l *link) deliver() {
 		}
 		if inFlight == 0 {
 			l.dmu.Lock()
-			if l.kicked || len(l.outbox) > 0 || len(l.acks) > 0 || l.closed {
+			if l.kicked || len(l.ohiOrder) > 0 || len(l.acks) > 0 || l.closed {
 				// Work arrived since the top of the loop (or the
 				// link is going: let the select see done).
 				l.dmu.Unlock()
@@ -168,7 +202,7 @@ func (l *link) deliver() {
 			l.dmu.Unlock()
 			inFlight = 0
 		case <-l.kick:
-			// New outbox frames or queue entries: handled at the top;
+			// New notices, acks or queue entries: handled at the top;
 			// a message in flight keeps waiting for its ack.
 		case <-l.done:
 			l.stopDelivery()

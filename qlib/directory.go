@@ -17,7 +17,10 @@ type Directory interface {
 	// new uid, the device's nodeid (its password, which the directory keeps
 	// only as a one-way derivation) and the device's key. claims are the
 	// verified third-party sign-up claims, kept with the user (nil when the
-	// site has no third-party sign-up). ErrLabelInvalid.
+	// site has no third-party sign-up); the directory may keep only the
+	// issuer and subject. ErrLabelInvalid; ErrIdentityUsed when the
+	// identity the claims name (iss and sub) has as many accounts as the
+	// directory allows, and then no user is created.
 	Register(label string, claims map[string]any) (uid, nodeid, dev string, err error)
 
 	// Login checks the decoded nodeid of one of uid's devices, in constant
@@ -39,7 +42,8 @@ type Directory interface {
 
 	// AddAlias gives uid the alias. Adding an alias uid already has is a no-op.
 	// ErrAliasShort, ErrAliasInvalid, ErrAliasTaken (also when a group has
-	// that id: aliases and group ids share one namespace).
+	// that id: aliases and group ids share one namespace), ErrTooManyAliases
+	// (the directory's bound on aliases per user is reached).
 	AddAlias(uid, alias string) error
 
 	// AliasUID resolves a user's alias (not a group id).
@@ -104,6 +108,7 @@ var (
 	ErrNoUser         = errors.New("no such user")
 	ErrLabelInvalid   = errors.New("newnode must be 1 to 200 bytes of UTF-8")
 	ErrTooManyDevices = errors.New("too many devices")
+	ErrTooManyAliases = errors.New("too many aliases")
 	ErrAliasShort     = errors.New("newalias must be 8+ characters")
 	ErrAliasInvalid   = errors.New("newalias must be printable characters")
 	ErrAliasTaken     = errors.New("newalias already taken")
@@ -118,6 +123,10 @@ var (
 	ErrAlreadyMember  = errors.New("already a member of the group")
 	ErrNotInvited     = errors.New("not invited to the group")
 	ErrGroupFull      = errors.New("group is full")
+	// ErrIdentityUsed is logged, not sent: a refused Register gets the
+	// quit "register failure" (SPEC §2, whose quit reasons are exact
+	// strings that clients match).
+	ErrIdentityUsed = errors.New("sign-up identity already has an account")
 )
 
 // clientErrors are the errors whose text a client may see.
@@ -126,7 +135,7 @@ var clientErrors = []error{
 	ErrAliasShort, ErrAliasInvalid, ErrAliasTaken, ErrAliasUnknown,
 	ErrFromNotSender, ErrNewAliasNotOwn, ErrGidShort, ErrGidInvalid,
 	ErrGidTaken, ErrNoGroup, ErrNotMember, ErrAlreadyMember, ErrNotInvited,
-	ErrGroupFull,
+	ErrGroupFull, ErrTooManyAliases,
 }
 
 // TokenVerifier checks a third-party sign-up token: an OpenID Connect

@@ -62,6 +62,24 @@ const (
 	// the ping limit.
 	DefaultInvitesPerDay = 200
 
+	// DefaultGroupsPerDay is the groups a member may create per 24 hours
+	// (an invitation to a gid that is not a group yet creates one). Every
+	// group is a record kept for good, and a new group is a way to reach
+	// a stranger again under a new name; one member made 1,000 in a
+	// fifth of a second, each inviting the same victim. An organiser sets
+	// up a few groups at a time; 20 a day is plenty for that.
+	DefaultGroupsPerDay = 20
+
+	// DefaultInvitesPerInviteePerDay is the invitations one member may
+	// send one invitee (by uid, whatever alias names it) per 24 hours.
+	// The per-member invitation limit lets a member send all 200 to one
+	// victim, one group after another; an invitation is a message the
+	// victim must read or ack on every device. Real invitations to one
+	// person are one or two (a group, a re-invite after a drop); 5 leaves
+	// room for mistakes and takes one member's flood of a victim from 200
+	// a day to 5.
+	DefaultInvitesPerInviteePerDay = 5
+
 	// DefaultQueueBytesPerDevice is the backlog (envelopes and data of the
 	// messages queued) above which new posts, pings and invitations for a
 	// device are refused. It is far above what a member away for weeks
@@ -69,6 +87,36 @@ const (
 	// one member flooding an abandoned device to a few GiB of disk per
 	// device, which minFreeBytes then backs up.
 	DefaultQueueBytesPerDevice = 1 << 30
+
+	// DefaultDevicesPerPost bounds the devices one Post or PostNotify may
+	// store a message for, after groups are expanded and repeats removed.
+	// A for list of 4,096 users (tmtp.MaxRecipients) of 100 devices each
+	// (the deployed cap), or a few full groups, would otherwise make one
+	// frame cost hundreds of thousands of queue entries. A post to the
+	// largest group the user database allows (5,000 members) whose members
+	// average four devices fits, which covers any real distribution list.
+	DefaultDevicesPerPost = 20_000
+
+	// DefaultPreLoginBytes is the memory that links not yet logged in may
+	// hold, all together, in buffers for long headers (64 KiB each). Anyone
+	// can open such a link, and each could otherwise pin a 64 KiB buffer
+	// by sending most of a long header slowly. A real client sends a long
+	// header before login only to register with a long third-party token,
+	// and holds it for milliseconds; 4 MiB (63 such buffers: each is a
+	// few octets over 64 KiB) serve far more sign-ups at once than any
+	// site sees, while capping what a flood of strangers costs.
+	DefaultPreLoginBytes = 4 << 20
+
+	// DefaultPreLoginLinks bounds the links that have not logged in, all
+	// together. Each costs its TLS state and buffers (tens of KiB) whoever
+	// opened it, and MaxLinks, derived from the descriptor limit, can be
+	// in the hundreds of thousands; 2,048 keeps what strangers can pin
+	// near 100 MiB. A real client logs in within a round trip or two of
+	// its handshake, so even a site whose members all reconnect at once
+	// after a restart has few links in this state at any moment. At the
+	// bound the oldest such link is closed to make room, if it has had
+	// preLoginEvictAge to log in; otherwise the newcomer is refused.
+	DefaultPreLoginLinks = 2048
 )
 
 // DefaultExempt lists the address ranges exempt from the per-address
@@ -97,6 +145,15 @@ type Limits struct {
 	PingsPerDay          int   // pings per member per 24 hours
 	InvitesPerDay        int   // invitations per member per 24 hours
 	QueueBytesPerDevice  int64 // backlog above which a device gets no new messages
+	DevicesPerPost       int   // devices one post may store a message for
+	PreLoginBytes        int64 // long-header buffers of links not logged in, all together
+	PreLoginLinks        int   // links not logged in, all together
+
+	// GroupsPerDay bounds the groups a member may create per 24 hours;
+	// InvitesPerInviteePerDay the invitations from one member to one
+	// invitee per 24 hours.
+	GroupsPerDay            int
+	InvitesPerInviteePerDay int
 
 	// Now is the clock of the limits' windows; nil = time.Now. Tests
 	// replace it to move through backoffs and refills without sleeping.
@@ -115,6 +172,12 @@ func DefaultLimits() Limits {
 		PingsPerDay:          DefaultPingsPerDay,
 		InvitesPerDay:        DefaultInvitesPerDay,
 		QueueBytesPerDevice:  DefaultQueueBytesPerDevice,
+		DevicesPerPost:       DefaultDevicesPerPost,
+		PreLoginBytes:        DefaultPreLoginBytes,
+		PreLoginLinks:        DefaultPreLoginLinks,
+
+		GroupsPerDay:            DefaultGroupsPerDay,
+		InvitesPerInviteePerDay: DefaultInvitesPerInviteePerDay,
 	}
 }
 
@@ -147,10 +210,11 @@ const (
 // Memory bounds of the limits' state. Without them a flood from many
 // addresses (an IPv6 network has billions) or of made-up uids would grow
 // the tables without end. An entry costs about 120 bytes (TestTableMemory
-// measures it), so the tables together stay within about 14 MB. A table
-// that is full forgets its least recently used entry, which at worst gives
-// that address or member a fresh allowance: an attacker with more
-// addresses than the table holds has fresh allowances anyway.
+// measures it; a member–invitee pair's key adds 65), so the tables
+// together stay within about 25 MB. A table that is full forgets its least
+// recently used entry, which at worst gives that address or member a fresh
+// allowance: an attacker with more addresses than the table holds has
+// fresh allowances anyway.
 const (
 	// maxTrackedAddrs bounds each per-address table (registrations, failed
 	// logins): far more addresses than register or fail within an hour
@@ -161,7 +225,8 @@ const (
 	maxTrackedUIDs = 1 << 14
 
 	// maxTrackedMembers bounds each per-member table (pings,
-	// invitations): the members who pinged or invited within a day.
+	// invitations, groups created, and member–invitee pairs): the members
+	// who pinged or invited within a day.
 	maxTrackedMembers = 1 << 15
 
 	// maxLogKeys bounds the keys whose log lines are being throttled.
@@ -206,6 +271,11 @@ type limiter struct {
 	notes     *table[string, note] // log throttling per key
 	lines     bucket               // log throttling overall
 	silenced  int                  // lines dropped overall since the last one written
+
+	// Also guarded by mu: groups counts the groups created per member,
+	// invitees the invitations per member and invitee (inviteeKey).
+	groups   *table[string, bucket]
+	invitees *table[string, bucket]
 }
 
 func newLimiter(cfg Limits, log *slog.Logger) *limiter {
@@ -223,6 +293,8 @@ func newLimiter(cfg Limits, log *slog.Logger) *limiter {
 		uidFails:  newTable[string, backoff](maxTrackedUIDs, failureMemory),
 		pings:     newTable[string, bucket](maxTrackedMembers, day),
 		invites:   newTable[string, bucket](maxTrackedMembers, day),
+		groups:    newTable[string, bucket](maxTrackedMembers, day),
+		invitees:  newTable[string, bucket](maxTrackedMembers, day),
 		notes:     newTable[string, note](maxLogKeys, logEvery),
 	}
 }
@@ -400,6 +472,29 @@ func (lm *limiter) allowPing(uid string) error {
 func (lm *limiter) allowInvite(uid string) error {
 	return lm.allowDaily(lm.invites, uid, lm.cfg.InvitesPerDay, errInviteLimit, "invitation refused: limit reached")
 }
+
+// Ack errors of allowGroup and allowInvitee, with the limit after them as
+// above: "group limit reached: 20 per 24 hours".
+var (
+	errGroupLimit   = errors.New("group limit reached")
+	errInviteeLimit = errors.New("invitation limit for this invitee reached")
+)
+
+// allowGroup takes one of uid's group creations; the error is the ack error.
+func (lm *limiter) allowGroup(uid string) error {
+	return lm.allowDaily(lm.groups, uid, lm.cfg.GroupsPerDay, errGroupLimit, "group refused: limit reached")
+}
+
+// allowInvitee takes one of uid's invitations of invitee; the error is the
+// ack error.
+func (lm *limiter) allowInvitee(uid, invitee string) error {
+	return lm.allowDaily(lm.invitees, inviteeKey(uid, invitee), lm.cfg.InvitesPerInviteePerDay, errInviteeLimit,
+		"invitation refused: limit for the invitee reached")
+}
+
+// inviteeKey is the invitees table's key for uid inviting invitee. uids
+// hold no space, so the pair has one spelling.
+func inviteeKey(uid, invitee string) string { return uid + " " + invitee }
 
 func (lm *limiter) allowDaily(t *table[string, bucket], uid string, limit int, limitErr error, msg string) error {
 	if limit <= 0 {

@@ -2,6 +2,7 @@ package qlib
 
 import (
 	"bufio"
+	"container/list"
 	"errors"
 	"io"
 	"log/slog"
@@ -29,6 +30,9 @@ type link struct {
 	// Set by serve at login and read-only afterwards.
 	uid, dev string
 
+	accepted time.Time     // when the connection arrived
+	stranger *list.Element // in Server.strangers until login; guarded by Server.mu
+
 	// state is owned by the goroutine serving the link (see run).
 	state linkState
 
@@ -41,9 +45,13 @@ type link struct {
 	running  bool     // a deliver goroutine is running
 	kicked   bool     // work arrived since deliver last looked
 	awaiting store.ID // the id sent and not yet acked; 0 = none
-	outbox   [][]byte // frames from other links, for deliver to write
 	acks     [][]byte // acks of committed posts, for deliver to write
 	closed   bool
+	// Presence notices for deliver to write, coalesced per sender
+	// (sendOhi): the latest status of each sender, and the senders in
+	// the order they first queued one since deliver last took them.
+	ohiStatus map[string]int64
+	ohiOrder  []string
 	// Acks of committed posts queued and written: deliver is their only
 	// writer, so that they go out in request order and none is lost to
 	// another writer closing the link (drainAcks). ackFailed: deliver
@@ -72,8 +80,15 @@ func newLink(s *Server, conn net.Conn) *link {
 		kick:  make(chan struct{}, 1),
 		acked: make(chan store.ID, 1),
 		done:  make(chan struct{}),
+
+		accepted: s.limits.now(),
 	}
 	l.ackCond.L = &l.dmu
+	if s.preLogin != nil {
+		// Until login, a long header needs its share of the budget;
+		// loop lifts the gate at login.
+		l.rd.SetLargeGate(s.preLogin.reserve)
+	}
 	return l
 }
 
@@ -202,6 +217,7 @@ func (l *link) loop() (idle bool) {
 			l.state = stateRev
 		case tmtp.OpRegister, tmtp.OpLogin:
 			l.state = stateLoggedIn
+			l.rd.SetLargeGate(nil)
 			l.in.allowParking()
 			l.in.extend(l.srv.cfg.IdleTimeout)
 		}
@@ -211,11 +227,25 @@ func (l *link) loop() (idle bool) {
 	}
 }
 
+// quitBusy is the quit reason for a link that is not logged in and was
+// refused a buffer for a long header because the links not logged in hold
+// all they may (Limits.PreLoginBytes): the server is short of memory for
+// strangers, the client is not at fault, and it may try again later.
+const quitBusy = "server busy"
+
 // readFailed logs why reading a frame failed and answers protocol errors with a
 // quit once a protocol version was agreed.
 func (l *link) readFailed(state linkState, err error) {
 	var pe *tmtp.ProtocolError
 	switch {
+	case errors.Is(err, tmtp.ErrLongHeaderRefused):
+		// Counted in the budget (Stats.PreLoginRefused); the line is
+		// throttled, since a flood of strangers is what spends it.
+		l.srv.limits.hit("link refused: links not logged in hold all the memory they may", "prelogin",
+			"limit", l.srv.preLogin.limit)
+		if state != stateNew {
+			l.quit(quitBusy)
+		}
 	case errors.As(err, &pe):
 		if state == stateNew {
 			l.log.Info("link refused", "reason", pe.Reason)
@@ -259,6 +289,9 @@ func (l *link) finish() {
 	l.closed = true
 	l.dmu.Unlock()
 	close(l.done)
+	// A link ending in the middle of a long header still holds its
+	// buffer, and before login a share of the budget.
+	l.rd.Release()
 	// The device is released (and its queue unwatched) before the
 	// connection closes, so that a client that logs in again as soon as it
 	// sees the close finds it free.

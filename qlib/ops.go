@@ -82,8 +82,12 @@ func (l *link) opRegister(h *tmtp.Header) error {
 	dir := l.srv.cfg.Directory
 	uid, nodeid, dev, err := dir.Register(h.NewNode, claims)
 	if err != nil {
-		// A bad label is the client's fault; anything else is ours.
-		if !errors.Is(err, ErrLabelInvalid) {
+		// A bad label, or a sign-up identity that has its accounts, is
+		// the client's doing; anything else is ours.
+		switch {
+		case errors.Is(err, ErrIdentityUsed):
+			l.log.Info("register refused", "err", err)
+		case !errors.Is(err, ErrLabelInvalid):
 			l.log.Error("register failed", "err", err)
 		}
 		return &tmtp.ProtocolError{Reason: tmtp.QuitRegister}

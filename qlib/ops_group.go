@@ -1,6 +1,7 @@
 package qlib
 
 import (
+	"errors"
 	"fmt"
 
 	"mnm/qlib/store"
@@ -21,11 +22,27 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 		return l.ackError(h.ID, err)
 	}
 	dir := l.srv.cfg.Directory
-	// The invitee's queues are checked before the group changes, so that
-	// a refused invitation changes nothing. The member notices are not:
-	// they are small, and one full queue among a group's members must
-	// not stop its invitations.
+	// A gid that is not a group yet is created by this invitation, which
+	// counts against the creator's groups. Groups are never removed, so
+	// one that exists now still exists below; one created meanwhile by
+	// someone else costs this member a creation it did not make, which is
+	// harmless.
+	if _, err := dir.GroupMembers(l.uid, h.Gid); errors.Is(err, ErrNoGroup) {
+		if err := l.srv.limits.allowGroup(l.uid); err != nil {
+			return l.ackError(h.ID, err)
+		}
+	}
+	// The invitee's queues, and what the inviter may still send it, are
+	// checked before the group changes, so that a refused invitation
+	// changes nothing. The member notices are not: they are small, and
+	// one full queue among a group's members must not stop its
+	// invitations.
 	if invitee, ok := dir.AliasUID(h.To); ok {
+		// Counted by uid, so that the invitee's many aliases do not
+		// multiply the allowance.
+		if err := l.srv.limits.allowInvitee(l.uid, invitee); err != nil {
+			return l.ackError(h.ID, err)
+		}
 		toDevs, err := dir.Devices(invitee)
 		var devs []string
 		if err == nil {

@@ -238,41 +238,58 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 	return d.r.Read(p)
 }
 
+// errTooManyRecipients refuses a post whose recipients have more devices
+// than Limits.DevicesPerPost; the client sees the limit after it: "too many
+// recipients: over 20000 devices". Nothing is stored for anyone.
+var errTooManyRecipients = errors.New("too many recipients")
+
 // recipients expands for lists (list, then also) to device keys: every device
 // of every listed user or joined group member (type 3 leaves the sender out).
 // With withSender, the sender's other devices are added, and the sending
 // device too when the sender listed itself (type 1) or a group including it
 // (type 2) (SPEC §5); without, no device of the sender is added by that rule.
-// A device whose queue is full refuses the whole list (roomFor).
+// A device whose queue is full refuses the whole list (roomFor), and so do
+// more devices than Limits.DevicesPerPost.
+//
+// Each user and group is expanded once however often the lists name it (see
+// distinct), and expansion stops as soon as the devices are over the limit:
+// the work of one request is bounded by the limit, not by how many times a
+// 64 KiB frame can repeat the name of a large group.
 func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]string, error) {
 	dir := l.srv.cfg.Directory
-	owner := make(map[string]string) // device → uid, for every device in to
-	var to []string
+	limit := l.srv.limits.cfg.DevicesPerPost
+	// A device key names one device of one user, so the devices of users
+	// expanded once each are distinct: to needs no check of its own.
+	expanded := make(map[string]bool) // users whose devices are in to
+	var to, whose []string            // devices, and the user of each
 	selfListed := false
+	// The sending device is added last, and only when the sender listed
+	// itself; devLive says that it is one of the sender's live devices.
+	devLive := false
 	addUser := func(uid string) error {
+		if uid == l.uid {
+			selfListed = true
+		}
+		if expanded[uid] {
+			return nil
+		}
 		devs, err := dir.Devices(uid)
 		if err != nil {
 			return err
 		}
-		if uid == l.uid {
-			selfListed = true
-		}
+		expanded[uid] = true
 		for _, d := range devs {
-			if _, seen := owner[d]; !seen {
-				owner[d] = uid
-				to = append(to, d)
+			if d == l.dev {
+				devLive = true
+				continue
 			}
+			to = append(to, d)
+			whose = append(whose, uid)
 		}
 		return nil
 	}
-	// A post is stored for all of its recipients or for none.
-	room := func(to []string) ([]string, error) {
-		if err := l.roomFor(to, func(d string) string { return owner[d] }); err != nil {
-			return nil, err
-		}
-		return to, nil
-	}
-	for _, r := range slices.Concat(list, also) {
+	over := func() bool { return limit > 0 && len(to) > limit }
+	for _, r := range distinct(slices.Concat(list, also)) {
 		switch r.Type {
 		case tmtp.ForUser:
 			if err := addUser(r.ID); errors.Is(err, ErrNoUser) {
@@ -294,18 +311,66 @@ func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]strin
 				if err := addUser(m); err != nil {
 					return nil, l.clientError(err)
 				}
+				if over() {
+					return nil, l.tooManyRecipients(limit)
+				}
 			}
 		}
-	}
-	if !withSender {
-		return room(to)
+		if over() {
+			return nil, l.tooManyRecipients(limit)
+		}
 	}
 	listed := selfListed
-	if err := addUser(l.uid); err != nil {
-		return nil, l.clientError(err)
+	if withSender {
+		if err := addUser(l.uid); err != nil {
+			return nil, l.clientError(err)
+		}
 	}
-	if !listed {
-		to = slices.DeleteFunc(to, func(d string) bool { return d == l.dev })
+	if listed && devLive {
+		to = append(to, l.dev)
+		whose = append(whose, l.uid)
 	}
-	return room(to)
+	if over() {
+		return nil, l.tooManyRecipients(limit)
+	}
+	// A post is stored for all of its recipients or for none. roomFor
+	// asks for a device's owner only to name it in a refusal.
+	owner := func(d string) string { return whose[slices.Index(to, d)] }
+	if err := l.roomFor(to, owner); err != nil {
+		return nil, err
+	}
+	return to, nil
+}
+
+// distinct returns rs without repeats, in the order each first appears, so
+// that an error names the same recipient as it would for the whole list. A
+// group named both with and without the sender (types 2 and 3) is kept once,
+// as type 2: that reaches everyone type 3 does, and the sender, as the two
+// entries together would.
+func distinct(rs []tmtp.Recipient) []tmtp.Recipient {
+	out := make([]tmtp.Recipient, 0, len(rs))
+	at := make(map[tmtp.Recipient]int, len(rs)) // the group key has type ForGroup
+	for _, r := range rs {
+		key := r
+		if key.Type == tmtp.ForGroupExSender {
+			key.Type = tmtp.ForGroup
+		}
+		if i, seen := at[key]; seen {
+			if r.Type == tmtp.ForGroup {
+				out[i].Type = tmtp.ForGroup
+			}
+			continue
+		}
+		at[key] = len(out)
+		out = append(out, r)
+	}
+	return out
+}
+
+// tooManyRecipients logs a post refused for DevicesPerPost and returns its
+// ack error.
+func (l *link) tooManyRecipients(limit int) error {
+	l.srv.limits.hit("post refused: too many recipient devices", "recipients "+l.uid,
+		"uid", l.uid, "limit", limit)
+	return fmt.Errorf("%w: over %d devices", errTooManyRecipients, limit)
 }

@@ -3,6 +3,7 @@ package qlib
 import (
 	"fmt"
 	"io"
+	"slices"
 
 	"mnm/qlib/store"
 	"mnm/qlib/tmtp"
@@ -10,33 +11,52 @@ import (
 
 // opUserEdit adds an alias or a device to the user (op 3) and tells all of the
 // user's devices, ahead of everything else in their queues.
+//
+// A new device's nodeid (its password) goes only to the requesting device,
+// which passes it on to the new one; the user's other devices, the new one
+// included, get the same announcement without it (Protocol.md, UserEdit).
+// SPEC §4 op 3 has every device get the nodeid, which would keep it on disk,
+// and in backups, until the last device acknowledged it: forever, if one was
+// lost. The requester's copy is a secret message (store.Message.Secret):
+// never copied to a later device's queue, and reclaimed from the disk within
+// minutes of its acknowledgement.
 func (l *link) opUserEdit(h *tmtp.Header) error {
 	dir := l.srv.cfg.Directory
-	var fields []tmtp.Field
+	op := tmtp.String("op", "user")
 	if h.NewAlias != "" {
 		if err := dir.AddAlias(l.uid, h.NewAlias); err != nil {
 			return l.ackError(h.ID, l.clientError(err))
 		}
-		fields = []tmtp.Field{tmtp.String("newalias", h.NewAlias)}
-	} else {
-		nodeid, dev, err := dir.AddDevice(l.uid, h.NewNode)
+		devs, err := dir.Devices(l.uid)
 		if err != nil {
-			return l.ackError(h.ID, l.clientError(err))
-		}
-		// The new device starts with what this one has yet to receive.
-		if err := l.srv.cfg.Store.CopyQueue(l.dev, dev); err != nil {
 			return fmt.Errorf("useredit: %w", err)
 		}
-		l.log.Info("device added", "newdev", dev)
-		// The nodeid travels in the message: it is how the user's
-		// devices learn the new device's password (SPEC §4 op 3).
-		fields = []tmtp.Field{tmtp.String("newnode", h.NewNode), tmtp.String("nodeid", nodeid)}
+		if _, err := l.storeNotice(store.High, devs, tmtp.String("newalias", h.NewAlias), op); err != nil {
+			return fmt.Errorf("useredit: %w", err)
+		}
+		return l.ackOK(h.ID)
 	}
+	nodeid, dev, err := dir.AddDevice(l.uid, h.NewNode)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	// The new device starts with what this one has yet to receive.
+	if err := l.srv.cfg.Store.CopyQueue(l.dev, dev); err != nil {
+		return fmt.Errorf("useredit: %w", err)
+	}
+	l.log.Info("device added", "newdev", dev)
 	devs, err := dir.Devices(l.uid)
 	if err != nil {
 		return fmt.Errorf("useredit: %w", err)
 	}
-	if _, err := l.storeNotice(store.High, devs, append(fields, tmtp.String("op", "user"))...); err != nil {
+	others := slices.DeleteFunc(slices.Clone(devs), func(d string) bool { return d == l.dev })
+	label := tmtp.String("newnode", h.NewNode)
+	// One commit: the announcement reaches all of the devices or none.
+	_, err = l.srv.cfg.Store.Draft().Commit(
+		store.Message{Prio: store.High, To: []string{l.dev}, Secret: true,
+			Envelope: l.envelope(0, label, tmtp.String("nodeid", nodeid), op)},
+		store.Message{Prio: store.High, To: others, Envelope: l.envelope(0, label, op)})
+	if err != nil {
 		return fmt.Errorf("useredit: %w", err)
 	}
 	return l.ackOK(h.ID)

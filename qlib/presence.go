@@ -10,8 +10,10 @@ import (
 
 // Presence (SPEC §6): an online user U may hold a list of uids to be told
 // that U is online. The list lives while U has a device logged in; ohi
-// notices are best effort, never stored, and go through each recipient link's
-// outbox so that a slow link cannot block the sender.
+// notices are best effort, never stored, and are queued for each recipient
+// link's deliver goroutine so that a slow link cannot block the sender. A
+// list is a set: naming a uid twice in an OhiEdit is naming it once, and a
+// link waits for at most one notice from each sender (sendOhi).
 //
 // The lists live in Server.ohi, guarded by Server.mu with the links.
 
@@ -29,10 +31,19 @@ const (
 )
 
 // opOhiEdit edits the list of users told of this user's presence (op 4).
+// The list in the request is bounded by the parser (tmtp.MaxRecipients); its
+// repeats are dropped before anything is looked up or notified, so that one
+// frame naming a uid 1,400 times costs one lookup and one notice. The echo
+// stored for the sender's devices keeps the list as sent.
 func (l *link) opOhiEdit(h *tmtp.Header) error {
 	dir := l.srv.cfg.Directory
 	uids := make([]string, 0, len(h.For))
+	seen := make(map[string]bool, len(h.For))
 	for _, r := range h.For {
+		if seen[r.ID] {
+			continue
+		}
+		seen[r.ID] = true
 		if _, err := dir.Devices(r.ID); err != nil {
 			return l.ackError(h.ID, fmt.Errorf("%w: %s", errUnknownRecipient, r.ID))
 		}
@@ -63,6 +74,7 @@ func (l *link) opOhiEdit(h *tmtp.Header) error {
 }
 
 // editOhi applies an OhiEdit to uid's list and sends the resulting notices.
+// uids holds no repeats.
 func (s *Server) editOhi(uid, typ string, uids []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -76,8 +88,12 @@ func (s *Server) editOhi(uid, typ string, uids []string) {
 	}
 	switch typ {
 	case ohiInit:
+		keep := make(map[string]bool, len(uids))
+		for _, v := range uids {
+			keep[v] = true
+		}
 		for v := range list {
-			if !slices.Contains(uids, v) {
+			if !keep[v] {
 				delete(list, v)
 				s.notifyLocked(v, uid, ohiOffline)
 			}
@@ -101,13 +117,8 @@ func (s *Server) editOhi(uid, typ string, uids []string) {
 // notifyLocked tells every online device of user to that from's status
 // changed. s.mu is held.
 func (s *Server) notifyLocked(to, from string, status int64) {
-	links := s.users[to]
-	if len(links) == 0 {
-		return
-	}
-	f := tmtp.AppendFrame(nil, tmtp.String("from", from), tmtp.String("op", "ohi"), tmtp.Int("status", status))
-	for _, l := range links {
-		l.send(f)
+	for _, l := range s.users[to] {
+		l.sendOhi(from, status)
 	}
 }
 

@@ -11,6 +11,7 @@
 package qlib
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"log/slog"
@@ -99,12 +100,15 @@ type Server struct {
 	fatalOnce sync.Once
 	refused   atomic.Int64 // connections closed at MaxLinks
 	parked    atomic.Int64 // links waiting for input in resume
+	evicted   atomic.Int64 // links not logged in closed to make room (PreLoginLinks)
+	preLogin  *budget      // long-header buffers of links not logged in; nil = unbounded
 
 	// mu guards the fields below it.
 	mu        sync.Mutex
 	closing   bool
 	listeners map[net.Listener]struct{}
 	links     map[*link]remote           // every open link, and its address
+	strangers list.List                  // the links not logged in, oldest first (Limits.PreLoginLinks)
 	devices   map[string]*link           // logged-in links by device key
 	users     map[string][]*link         // logged-in links by uid
 	ohi       map[string]map[string]bool // uid → uids told of its presence (presence.go)
@@ -133,10 +137,15 @@ func NewServer(cfg Config) (*Server, error) {
 	if cfg.Limits != nil {
 		limits = *cfg.Limits
 	}
+	var preLogin *budget
+	if limits.PreLoginBytes > 0 {
+		preLogin = &budget{limit: limits.PreLoginBytes}
+	}
 	return &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		limits:    newLimiter(limits, cfg.Logger),
+		preLogin:  preLogin,
 		listeners: make(map[net.Listener]struct{}),
 		links:     make(map[*link]remote),
 		devices:   make(map[string]*link),
@@ -159,6 +168,12 @@ var ErrServerClosed = errors.New("qlib: server closed")
 const (
 	acceptBackoffMin = 5 * time.Millisecond
 	acceptBackoffMax = time.Second
+	// acceptLogEvery spaces the lines of a long run of failures: the first
+	// failure is logged at once, then one line per interval with the count
+	// so far, and one when accepting works again. A shortage of
+	// descriptors fails every call for as long as it lasts, and a line per
+	// call would flood the log while telling nothing new.
+	acceptLogEvery = time.Minute
 )
 
 // Serve accepts links on ln (normally a TLS listener) until Shutdown, running
@@ -178,7 +193,12 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 	}()
 
-	var backoff time.Duration
+	var (
+		backoff  time.Duration
+		failures int       // since the last accept that worked
+		began    time.Time // the first of them
+		logged   time.Time // the last line about them
+	)
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -188,10 +208,23 @@ func (s *Server) Serve(ln net.Listener) error {
 			if errors.Is(err, net.ErrClosed) {
 				return err
 			}
+			now := time.Now()
+			failures++
+			switch {
+			case failures == 1:
+				began, logged = now, now
+				s.log.Warn("accept failing; backing off", "err", err)
+			case now.Sub(logged) >= acceptLogEvery:
+				logged = now
+				s.log.Warn("accept still failing", "err", err, "failures", failures, "for", now.Sub(began).Round(time.Millisecond))
+			}
 			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
-			s.log.Warn("accept failed; backing off", "err", err, "backoff", backoff)
 			time.Sleep(backoff)
 			continue
+		}
+		if failures > 0 {
+			s.log.Warn("accept recovered", "failures", failures, "for", time.Since(began).Round(time.Millisecond))
+			failures = 0
 		}
 		backoff = 0
 		if !s.ServeConn(conn) {
@@ -199,6 +232,16 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 	}
 }
+
+// preLoginEvictAge is how long a link that has not logged in is safe from
+// being closed to make room for a newcomer (Limits.PreLoginLinks). A real
+// client completes its handshake and login in a few round trips; one that
+// has taken a second is slow or not trying, and a flood of strangers must
+// then open links faster than PreLoginLinks a second to keep newcomers out,
+// which LinksPerAddr and the network make hard. Younger links are kept, so
+// that a crowd of real clients reconnecting at once is refused at the door
+// (and retries) rather than closed halfway through its logins.
+const preLoginEvictAge = time.Second
 
 // ServeConn runs a link on conn in a new goroutine. It reports false, leaving
 // conn to the caller, when the server is shutting down or the link is over
@@ -221,13 +264,35 @@ func (s *Server) ServeConn(conn net.Conn) bool {
 		s.mu.Unlock()
 		s.limits.closeLink(rem)
 		s.refused.Add(1)
-		s.log.Warn("link refused: at the link limit", "remote", conn.RemoteAddr().String(), "limit", s.cfg.MaxLinks)
+		// Throttled: a flood of connections is what reaches the limit.
+		s.limits.hit("link refused: at the link limit", "maxlinks", "limit", s.cfg.MaxLinks)
 		return false
+	}
+	var evicted *link
+	if limit := s.limits.cfg.PreLoginLinks; limit > 0 && s.strangers.Len() >= limit {
+		oldest := s.strangers.Front().Value.(*link)
+		if s.limits.now().Sub(oldest.accepted) < preLoginEvictAge {
+			s.mu.Unlock()
+			s.limits.closeLink(rem)
+			s.refused.Add(1)
+			s.limits.hit("link refused: too many links not logged in", "prelogin-links", "limit", limit)
+			return false
+		}
+		s.strangers.Remove(oldest.stranger)
+		oldest.stranger = nil
+		evicted = oldest
 	}
 	l := newLink(s, conn)
 	s.links[l] = rem
+	l.stranger = s.strangers.PushBack(l)
 	s.wg.Add(1)
 	s.mu.Unlock()
+	if evicted != nil {
+		s.evicted.Add(1)
+		s.limits.hit("link closed: the oldest link not logged in, to make room", "prelogin-evict",
+			"limit", s.limits.cfg.PreLoginLinks)
+		evicted.closeHard()
+	}
 	go func() {
 		defer s.wg.Done()
 		l.serve()
@@ -298,13 +363,63 @@ type Stats struct {
 	Users   int   // users with at least one logged-in device
 	Parked  int64 // links idle long enough to have parked (DefaultParkAfter)
 	Refused int64 // connections closed at MaxLinks or LinksPerAddr since start
+
+	// PreLoginBytes is the memory that links not logged in hold in
+	// long-header buffers now, within Limits.PreLoginBytes;
+	// PreLoginRefused counts the links closed since start because it was
+	// spent.
+	PreLoginBytes   int64
+	PreLoginRefused int64
+
+	// PreLoginLinks is the links not logged in now (Limits.PreLoginLinks);
+	// Evicted counts those closed since start to make room for newcomers.
+	PreLoginLinks int
+	Evicted       int64
 }
 
 // Stats reports the server's current links.
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Links: len(s.links), Devices: len(s.devices), Users: len(s.users), Parked: s.parked.Load(), Refused: s.refused.Load()}
+	st := Stats{Links: len(s.links), Devices: len(s.devices), Users: len(s.users), Parked: s.parked.Load(), Refused: s.refused.Load(),
+		PreLoginLinks: s.strangers.Len(), Evicted: s.evicted.Load()}
+	if s.preLogin != nil {
+		st.PreLoginBytes, st.PreLoginRefused = s.preLogin.used.Load(), s.preLogin.refused.Load()
+	}
+	return st
+}
+
+// budget is memory shared by many links, lent in reservations: the
+// long-header buffers of the links that have not logged in
+// (Limits.PreLoginBytes). It is safe for concurrent use.
+type budget struct {
+	limit   int64
+	used    atomic.Int64 // octets reserved now, never above limit
+	refused atomic.Int64 // reservations refused since start
+}
+
+// reserve is a tmtp.LargeGate: it reserves size octets, or refuses when
+// that would take the budget over its limit.
+func (b *budget) reserve(size int) (release func(), ok bool) {
+	n := int64(size)
+	for {
+		used := b.used.Load()
+		if used+n > b.limit {
+			b.refused.Add(1)
+			return nil, false
+		}
+		if b.used.CompareAndSwap(used, used+n) {
+			break
+		}
+	}
+	// The Reader calls release once; the flag keeps a mistake from giving
+	// the budget more than it lent.
+	var once atomic.Bool
+	return func() {
+		if once.CompareAndSwap(false, true) {
+			b.used.Add(-n)
+		}
+	}, true
 }
 
 // claimDevice registers l as the live link of its device and returns the
@@ -323,6 +438,10 @@ func (s *Server) claimDevice(l *link) (ohi []string, ok bool) {
 	if s.closing {
 		s.mu.Unlock()
 		return nil, false
+	}
+	if l.stranger != nil {
+		s.strangers.Remove(l.stranger)
+		l.stranger = nil
 	}
 	old := s.devices[l.dev]
 	if old != nil {
@@ -368,6 +487,10 @@ func (s *Server) dropLink(l *link) {
 	defer s.mu.Unlock()
 	s.limits.closeLink(s.links[l])
 	delete(s.links, l)
+	if l.stranger != nil {
+		s.strangers.Remove(l.stranger)
+		l.stranger = nil
+	}
 	if l.dev == "" || s.devices[l.dev] != l {
 		return
 	}

@@ -222,3 +222,50 @@ func BenchmarkIndex(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "open-ns/msg")
 }
+
+// groupDevices returns n device keys shaped like the server's (uid.node).
+func groupDevices(n int) []string {
+	devs := make([]string, n)
+	for i := range devs {
+		devs[i] = fmt.Sprintf("u%031d.%d", i, i%3)
+	}
+	return devs
+}
+
+// BenchmarkGroupPost measures what a post to a big group costs the log: 1-byte
+// posts, each committed on its own, to the same 5,000 devices. bytes/post is
+// what each commit appends to the log on average; first-post-bytes is the
+// first one's share (it defines the device set) and later-post-bytes the
+// others'.
+func BenchmarkGroupPost(b *testing.B) {
+	const members = 5000
+	l, err := Open(Options{Dir: b.TempDir(), Logger: quiet()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	devs := groupDevices(members)
+	data := []byte("x")
+	envelope := func(id ID, _ time.Time, _ []ID) []byte { return []byte(id.String()) }
+	_, total0, _ := segStats(l)
+	var first int64
+	b.ResetTimer()
+	for i := range b.N {
+		d := l.Draft()
+		d.Write(data)
+		if _, err := d.Commit(Message{To: devs, Len: 1, Envelope: envelope}); err != nil {
+			b.Fatal(err)
+		}
+		if i == 0 {
+			_, total, _ := segStats(l)
+			first = total - total0
+		}
+	}
+	b.StopTimer()
+	_, total, _ := segStats(l)
+	b.ReportMetric(float64(total-total0)/float64(b.N), "bytes/post")
+	b.ReportMetric(float64(first), "first-post-bytes")
+	if b.N > 1 {
+		b.ReportMetric(float64(total-total0-first)/float64(b.N-1), "later-post-bytes")
+	}
+}

@@ -20,7 +20,12 @@ import (
 // at least half of what is copied over a round is then dead, the copying costs
 // at most about one extra write of each live byte.
 
-// compactDue reports whether the compactor has work. mu must be held.
+// compactDue reports whether the compactor has work: by the policy above, or
+// because the oldest segment is at or before one holding bytes of a dead
+// secret message (scrubSeq), which are to leave the disk promptly: only the
+// oldest segment can go, so every segment up to that one is compacted. Secrets
+// are rare (a device's password, once per device added), and those dying
+// within scrubDelay share one pass (scrubDue). mu must be held.
 func (l *Log) compactDue() bool {
 	if len(l.segs) < 2 {
 		return false // the only segment is the head
@@ -29,7 +34,7 @@ func (l *Log) compactDue() bool {
 	if old.pins.Load() != 0 {
 		return false
 	}
-	return old.live == 0 || l.total > 2*l.live+l.segSize
+	return old.live == 0 || l.total > 2*l.live+l.segSize || (l.scrubDue && old.seq <= l.scrubSeq)
 }
 
 func (l *Log) kickCompactor() {
@@ -55,6 +60,22 @@ func (l *Log) compactSync() bool {
 	case <-l.stop:
 		return false
 	}
+}
+
+// Reclaim returns once everything appended before it is durable and
+// compaction has nothing left to do: in particular, once the bytes of every
+// secret message acknowledged before it have left the disk (Message.Secret).
+// The store compacts by itself; Reclaim is for tests and tools that must know
+// it has. It returns ErrClosed if the store closed first.
+func (l *Log) Reclaim() error {
+	l.scrubNow() // not waiting for scrubDelay
+	if err := l.barrier(); err != nil {
+		return err
+	}
+	if !l.compactSync() {
+		return ErrClosed
+	}
+	return l.failure()
 }
 
 // compactor is the goroutine that reclaims space, one segment at a time.
@@ -213,7 +234,7 @@ func (l *Log) copyForward(id ID) (int64, error) {
 	if hook != nil {
 		hook(id)
 	}
-	b, ok, err := l.appendCopy(d, id, r.prio, env)
+	b, ok, err := l.appendCopy(d, id, r.prio, r.secret, env)
 	if err != nil || !ok {
 		return -1, err
 	}
@@ -230,7 +251,7 @@ func (l *Log) copyForward(id ID) (int64, error) {
 
 // appendCopy appends the copy record of message id holding d's data, for the
 // devices that have it now. ok is false if none has.
-func (l *Log) appendCopy(d *draft, id ID, prio Priority, env []byte) (b *batch, ok bool, err error) {
+func (l *Log) appendCopy(d *draft, id ID, prio Priority, secret bool, env []byte) (b *batch, ok bool, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	devs, ok := l.moving[id]
@@ -243,7 +264,7 @@ func (l *Log) appendCopy(d *draft, id ID, prio Priority, env []byte) (b *batch, 
 	if err := l.writable(); err != nil {
 		return nil, false, err
 	}
-	msgs := []recMsg{{id: id, prio: prio, n: d.n, env: env, devs: devs}}
+	msgs := []recMsg{{id: id, prio: prio, secret: secret, n: d.n, env: env, devs: dedup(devs)}}
 	b, bl, err := l.appendBlob(recCopy, d, msgs)
 	if err != nil {
 		return nil, false, err

@@ -34,6 +34,12 @@ type segment struct {
 	readers   int     // WriteTo calls and copies reading the file
 	removed   bool    // unlinked; close f when readers reaches zero
 
+	// Guarded by Log.pendMu, while the segment is the head: the device
+	// sets defined in it (record.go), by hash, and the octets of their
+	// definitions. Dropped when the next segment becomes the head.
+	devSets     map[setHash]struct{}
+	devSetBytes int
+
 	// Writer goroutine only.
 	syncs uint32 // fsyncs completed: the epoch of frames written now
 }
@@ -144,6 +150,7 @@ type message struct {
 	envLen uint32
 	refs   int32 // queue entries
 	prio   Priority
+	secret bool // Message.Secret: never copied to another queue, scrubbed once dead
 }
 
 // idQueue is one priority's entries of a device queue, in id order, as a

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -122,6 +123,14 @@ type Log struct {
 	closed bool
 	stamp  uint64   // count of applied batches
 	cache  msgCache // bytes of recent messages, for WriteTo
+	// scrubSeq is the last segment holding bytes of a secret message that
+	// died: once scrubDue, compaction goes on until every segment up to it
+	// is gone. scrubTimer makes scrubDue true scrubDelay after the first
+	// secret of a batch died.
+	scrubSeq   uint64
+	scrubDue   bool
+	scrubTimer *time.Timer
+	scrubDelay time.Duration // the constant scrubDelay; tests change it
 
 	pendMu sync.Mutex
 	wake   sync.Cond // the writer waits for work
@@ -133,6 +142,18 @@ type Log struct {
 	headSize int64    // its size, counting records not yet written
 	nextID   ID
 	ceiling  ID // persisted: no id at or above it has been issued
+	// Out of file descriptors (fdShortage): the head is not rotated before
+	// rotateAt, rotateWait being the current backoff (rotateRetryMin, a
+	// field for tests, doubling up to rotateRetryMax); rotateShort and
+	// ceilingShort say the shortage was logged.
+	rotateAt       time.Time
+	rotateWait     time.Duration
+	rotateRetryMin time.Duration
+	rotateShort    bool
+	ceilingShort   bool
+	// rotateNow: the head holds the bytes of a dead secret message, so the
+	// next record starts a new segment and compaction can reclaim it.
+	rotateNow bool
 	// The free-space watermark (roomLocked): minFree is Options.MinFree, 0
 	// once the FS turns out not to tell; full is the last verdict.
 	minFree      int64
@@ -252,6 +273,8 @@ func Open(opts Options) (*Log, error) {
 	l.space.L = &l.pendMu
 	l.syncDelay = ackSyncDelay
 	l.spaceEvery = spaceCheckEvery
+	l.rotateRetryMin = rotateRetryMin
+	l.scrubDelay = scrubDelay
 	start := time.Now()
 	if err := l.open(); err != nil {
 		for _, s := range l.segs {
@@ -322,6 +345,9 @@ func (l *Log) open() error {
 	if len(seqs) > 0 {
 		seq = seqs[len(seqs)-1] + 1
 	}
+	// Created under its own name at once: recovery has made everything
+	// before it durable. Running out of file descriptors here fails Open
+	// like any other error: nothing is being served yet.
 	head := newSegment(l.dir, seq)
 	f, err := l.fs.OpenFile(head.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
@@ -375,26 +401,112 @@ func (l *Log) newBatch() *batch {
 }
 
 // place completes the frame at b.buf[start:] and assigns it its place in the
-// log, starting a new segment when the head is full. pendMu must be held.
-func (l *Log) place(b *batch, start int) (*segment, int64, error) {
+// log, starting a new segment when the head is full (or holds a dead secret,
+// rotateNow) and one can be created. reencode, if not nil, is called to redo
+// the frame for the new segment first: a commit's references to device sets
+// do not cross segments. pendMu must be held.
+func (l *Log) place(b *batch, start int, reencode func(*segment)) (*segment, int64, error) {
 	n := int64(len(b.buf) - start)
 	if n-frameHeaderSize > maxPayload {
 		b.buf = b.buf[:start]
 		return nil, 0, ErrTooBig
 	}
-	endFrame(b.buf[start:])
-	if l.headSize > 0 && l.headSize+n > l.segSize {
-		l.head = newSegment(l.dir, l.head.seq+1)
-		l.headSize = 0
-		if last := &b.cuts[len(b.cuts)-1]; last.pos == start {
-			last.seg = l.head
-		} else {
-			b.cuts = append(b.cuts, cut{start, l.head})
+	if l.headSize > 0 && (l.headSize+n > l.segSize || l.rotateNow) {
+		rotated, err := l.rotateHead()
+		if err != nil {
+			b.buf = b.buf[:start]
+			return nil, 0, err
+		}
+		if rotated {
+			if last := &b.cuts[len(b.cuts)-1]; last.pos == start {
+				last.seg = l.head
+			} else {
+				b.cuts = append(b.cuts, cut{start, l.head})
+			}
+			if reencode != nil {
+				reencode(l.head)
+				if n = int64(len(b.buf) - start); n-frameHeaderSize > maxPayload {
+					b.buf = b.buf[:start]
+					return nil, 0, ErrTooBig
+				}
+			}
 		}
 	}
+	endFrame(b.buf[start:])
 	off := l.headSize
 	l.headSize += n
 	return l.head, off, nil
+}
+
+// Backoff of segment rotation while file descriptors are short: retried soon
+// at first, since a burst of connections passes, then at most every few
+// seconds (an open that fails costs little, but logs and latency need not
+// pay for it at every record).
+const (
+	rotateRetryMin = 50 * time.Millisecond
+	rotateRetryMax = 5 * time.Second
+)
+
+// fdShortage reports whether err is the process or the system running out of
+// file descriptors: a passing condition (a flood of connections), not damage
+// to storage, so no reason to stop the store.
+//
+// Where the store opens files, and what a shortage does there:
+//   - Open (the segments to replay, the id ceiling, the first head): Open
+//     fails; nothing is being served, and the operator sees why.
+//   - rotateHead (a new segment): the records go to the current segment,
+//     and rotation is retried with backoff.
+//   - raiseCeiling at run time (ceilingFor): raised ahead of need and
+//     retried at later commits; only a commit that needs ids above the
+//     ceiling is refused meanwhile, with ErrNoFiles.
+//
+// Nothing else opens a file: a segment's file stays open from its creation
+// (or recovery) until it is removed, so reading for delivery or compaction
+// needs no descriptor.
+func fdShortage(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// rotateHead makes a new segment the head. Its file is created here, while
+// the records that will go to it are still being placed, so that if it
+// cannot be opened for want of file descriptors they go to the current head
+// instead: the head grows past its target size, and rotation is retried with
+// backoff (logged once, and once more when it succeeds). It is created under
+// a temporary name, renamed by the writer (rotate) once everything before it
+// is durable: a crash must not leave a segment after one whose tail is torn.
+// Any other error fails the store. pendMu must be held.
+func (l *Log) rotateHead() (bool, error) {
+	now := time.Now()
+	if now.Before(l.rotateAt) {
+		return false, nil
+	}
+	next := newSegment(l.dir, l.head.seq+1)
+	f, err := l.fs.OpenFile(next.path+tmpSuffix, os.O_RDWR|os.O_CREATE|os.O_TRUNC, filePerm)
+	if err != nil {
+		if !fdShortage(err) {
+			l.fail(fmt.Errorf("store: create segment: %w", err))
+			return false, l.failure()
+		}
+		l.rotateWait = min(max(2*l.rotateWait, l.rotateRetryMin), rotateRetryMax)
+		l.rotateAt = now.Add(l.rotateWait)
+		if !l.rotateShort {
+			l.rotateShort = true
+			l.log.Warn("store: cannot create a segment; appending to the current one past its target size",
+				"file", l.head.path, "err", err)
+		}
+		return false, nil
+	}
+	if l.rotateShort {
+		l.rotateShort = false
+		l.log.Info("store: segment created after a shortage of file descriptors", "file", next.path,
+			"size", l.headSize)
+	}
+	l.rotateWait, l.rotateAt = 0, time.Time{}
+	l.rotateNow = false
+	l.head.devSets = nil // no more records go there
+	next.f = f
+	l.head, l.headSize = next, 0
+	return true, nil
 }
 
 // appendChunk appends a chunk record holding p and returns where its data
@@ -416,7 +528,7 @@ func (l *Log) appendChunk(p []byte, pin bool) (chunk, error) {
 	start := len(b.buf)
 	b.buf = beginFrame(b.buf, recChunk)
 	b.buf = append(b.buf, p...)
-	seg, off, err := l.place(b, start)
+	seg, off, err := l.place(b, start, nil)
 	if err != nil {
 		return chunk{}, err
 	}
@@ -427,17 +539,38 @@ func (l *Log) appendChunk(p []byte, pin bool) (chunk, error) {
 	return chunk{seg: seg, off: off + frameHeaderSize, n: int64(len(p))}, nil
 }
 
-// appendBlob appends a commit or copy record for msgs with d's data. pendMu
-// must be held.
+// appendBlob appends a commit or copy record for msgs with d's data. A
+// message with a big device list refers to the list's device set, defined in
+// this record unless an earlier one of the same segment did (record.go).
+// msgs' devices must be distinct and sorted. pendMu must be held.
 func (l *Log) appendBlob(t recType, d *draft, msgs []recMsg) (*batch, *blob, error) {
+	for i := range msgs {
+		if len(msgs[i].devs) >= minSetDevs {
+			msgs[i].set = hashSet(msgs[i].devs)
+		}
+	}
 	b := l.pend
 	start := len(b.buf)
-	b.buf = beginFrame(b.buf, t)
 	var tailPos int
-	b.buf, tailPos = appendBlobPayload(b.buf, d.chunks, d.buf, msgs)
-	seg, off, err := l.place(b, start)
+	var defs []int
+	encode := func(seg *segment) {
+		defs = planSets(seg, msgs, defs[:0])
+		b.buf = beginFrame(b.buf[:start], t)
+		b.buf, tailPos = appendBlobPayload(b.buf, d.chunks, d.buf, defs, msgs)
+	}
+	encode(l.head)
+	seg, off, err := l.place(b, start, encode)
 	if err != nil {
 		return nil, nil, err
+	}
+	if len(defs) > 0 {
+		if seg.devSets == nil {
+			seg.devSets = map[setHash]struct{}{}
+		}
+		for _, i := range defs {
+			seg.devSets[msgs[i].set] = struct{}{}
+			seg.devSetBytes += setLen(msgs[i].devs)
+		}
 	}
 	bl := &blob{
 		seg:     seg,
@@ -453,6 +586,34 @@ func (l *Log) appendBlob(t recType, d *draft, msgs []recMsg) (*batch, *blob, err
 		msgs[i].env = nil // the batch has the bytes; the index needs only the place
 	}
 	return b, bl, nil
+}
+
+// planSets decides, for a record of msgs going to seg, which messages refer
+// to a device set (ref) and which sets the record defines (returned as
+// indexes of msgs, appended to defs): a big list's set is referred to if seg
+// has it, else defined here, once per record, while seg has room for more
+// sets; otherwise its devices are listed. pendMu must be held.
+func planSets(seg *segment, msgs []recMsg, defs []int) []int {
+	count, size := len(seg.devSets), seg.devSetBytes
+	for i := range msgs {
+		m := &msgs[i]
+		m.ref = false
+		if len(m.devs) < minSetDevs {
+			continue
+		}
+		if _, ok := seg.devSets[m.set]; ok || slices.ContainsFunc(defs, func(j int) bool { return msgs[j].set == m.set }) {
+			m.ref = true
+			continue
+		}
+		n := setLen(m.devs)
+		if count+1 > maxSegSets || size+n > maxSegSetBytes {
+			continue
+		}
+		count, size = count+1, size+n
+		defs = append(defs, i)
+		m.ref = true
+	}
+	return defs
 }
 
 // appendCommit issues ids for msgs and appends their commit record to the
@@ -477,21 +638,21 @@ func (l *Log) appendCommit(d *draft, msgs []Message, fixed ID, done func([]Recei
 		return err
 	}
 	ids := make([]ID, len(msgs))
+	next := l.nextID + ID(len(msgs))
+	if fixed != 0 {
+		next = max(l.nextID, fixed+1)
+	}
+	if err := l.ceilingFor(next); err != nil {
+		return err
+	}
 	if fixed != 0 {
 		ids[0] = fixed
-		l.nextID = max(l.nextID, fixed+1)
 	} else {
 		for i := range ids {
 			ids[i] = l.nextID + ID(i)
 		}
-		l.nextID += ID(len(msgs))
 	}
-	if l.nextID > l.ceiling {
-		if err := l.raiseCeiling(l.nextID); err != nil {
-			l.fail(err)
-			return l.failure()
-		}
-	}
+	l.nextID = next
 	posted := l.now()
 	rms := make([]recMsg, len(msgs))
 	rcpts := make([]Receipt, len(msgs))
@@ -500,7 +661,7 @@ func (l *Log) appendCommit(d *draft, msgs []Message, fixed ID, done func([]Recei
 		if m.Envelope != nil {
 			env = m.Envelope(ids[i], posted, ids)
 		}
-		rms[i] = recMsg{id: ids[i], prio: m.Prio, off: m.Off, n: m.Len, env: env, devs: dedup(m.To)}
+		rms[i] = recMsg{id: ids[i], prio: m.Prio, secret: m.Secret, off: m.Off, n: m.Len, env: env, devs: dedup(m.To)}
 		if len(rms[i].devs) > 0 {
 			rms[i].cache = cacheCopy(d, env, m.Off, m.Len)
 		}
@@ -514,6 +675,48 @@ func (l *Log) appendCommit(d *draft, msgs []Message, fixed ID, done func([]Recei
 	b.commits = append(b.commits, completion{fn: done, rcpts: rcpts, pin: d.pin})
 	b.sync = true
 	l.wake.Signal()
+	return nil
+}
+
+// ErrNoFiles: a commit needed the id ceiling raised (see idfloor.go), and
+// the file for it could not be opened for want of file descriptors. Nothing
+// was stored; the store goes on, and a later commit retries.
+var ErrNoFiles = errors.New("store: out of file descriptors")
+
+// ceilingHeadroom is how far below the persisted ceiling ids may come before
+// it is raised: far enough ahead (half a step, millions of ids) that a raise
+// failing for want of file descriptors is retried by later commits long
+// before any of them needs an id above the ceiling.
+const ceilingHeadroom = idStep / 2
+
+// ceilingFor makes sure that ids below next may be issued, raising the
+// persisted ceiling ahead of need. A raise that cannot open its file for want
+// of file descriptors is logged once and retried at the next commit; only a
+// commit that needs an id at or above the ceiling then fails (ErrNoFiles).
+// Any other error fails the store. pendMu must be held.
+func (l *Log) ceilingFor(next ID) error {
+	if next <= l.ceiling && l.ceiling-next >= ceilingHeadroom {
+		return nil
+	}
+	err := l.raiseCeiling(next)
+	switch {
+	case err == nil:
+		if l.ceilingShort {
+			l.ceilingShort = false
+			l.log.Info("store: id ceiling raised after a shortage of file descriptors")
+		}
+		return nil
+	case !fdShortage(err):
+		l.fail(err)
+		return l.failure()
+	}
+	if !l.ceilingShort {
+		l.ceilingShort = true
+		l.log.Warn("store: cannot raise the id ceiling; retrying at later commits", "err", err)
+	}
+	if next > l.ceiling {
+		return fmt.Errorf("%w: %w", ErrNoFiles, err)
+	}
 	return nil
 }
 
@@ -581,7 +784,7 @@ func (l *Log) appendAck(dev string, id ID) error {
 	start := len(b.buf)
 	b.buf = beginFrame(b.buf, recAck)
 	b.buf = appendAckPayload(b.buf, dev, id)
-	if _, _, err := l.place(b, start); err != nil {
+	if _, _, err := l.place(b, start, nil); err != nil {
 		return err
 	}
 	b.acks = true
@@ -747,22 +950,22 @@ func (l *Log) syncCur() error {
 	return nil
 }
 
+// rotate moves the writer to next, whose file rotateHead created under a
+// temporary name: it gets its own name only now, once the segment before it
+// is durable.
 func (l *Log) rotate(next *segment) error {
 	if l.dirty {
 		if err := l.syncCur(); err != nil {
 			return err
 		}
 	}
-	f, err := l.fs.OpenFile(next.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, filePerm)
-	if err != nil {
-		return fmt.Errorf("store: create segment: %w", err)
+	if err := l.fs.Rename(next.path+tmpSuffix, next.path); err != nil {
+		return fmt.Errorf("store: name segment: %w", err)
 	}
 	if err := l.fs.SyncDir(l.dir); err != nil {
-		f.Close()
 		return fmt.Errorf("store: %w", err)
 	}
 	l.mu.Lock()
-	next.f = f
 	l.segs = append(l.segs, next)
 	l.mu.Unlock()
 	l.cur = next
@@ -844,6 +1047,7 @@ func (l *Log) newMessage(b *blob, rm *recMsg) *message {
 		envLen: uint32(rm.envLen),
 		refs:   int32(len(rm.devs)),
 		prio:   rm.prio,
+		secret: rm.secret,
 	}
 	l.blobRef(b)
 	return m
@@ -884,7 +1088,69 @@ func (l *Log) unref(id ID, m *message) {
 	if m.refs <= 0 {
 		delete(l.msgs, id)
 		l.cache.drop(id)
+		if m.secret {
+			l.secretDied(m.blob)
+		}
 		l.blobUnref(m.blob)
+	}
+}
+
+// scrubDelay is how long the bytes of a dead secret message may stay on
+// disk. Removing them compacts every segment up to theirs (compactDue),
+// which on a large backlog copies much of the live data; the delay gathers
+// the secrets that die meanwhile into one such pass, so that a member
+// adding devices in a loop costs the disk at most one pass per delay,
+// while a password still leaves the disk minutes after its device got it.
+const scrubDelay = 5 * time.Minute
+
+// secretDied records that the secret message in b is dead: its segments
+// are to be scrubbed. The first secret of a batch arms the timer; later ones
+// join its pass. mu must be held.
+func (l *Log) secretDied(b *blob) {
+	pending := len(l.segs) > 0 && l.segs[0].seq <= l.scrubSeq
+	for _, s := range b.segments(nil) {
+		l.scrubSeq = max(l.scrubSeq, s.seq)
+	}
+	if pending || l.closed {
+		return
+	}
+	l.scrubDue = false
+	if l.scrubTimer == nil {
+		l.scrubTimer = time.AfterFunc(l.scrubDelay, l.scrubNow)
+	} else {
+		l.scrubTimer.Reset(l.scrubDelay)
+	}
+}
+
+// scrubNow starts the scrubbing of dead secrets: the head rotates if it
+// holds one (scrubHead), and the compactor removes every segment up to
+// scrubSeq. It runs on scrubTimer, and from Reclaim.
+func (l *Log) scrubNow() {
+	l.mu.Lock()
+	l.scrubDue = true
+	l.pendMu.Lock()
+	l.scrubHead()
+	rotate := l.rotateNow
+	l.pendMu.Unlock()
+	l.mu.Unlock()
+	if rotate {
+		// The head may see no record for a while: an empty chunk, garbage
+		// by design like the chunks of an aborted draft, starts the next
+		// segment. If it cannot be written (the store full or failed),
+		// the next record rotates instead.
+		if _, err := l.appendChunk(nil, false); err == nil {
+			l.barrier()
+		}
+	}
+	l.kickCompactor()
+}
+
+// scrubHead has the next record start a new segment if the head holds bytes
+// of a dead secret message due to be scrubbed, so that compaction can
+// reclaim it (compactDue). mu and pendMu must be held.
+func (l *Log) scrubHead() {
+	if l.scrubDue && l.scrubSeq >= l.head.seq {
+		l.rotateNow = true
 	}
 }
 
@@ -986,6 +1252,7 @@ func (l *Log) Ack(dev string, id ID) error {
 	q.bytes -= m.size()
 	l.unref(id, m)
 	l.dropIfIdle(dev, q)
+	l.scrubHead()
 	return l.appendAck(dev, id)
 }
 
@@ -1003,15 +1270,20 @@ func (l *Log) CopyQueue(src, dst string) error {
 		l.mu.Unlock()
 		return nil
 	}
+	// Secret messages are not copied: a device added later must not get
+	// another device's password.
 	nq := &devQueue{}
-	var ids []ID
 	if sq := l.queues[src]; sq != nil {
 		for p := range sq.prio {
-			nq.prio[p].ids = slices.Clone(sq.prio[p].slice())
+			for _, id := range sq.prio[p].slice() {
+				if m := l.msgs[id]; !m.secret {
+					nq.prio[p].ids = append(nq.prio[p].ids, id)
+					nq.bytes += m.size()
+				}
+			}
 		}
-		nq.bytes = sq.bytes
-		ids = sq.ids()
 	}
+	ids := nq.ids()
 	// Reference the new entries before dropping the old, so that a message
 	// in both is never forgotten in between.
 	for _, id := range ids {
@@ -1034,11 +1306,12 @@ func (l *Log) CopyQueue(src, dst string) error {
 	l.queues[dst] = nq
 	l.dropIfIdle(dst, nq)
 
+	l.scrubHead()
 	b := l.pend
 	start := len(b.buf)
 	b.buf = beginFrame(b.buf, recQueue)
 	b.buf = appendQueuePayload(b.buf, dst, ids)
-	_, _, err := l.place(b, start)
+	_, _, err := l.place(b, start, nil)
 	if err == nil {
 		if len(ids) > 0 {
 			b.applies = append(b.applies, apply{kind: applyNotify, dev: dst})
@@ -1067,6 +1340,7 @@ type msgRef struct {
 
 	blob        *blob
 	prio        Priority
+	secret      bool
 	env, envLen int64
 	off, n      int64
 	segs        []*segment
@@ -1089,7 +1363,7 @@ func (l *Log) acquire(id ID, useCache bool) (msgRef, error) {
 	if m == nil {
 		return msgRef{}, ErrNoMessage
 	}
-	r := msgRef{blob: m.blob, prio: m.prio, env: m.blob.recOff + int64(m.envRel), envLen: int64(m.envLen), off: m.off, n: m.n}
+	r := msgRef{blob: m.blob, prio: m.prio, secret: m.secret, env: m.blob.recOff + int64(m.envRel), envLen: int64(m.envLen), off: m.off, n: m.n}
 	r.segs = m.blob.segments(nil)
 	for _, s := range r.segs {
 		s.readers++
@@ -1197,10 +1471,21 @@ func (l *Log) Close() error {
 		<-l.writerDone
 		l.mu.Lock()
 		l.closed = true
+		if l.scrubTimer != nil {
+			l.scrubTimer.Stop()
+		}
 		l.cache.reset()
 		for _, s := range l.segs {
 			l.closeIfIdle(s)
 		}
+		l.pendMu.Lock()
+		if h := l.head; h.f != nil && !slices.Contains(l.segs, h) {
+			// Created by rotateHead but never written to (the store
+			// failed first): a temporary file, removed at the next Open.
+			h.f.Close()
+			h.f = nil
+		}
+		l.pendMu.Unlock()
 		l.mu.Unlock()
 		l.closeErr = l.failure()
 		l.log.Info("store: closed", "dir", l.dir)

@@ -76,9 +76,10 @@ var ErrCrashed = errors.New("memfs: power lost")
 // as a machine would find its disk after losing power. Directories themselves
 // are durable as soon as MkdirAll returns.
 //
-// Faults: FailNth makes the nth next operation of a kind fail, and SetHook
-// sees every operation before it happens and may fail it (or call Crash). A
-// failed operation has no effect.
+// Faults: FailNth makes the nth next operation of a kind fail, SetHook sees
+// every operation before it happens and may fail it (or call Crash), and
+// SetCapacity and SetFileLimit model a full disk and a process out of file
+// descriptors. A failed operation has no effect.
 //
 // All methods are safe for concurrent use.
 type MemFS struct {
@@ -93,6 +94,27 @@ type MemFS struct {
 	// take the files past it fails with ENOSPC, and Free reports what is
 	// left.
 	capacity int64
+	// open counts the files open (not closed); fileLimit, if positive, is
+	// the most there may be: OpenFile beyond it fails with EMFILE, as when
+	// a process runs out of file descriptors.
+	open      int
+	fileLimit int
+}
+
+// SetFileLimit limits the files open at once to n (0: unlimited): OpenFile
+// fails with syscall.EMFILE while n are open, as in a process that has used
+// up its file descriptors.
+func (m *MemFS) SetFileLimit(n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fileLimit = n
+}
+
+// OpenFiles returns the number of files opened and not yet closed.
+func (m *MemFS) OpenFiles() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.open
 }
 
 // SetCapacity gives the file system a size (0: unlimited): writes beyond it
@@ -323,6 +345,9 @@ func (m *MemFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) 
 	if m.crashed {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: ErrCrashed}
 	}
+	if m.fileLimit > 0 && m.open >= m.fileLimit {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: syscall.EMFILE}
+	}
 	if m.dirs[name] != nil {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.New("is a directory")}
 	}
@@ -353,6 +378,7 @@ func (m *MemFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) 
 	if flag&os.O_TRUNC != 0 && f.write {
 		nd.truncate(0)
 	}
+	m.open++
 	return f, nil
 }
 
@@ -608,5 +634,6 @@ func (f *memFile) Close() error {
 		return err
 	}
 	f.closed = true
+	f.m.open--
 	return nil
 }

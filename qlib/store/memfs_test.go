@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"syscall"
 	"testing"
 )
 
@@ -155,5 +156,31 @@ func TestMemFSFaults(t *testing.T) {
 	names, _ := m.ReadDir("/d")
 	if !slices.Equal(names, []string{"f"}) {
 		t.Errorf("ReadDir = %v", names)
+	}
+}
+
+func TestMemFSFileLimit(t *testing.T) {
+	m := NewMemFS()
+	m.MkdirAll("/d", 0o700)
+	a := mustOpen(t, m, "/d/a", os.O_RDWR|os.O_CREATE)
+	m.SetFileLimit(2)
+	b := mustOpen(t, m, "/d/b", os.O_RDWR|os.O_CREATE)
+	if _, err := m.OpenFile("/d/c", os.O_RDWR|os.O_CREATE, 0); !errors.Is(err, syscall.EMFILE) {
+		t.Errorf("third open with a limit of 2 = %v, want EMFILE", err)
+	}
+	if _, err := m.ReadFile("/d/c"); err == nil {
+		t.Error("the refused open created its file")
+	}
+	if n := m.OpenFiles(); n != 2 {
+		t.Errorf("OpenFiles = %d, want 2", n)
+	}
+	b.Close()
+	c := mustOpen(t, m, "/d/c", os.O_RDWR|os.O_CREATE) // room again
+	m.SetFileLimit(0)
+	mustOpen(t, m, "/d/d", os.O_RDWR|os.O_CREATE).Close()
+	a.Close()
+	c.Close()
+	if n := m.OpenFiles(); n != 0 {
+		t.Errorf("OpenFiles after closing all = %d", n)
 	}
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,15 +28,32 @@ import (
 //
 // Payloads use uvarints (u) and fixed 8-octet ids:
 //
-//	chunk:  raw data
-//	commit: u nchunks {u seq, u off, u len}… u taillen tail
-//	        u nmsgs {id, prio, u off, u len, u envlen env, u ndevs {u len dev}…}…
-//	copy:   as commit, for one message moved forward by compaction
-//	ack:    u len dev, id
-//	queue:  u len dev, u nids {id}…
+//	chunk:   raw data
+//	commit:  u nchunks {u seq, u off, u len}… u taillen tail
+//	         u nsets {u setlen set}…
+//	         u nmsgs {id, flags, u off, u len, u envlen env, devs}…
+//	copy:    as commit, for one message moved forward by compaction
+//	ack:     u len dev, id
+//	queue:   u len dev, u nids {id}…
 //
 // A commit's data is its chunk records (named by segment seq and the payload's
 // file offset) followed by the inline tail; each message is a range of it.
+//
+// A message's devices are either listed (devs = 0x00 u ndevs {u len dev}…) or,
+// for a big list, a reference to a device set (devs = 0x01 and the SHA-256 of
+// the set). A set is the canonical form of a device list: its distinct keys in
+// ascending order, each as u len dev; it is defined (listed in a record's sets)
+// by the first record of a segment that uses it and referenced by hash from
+// then on in that segment. So a post to a big group costs its devices once per
+// segment, not once per post, and since definitions never cross segments,
+// dropping a segment never breaks a reference; a definition travels in the
+// frame of the first message using it, so a torn write cannot keep the
+// reference without the definition. flags is the priority in the low bits and
+// flagSecret.
+//
+// Records of types commitV1 and copyV1 (written before device sets) have a
+// priority octet for flags, no sets, and every message's devices listed as
+// u ndevs {u len dev}…; they are still read.
 const frameHeaderSize = 20
 
 // maxPayload bounds a frame's payload so that no length read from disk can make
@@ -47,14 +65,30 @@ const maxPayload = 256 << 20
 type recType uint8
 
 const (
-	recChunk  recType = 1 // a piece of a draft's data
-	recCommit recType = 2 // new messages: recipients, envelopes, data
-	recCopy   recType = 3 // a live message moved forward by compaction
-	recAck    recType = 4 // a device acknowledged a message
-	recQueue  recType = 5 // a device's queue replaced by a copy of another's
+	recChunk    recType = 1 // a piece of a draft's data
+	recCommitV1 recType = 2 // new messages, devices listed (no longer written)
+	recCopyV1   recType = 3 // a copy, devices listed (no longer written)
+	recAck      recType = 4 // a device acknowledged a message
+	recQueue    recType = 5 // a device's queue replaced by a copy of another's
+	recCommit   recType = 6 // new messages: recipients, envelopes, data
+	recCopy     recType = 7 // a live message moved forward by compaction
 )
 
-func (t recType) valid() bool { return t >= recChunk && t <= recQueue }
+func (t recType) valid() bool { return t >= recChunk && t <= recCopy }
+
+// blob reports whether t is a commit or copy record, and of which format.
+func (t recType) blob() (ok, v1 bool) {
+	switch t {
+	case recCommitV1, recCopyV1:
+		return true, true
+	case recCommit, recCopy:
+		return true, false
+	}
+	return false, false
+}
+
+// copyType reports whether t is a copy record.
+func (t recType) copyType() bool { return t == recCopy || t == recCopyV1 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -140,18 +174,109 @@ type chunkRef struct {
 type recMsg struct {
 	id     ID
 	prio   Priority
+	secret bool
 	off, n int64 // data range within the record's data
 	env    []byte
 	envPos int // offset of env within the payload
 	envLen int
-	devs   []string
-	cache  []byte // envelope and data for the cache (see cache.go), or nil
+	// devs are the message's devices; when writing, distinct and sorted
+	// (dedup). When decoding a reference (ref), devs is nil and set names
+	// the device set to look up.
+	devs  []string
+	ref   bool
+	set   setHash
+	cache []byte // envelope and data for the cache (see cache.go), or nil
+}
+
+// setHash names a device set: the SHA-256 of its canonical form. The whole
+// hash is kept, so that no choice of device lists can make two sets collide.
+type setHash [sha256.Size]byte
+
+const (
+	// minSetDevs is the least number of devices for which a message
+	// refers to a device set instead of listing its devices: a shorter
+	// list costs about what a reference does (33 octets) and is not worth
+	// a place among the segment's sets.
+	minSetDevs = 16
+
+	// maxSegSets and maxSegSetBytes bound the sets defined in one segment
+	// (count, and octets of their canonical forms): recovery holds a
+	// segment's sets in memory while it replays the segment, about 1.5
+	// times their octets. 8 MiB is some 45 groups of 5,000 devices per
+	// segment of 64 MiB; past the bounds, devices are listed again.
+	maxSegSets     = 4096
+	maxSegSetBytes = 8 << 20
+
+	// flagSecret marks a secret message (Message.Secret) in a record's
+	// flags octet; the low bits are the priority.
+	flagSecret = 0x80
+	prioMask   = 0x7f
+
+	// Device field kinds in a message of a commit or copy record.
+	devsListed = 0
+	devsRef    = 1
+)
+
+// hashSet returns the hash of the canonical form of devs, which must be
+// distinct and sorted.
+func hashSet(devs []string) setHash {
+	h := sha256.New()
+	// Encoded a few KiB at a time: one Write per device would cost more
+	// than the hashing.
+	var buf [4 << 10]byte
+	b := buf[:0]
+	for _, d := range devs {
+		if len(b)+binary.MaxVarintLen64+len(d) > len(buf) {
+			h.Write(b)
+			b = buf[:0]
+		}
+		b = binary.AppendUvarint(b, uint64(len(d)))
+		if len(b)+len(d) > len(buf) {
+			h.Write(b) // a key too long for the buffer
+			h.Write([]byte(d))
+			b = buf[:0]
+			continue
+		}
+		b = append(b, d...)
+	}
+	h.Write(b)
+	var s setHash
+	h.Sum(s[:0])
+	return s
+}
+
+// setLen returns the length of the canonical form of devs.
+func setLen(devs []string) int {
+	n := 0
+	for _, d := range devs {
+		n += uvarintLen(uint64(len(d))) + len(d)
+	}
+	return n
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for v >= 0x80 {
+		v >>= 7
+		n++
+	}
+	return n
+}
+
+func appendDevs(buf []byte, devs []string) []byte {
+	for _, d := range devs {
+		buf = binary.AppendUvarint(buf, uint64(len(d)))
+		buf = append(buf, d...)
+	}
+	return buf
 }
 
 // appendBlobPayload appends the payload of a commit or copy record: data made
-// of chunks then tail, and msgs. It sets each message's envPos and returns the
-// offset of the tail, both relative to the start of the payload.
-func appendBlobPayload(buf []byte, chunks []chunk, tail []byte, msgs []recMsg) ([]byte, int) {
+// of chunks then tail, the definitions of the sets of msgs[i] for each i in
+// defs, and msgs, which refer to a set where ref is set and list their
+// devices otherwise. It sets each message's envPos and returns the offset of
+// the tail, both relative to the start of the payload.
+func appendBlobPayload(buf []byte, chunks []chunk, tail []byte, defs []int, msgs []recMsg) ([]byte, int) {
 	start := len(buf)
 	buf = binary.AppendUvarint(buf, uint64(len(chunks)))
 	for _, c := range chunks {
@@ -162,22 +287,34 @@ func appendBlobPayload(buf []byte, chunks []chunk, tail []byte, msgs []recMsg) (
 	buf = binary.AppendUvarint(buf, uint64(len(tail)))
 	tailPos := len(buf) - start
 	buf = append(buf, tail...)
+	buf = binary.AppendUvarint(buf, uint64(len(defs)))
+	for _, i := range defs {
+		buf = binary.AppendUvarint(buf, uint64(setLen(msgs[i].devs)))
+		buf = appendDevs(buf, msgs[i].devs)
+	}
 	buf = binary.AppendUvarint(buf, uint64(len(msgs)))
 	for i := range msgs {
 		m := &msgs[i]
 		buf = binary.LittleEndian.AppendUint64(buf, uint64(m.id))
-		buf = append(buf, byte(m.prio))
+		flags := byte(m.prio)
+		if m.secret {
+			flags |= flagSecret
+		}
+		buf = append(buf, flags)
 		buf = binary.AppendUvarint(buf, uint64(m.off))
 		buf = binary.AppendUvarint(buf, uint64(m.n))
 		buf = binary.AppendUvarint(buf, uint64(len(m.env)))
 		m.envPos = len(buf) - start
 		m.envLen = len(m.env)
 		buf = append(buf, m.env...)
-		buf = binary.AppendUvarint(buf, uint64(len(m.devs)))
-		for _, d := range m.devs {
-			buf = binary.AppendUvarint(buf, uint64(len(d)))
-			buf = append(buf, d...)
+		if m.ref {
+			buf = append(buf, devsRef)
+			buf = append(buf, m.set[:]...)
+			continue
 		}
+		buf = append(buf, devsListed)
+		buf = binary.AppendUvarint(buf, uint64(len(m.devs)))
+		buf = appendDevs(buf, m.devs)
 	}
 	return buf, tailPos
 }
@@ -188,14 +325,24 @@ type blobRec struct {
 	tailPos int // offset of the tail within the payload
 	tailLen int64
 	size    int64 // total data length
+	sets    []setDef
+}
+
+// setDef is a device set defined by a record.
+type setDef struct {
+	hash setHash
+	devs []string
+	size int // octets of the canonical form
 }
 
 // minMsgLen is the smallest encoding of a message in a commit record (id,
-// prio, and one octet for each of off, len, envlen, ndevs), used to bound the
-// message count before allocating.
+// flags, and one octet for each of off, len, envlen, ndevs), used to bound
+// the message count before allocating.
 const minMsgLen = 8 + 1 + 4
 
-func decodeBlobPayload(p []byte) (blobRec, []recMsg, error) {
+// decodeBlobPayload decodes a commit or copy record; v1 for the format
+// without sets. References are returned unresolved (ref and set).
+func decodeBlobPayload(p []byte, v1 bool) (blobRec, []recMsg, error) {
 	d := decoder{p: p}
 	var b blobRec
 	nc := d.count(3)
@@ -212,23 +359,58 @@ func decodeBlobPayload(p []byte) (blobRec, []recMsg, error) {
 	b.tailPos = d.i
 	d.bytes(int(b.tailLen))
 	b.size += b.tailLen
+	if !v1 {
+		ns := d.count(2)
+		b.sets = make([]setDef, 0, ns)
+		for range ns {
+			raw := d.bytes(d.count(1))
+			if d.err != nil {
+				break
+			}
+			devs, err := decodeSet(raw)
+			if err != nil {
+				d.fail(err)
+				break
+			}
+			b.sets = append(b.sets, setDef{hash: sha256.Sum256(raw), devs: devs, size: len(raw)})
+		}
+	}
 	nm := d.count(minMsgLen)
 	msgs := make([]recMsg, 0, nm)
 	for range nm {
-		m := recMsg{id: ID(d.u64()), prio: Priority(d.byte()), off: d.int63(), n: d.int63()}
+		m := recMsg{id: ID(d.u64())}
+		flags := d.byte()
+		if v1 {
+			m.prio = Priority(flags)
+		} else {
+			m.prio, m.secret = Priority(flags&prioMask), flags&flagSecret != 0
+		}
 		if m.prio >= numPrio {
 			d.fail(fmt.Errorf("message %v: priority %d", m.id, m.prio))
 		}
+		m.off, m.n = d.int63(), d.int63()
 		if d.err == nil && (m.off > b.size || m.n > b.size-m.off) {
 			d.fail(fmt.Errorf("message %v: range [%d,+%d) outside data of %d", m.id, m.off, m.n, b.size))
 		}
 		m.envLen = d.count(1)
 		m.envPos = d.i
 		m.env = d.bytes(m.envLen)
-		nd := d.count(1)
-		m.devs = make([]string, 0, nd)
-		for range nd {
-			m.devs = append(m.devs, string(d.bytes(d.count(1))))
+		kind := byte(devsListed)
+		if !v1 {
+			kind = d.byte()
+		}
+		switch kind {
+		case devsListed:
+			nd := d.count(1)
+			m.devs = make([]string, 0, nd)
+			for range nd {
+				m.devs = append(m.devs, string(d.bytes(d.count(1))))
+			}
+		case devsRef:
+			m.ref = true
+			copy(m.set[:], d.bytes(len(m.set)))
+		default:
+			d.fail(fmt.Errorf("message %v: device field kind %d", m.id, kind))
 		}
 		msgs = append(msgs, m)
 	}
@@ -236,6 +418,28 @@ func decodeBlobPayload(p []byte) (blobRec, []recMsg, error) {
 		return blobRec{}, nil, err
 	}
 	return b, msgs, nil
+}
+
+// decodeSet decodes the canonical form of a device set: at least one device,
+// in strictly ascending order (so that the hash of what was read is the hash
+// the writer computed for the same devices).
+func decodeSet(raw []byte) ([]string, error) {
+	d := decoder{p: raw}
+	var devs []string
+	for d.err == nil && d.i < len(raw) {
+		dev := string(d.bytes(d.count(1)))
+		if d.err == nil && len(devs) > 0 && dev <= devs[len(devs)-1] {
+			d.fail(errors.New("device set not in canonical order"))
+		}
+		devs = append(devs, dev)
+	}
+	if d.err == nil && len(devs) == 0 {
+		d.fail(errors.New("empty device set"))
+	}
+	if err := d.done(); err != nil {
+		return nil, fmt.Errorf("device set: %w", err)
+	}
+	return devs, nil
 }
 
 func appendAckPayload(buf []byte, dev string, id ID) []byte {

@@ -20,6 +20,12 @@ type replayer struct {
 	segs  map[uint64]*segment
 	sets  map[string]map[ID]struct{}
 	maxID ID
+
+	// The device sets defined so far in the segment being replayed (see
+	// record.go); references never leave a segment, so these are
+	// forgotten at its end.
+	devSets     map[setHash][]string
+	devSetBytes int
 }
 
 // recover replays the segments seqs, oldest first, into the index. A torn
@@ -34,6 +40,9 @@ func (l *Log) recover(seqs []uint64) (ID, error) {
 		if last {
 			flag = os.O_RDWR // to truncate a torn tail
 		}
+		// Startup: an open that fails, for want of file descriptors
+		// too, fails Open; nothing is served yet. The file stays open
+		// while the segment lives, so delivery never opens one.
 		f, err := l.fs.OpenFile(seg.path, flag, 0)
 		if err != nil {
 			return 0, fmt.Errorf("store: %w", err)
@@ -45,10 +54,23 @@ func (l *Log) recover(seqs []uint64) (ID, error) {
 		}
 		l.total += seg.size
 		r.segs[seq] = seg
+		r.devSets, r.devSetBytes = map[setHash][]string{}, 0
 		if err := r.segment(seg, last); err != nil {
 			return 0, err
 		}
+		if last {
+			// What the last run wrote after its last fsync may still be
+			// only in the page cache (it stopped, but the machine did
+			// not). The next segment, created below, must not reach the
+			// disk before it does: damage in a segment other than the
+			// last is damage to durable data, and would stop the next
+			// recovery.
+			if err := f.Sync(); err != nil {
+				return 0, fmt.Errorf("store: %s: %w", seg.path, err)
+			}
+		}
 	}
+	r.devSets = nil
 	return r.maxID, r.finish()
 }
 
@@ -228,7 +250,7 @@ func (r *replayer) record(seg *segment, off int64, fh frameHeader, p []byte) err
 	switch fh.typ {
 	case recChunk:
 		return nil // named by a later commit or copy record
-	case recCommit, recCopy:
+	case recCommit, recCopy, recCommitV1, recCopyV1:
 		return r.blobRecord(seg, off, fh, p)
 	case recAck:
 		dev, id, err := decodeAck(p)
@@ -250,14 +272,25 @@ func (r *replayer) record(seg *segment, off int64, fh frameHeader, p []byte) err
 
 func (r *replayer) blobRecord(seg *segment, off int64, fh frameHeader, p []byte) error {
 	l := r.l
-	br, msgs, err := decodeBlobPayload(p)
+	_, v1 := fh.typ.blob()
+	br, msgs, err := decodeBlobPayload(p, v1)
 	if err != nil {
 		return err
 	}
 	if len(msgs) == 0 {
 		return errors.New("record without messages")
 	}
-	if fh.typ == recCopy && len(msgs) != 1 {
+	for _, s := range br.sets {
+		if _, dup := r.devSets[s.hash]; dup {
+			continue
+		}
+		r.devSets[s.hash] = s.devs
+		r.devSetBytes += s.size
+		if len(r.devSets) > maxSegSets || r.devSetBytes > maxSegSetBytes {
+			return fmt.Errorf("device sets over the segment's limit (%d sets, %d octets)", len(r.devSets), r.devSetBytes)
+		}
+	}
+	if fh.typ.copyType() && len(msgs) != 1 {
 		return fmt.Errorf("copy record of %d messages", len(msgs))
 	}
 	b := &blob{
@@ -290,8 +323,17 @@ func (r *replayer) blobRecord(seg *segment, off int64, fh frameHeader, p []byte)
 		}
 		r.maxID = max(r.maxID, rm.id)
 		m := l.msgs[rm.id]
+		if rm.ref {
+			// A set is shared by the messages using it: rm.devs is only
+			// read, never changed.
+			devs, ok := r.devSets[rm.set]
+			if !ok {
+				return fmt.Errorf("message %v: device set %x not defined in this segment", rm.id, rm.set[:8])
+			}
+			rm.devs = devs
+		}
 		if m != nil {
-			if fh.typ == recCommit {
+			if !fh.typ.copyType() {
 				return fmt.Errorf("message %v committed twice", rm.id)
 			}
 			l.relocate(m, b, rm)
@@ -299,7 +341,10 @@ func (r *replayer) blobRecord(seg *segment, off int64, fh frameHeader, p []byte)
 		}
 		// A new message, or a copy whose original was in a deleted segment
 		// (then its devices are those that still had it when it was copied).
-		devs := dedup(rm.devs)
+		devs := rm.devs
+		if !rm.ref {
+			devs = dedup(rm.devs)
+		}
 		if len(devs) == 0 {
 			continue
 		}

@@ -71,6 +71,14 @@ type Message struct {
 	To       []string // device keys; duplicates are ignored
 	Off, Len int64
 	Envelope Envelope
+	// Secret marks a message that carries a secret for the devices it is
+	// for (a new device's nodeid, its password). CopyQueue does not copy
+	// it, so a device added later never inherits it; and once the last of
+	// its devices has acknowledged it, the store reclaims the segments
+	// holding its bytes within scrubDelay (starting a new segment if it
+	// was in the current one) instead of whenever space runs short, so
+	// that it does not linger on disk. The flag survives a restart.
+	Secret bool
 }
 
 // Receipt reports a committed message.
@@ -132,7 +140,8 @@ type Store interface {
 	Watch(dev string, fn func())
 
 	// CopyQueue durably gives dst a queue referencing the same messages as
-	// src's queue, replacing what dst had.
+	// src's queue, but for secret ones (Message.Secret), replacing what
+	// dst had.
 	CopyQueue(src, dst string) error
 
 	// Len reports the number of entries in dev's queue.

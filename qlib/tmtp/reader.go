@@ -38,6 +38,19 @@ var smallBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
+// ErrLongHeaderRefused is returned by Next when a header does not fit the
+// Reader's own buffer and its gate (SetLargeGate) refused it a large one. The
+// header has not been read whole, so the stream is out of step: the link is
+// to be closed.
+var ErrLongHeaderRefused = errors.New("tmtp: no buffer for a long header")
+
+// A LargeGate decides whether a Reader may borrow a large buffer of size
+// octets. It returns ok false to refuse, or a release function that the
+// Reader calls exactly once, when it gives the buffer back (in Next, or in
+// Release). It is called by the goroutine using the Reader; release may be
+// called after the gate was replaced, so it must not depend on the Reader.
+type LargeGate func(size int) (release func(), ok bool)
+
 // Reader reads frames from a link. An idle Reader holds only a small buffer,
 // and a parked one none; a header that does not fit borrows a large one, given
 // back once consumed.
@@ -49,6 +62,9 @@ type Reader struct {
 	buf   []byte  // small or *large
 	r, w  int     // buf[r:w] is read but not yet consumed
 	err   error   // error of the underlying reader, not yet returned
+
+	gate         LargeGate // nil: large buffers are borrowed freely
+	releaseLarge func()    // the gate's release for large; nil if none
 
 	header  []byte // the last header read by Next, in buf
 	pending int64  // data of the last frame not yet consumed
@@ -63,11 +79,34 @@ func NewReader(r io.Reader) *Reader {
 	return rd
 }
 
+// SetLargeGate makes every later borrowing of a large buffer ask gate
+// first; nil lets the Reader borrow freely again. A server bounds with it the
+// memory of links that are not logged in, which anyone can open: a header
+// longer than the small buffer then needs its share of a budget. A buffer
+// already borrowed keeps the reservation it was given until it goes back.
+func (r *Reader) SetLargeGate(gate LargeGate) { r.gate = gate }
+
+// Release gives back the large buffer the Reader holds, if any, and its
+// gate's reservation: the owner calls it when it is done with the Reader,
+// since a link that ends in the middle of a long header never reaches the
+// Next that would give it back. The Reader may be used afterwards; what it
+// had buffered is lost.
+func (r *Reader) Release() {
+	if r.large == nil {
+		return
+	}
+	r.header = nil
+	r.r, r.w = 0, 0
+	r.buf = r.small
+	r.putLarge()
+}
+
 // Next reads the next frame's length prefix and header and parses it.
 //
 // Errors: *ProtocolError{Reason: QuitHeaderLength} when the 4 characters are
 // not hex digits (either case) or the length is below MinHeaderLen; a
-// *ProtocolError from ParseHeader; otherwise the underlying reader's error:
+// *ProtocolError from ParseHeader; ErrLongHeaderRefused (see SetLargeGate);
+// otherwise the underlying reader's error:
 // io.EOF at a clean frame boundary, io.ErrUnexpectedEOF when the stream ends
 // inside a frame, network errors as they are. After a *ProtocolError the
 // link is to be closed: the stream is no longer in step with the frames.
@@ -189,7 +228,9 @@ func (r *Reader) fill(need int) error {
 			r.buf = r.small
 		}
 		if len(r.buf)-r.r < need {
-			r.makeRoom(need)
+			if err := r.makeRoom(need); err != nil {
+				return err
+			}
 		}
 		n, err := r.rd.Read(r.buf[r.w:])
 		if n < 0 || n > len(r.buf)-r.w {
@@ -223,16 +264,25 @@ func (r *Reader) Park() {
 }
 
 // makeRoom moves the unconsumed bytes to the start of the buffer, switching to
-// a large buffer when need does not fit the small one.
-func (r *Reader) makeRoom(need int) {
+// a large buffer when need does not fit the small one; ErrLongHeaderRefused
+// when the gate refuses that buffer.
+func (r *Reader) makeRoom(need int) error {
 	buf := r.buf
 	if need > len(buf) {
+		if r.gate != nil {
+			release, ok := r.gate(largeBufSize)
+			if !ok {
+				return ErrLongHeaderRefused
+			}
+			r.releaseLarge = release
+		}
 		r.large = largeBufs.Get().(*[]byte)
 		buf = *r.large
 	}
 	r.w = copy(buf, r.buf[r.r:r.w])
 	r.r = 0
 	r.buf = buf
+	return nil
 }
 
 // release gives the large buffer back once what remains in it fits the small
@@ -245,8 +295,18 @@ func (r *Reader) release() {
 	r.w = copy(r.small, r.buf[r.r:r.w])
 	r.r = 0
 	r.buf = r.small
+	r.putLarge()
+}
+
+// putLarge returns the large buffer, which the Reader no longer uses, to the
+// pool, and its reservation to the gate that gave it.
+func (r *Reader) putLarge() {
 	largeBufs.Put(r.large)
 	r.large = nil
+	if r.releaseLarge != nil {
+		r.releaseLarge()
+		r.releaseLarge = nil
+	}
 }
 
 // dataReader reads a frame's data through its Reader's buffer.
