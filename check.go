@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"mnm/qlib/store"
+	"mnm/durable"
 )
 
 // certRenewSoon is how close to expiry a certificate gets a warning: a month
@@ -124,7 +124,7 @@ func checkDataDir(r *checkReport, cfg *Config) {
 	}
 	f.Close()
 	os.Remove(f.Name())
-	free, err := store.OSFS{}.Free(dir)
+	free, err := durable.OSFS{}.Free(dir)
 	switch {
 	case err != nil:
 		r.add(checkOK, "data", "%s is writable (free space unknown: %v)", dir, err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,15 +23,7 @@ func writeCheckConfig(t *testing.T, dir, certPath, keyPath string, extra map[str
 	for k, v := range extra {
 		cfg[k] = v
 	}
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "mnm.config")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return writeConfigFile(t, dir, cfg)
 }
 
 func TestCheck(t *testing.T) {

@@ -44,8 +44,7 @@ const ntpOffsetWarn = 10 * time.Second
 // A Clock is immutable and safe for concurrent use.
 type Clock struct {
 	base   time.Time     // time.Now() at the measurement, with its monotonic reading
-	offset time.Duration // NTP time minus local wall time at the measurement
-	synced bool          // whether an NTP host answered
+	offset time.Duration // NTP time minus local wall time at the measurement; 0 = none
 }
 
 // ClockOption adjusts SyncClock.
@@ -135,7 +134,7 @@ func SyncClock(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption) (*Clock,
 			logger.Error("ntp answer refused: disagrees with the other hosts", "host", a.host, "offset", a.offset)
 		}
 		if agreed != nil {
-			c := &Clock{base: time.Now(), offset: agreed.offset, synced: true}
+			c := &Clock{base: time.Now(), offset: agreed.offset}
 			level := slog.LevelInfo
 			if agreed.offset.Abs() > ntpOffsetWarn {
 				level = slog.LevelWarn
@@ -298,11 +297,3 @@ func validZone(zone string) bool {
 func (c *Clock) Now() time.Time {
 	return c.base.Add(c.offset + time.Since(c.base)).Round(0).UTC()
 }
-
-// Offset is the measured NTP time minus the local wall time, 0 when no NTP host
-// answered.
-func (c *Clock) Offset() time.Duration { return c.offset }
-
-// Synced reports whether an NTP host answered; false means Now is the local
-// clock.
-func (c *Clock) Synced() bool { return c.synced }

@@ -38,12 +38,6 @@ const (
 // privileges; 443 needs them (or a capability) on most systems.
 const DefaultListenAddr = "0.0.0.0:5443"
 
-// DefaultMaxPostBytes is the largest post datalen accepted when the
-// configuration does not say: large enough for photos and documents, small
-// enough that a single post cannot fill a modest disk (every post is written
-// and fsynced before its ack).
-const DefaultMaxPostBytes = 256 << 20
-
 // DefaultTokenMaxAgeSeconds is how old (by its iat) a third-party token may
 // be. A client gets the token from the provider just before it signs up
 // and sends it at once, so a token an hour old is one that was kept: a
@@ -197,7 +191,7 @@ type Config struct {
 	// directory.
 	DataDir string `json:"dataDir,omitempty"`
 	// MaxPostBytes is the largest datalen accepted on a post. Default
-	// DefaultMaxPostBytes.
+	// qlib.DefaultMaxPostBytes.
 	MaxPostBytes int64 `json:"maxPostBytes,omitempty"`
 	// MinFreeBytes is the free space on the data's disk below which new
 	// messages are refused ("server storage full") while logins, acks and
@@ -489,7 +483,7 @@ func DefaultConfig() *Config {
 			KeyPath:  DefaultKeyFile,
 		},
 		AuthBy:       []AuthProvider{},
-		MaxPostBytes: DefaultMaxPostBytes,
+		MaxPostBytes: qlib.DefaultMaxPostBytes,
 		MinFreeBytes: DefaultMinFreeBytes,
 		Limits:       DefaultLimitsConfig(),
 
@@ -1030,8 +1024,11 @@ func (p *AuthProvider) clientEndpoint(v []string) [2]string {
 	return [2]string{v[0], strings.Join(params, "&")}
 }
 
-// checkPrintable accepts printable text of at most limit bytes: these values end up
-// in logs and client UIs, where control characters would mislead.
+// checkPrintable accepts printable text of at most limit bytes: valid UTF-8
+// with no control or format characters, which could hide or reorder text
+// where these values end up, in logs and client UIs. It is the one check of
+// printable text: the config's names and labels, and the user database's
+// aliases and gids (checkAlias, checkGid).
 func checkPrintable(s string, limit int) error {
 	if len(s) > limit {
 		return fmt.Errorf("%d bytes, at most %d", len(s), limit)
@@ -1149,7 +1146,7 @@ func (c *Config) resolve(dir string) {
 		c.DataDir = abs(c.DataDir)
 	}
 	if c.MaxPostBytes == 0 {
-		c.MaxPostBytes = DefaultMaxPostBytes
+		c.MaxPostBytes = qlib.DefaultMaxPostBytes
 	}
 	if c.AuthBy == nil {
 		c.AuthBy = []AuthProvider{}
@@ -1157,7 +1154,7 @@ func (c *Config) resolve(dir string) {
 }
 
 // checkReadable opens the certificate and key to catch a missing or unreadable
-// file at configuration time, with advice on making a pair. LoadTLSConfig
+// file at configuration time, with advice on making a pair. NewCertReloader
 // parses them.
 func checkReadable(certPath, keyPath string) error {
 	for _, f := range []struct{ field, path string }{{"listen.certPath", certPath}, {"listen.keyPath", keyPath}} {

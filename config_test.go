@@ -70,7 +70,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.DataDir != "/d" || cfg.MaxPostBytes != DefaultMaxPostBytes || cfg.AuthBy == nil || cfg.MinFreeBytes != DefaultMinFreeBytes {
+	if cfg.DataDir != "/d" || cfg.MaxPostBytes != qlib.DefaultMaxPostBytes || cfg.AuthBy == nil || cfg.MinFreeBytes != DefaultMinFreeBytes {
 		t.Errorf("defaults not applied: dataDir %q maxPostBytes %d authby %v minFreeBytes %d", cfg.DataDir, cfg.MaxPostBytes, cfg.AuthBy, cfg.MinFreeBytes)
 	}
 	// 0 is a setting of its own: no watermark.
@@ -494,7 +494,7 @@ func TestEnsureConfigFirstStart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("created config does not load: %v", err)
 	}
-	if _, err := LoadTLSConfig(cfg.Listen.CertPath, cfg.Listen.KeyPath); err != nil {
+	if _, err := loadTLSConfig(cfg.Listen.CertPath, cfg.Listen.KeyPath); err != nil {
 		t.Fatalf("created pair does not load: %v", err)
 	}
 
@@ -751,9 +751,11 @@ func TestParseConfigSignUpBounds(t *testing.T) {
 		{`,"tokenMaxAgeSeconds":-1`, "tokenMaxAgeSeconds: -1 is outside"},
 		{`,"tokenMaxAgeSeconds":"1h"`, `field "tokenMaxAgeSeconds": want an integer`},
 	} {
-		if _, err := parse(b.extra); err == nil || !strings.Contains(err.Error(), b.want) {
-			t.Errorf("%s: got %v, want an error containing %q", b.extra, err, b.want)
-		}
+		t.Run(b.extra, func(t *testing.T) {
+			if _, err := parse(b.extra); err == nil || !strings.Contains(err.Error(), b.want) {
+				t.Errorf("%s: got %v, want an error containing %q", b.extra, err, b.want)
+			}
+		})
 	}
 	// mnm.conf shows the defaults.
 	data, err := os.ReadFile("mnm.conf")

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"mnm/qlib"
 	"mnm/testclient"
 )
 
@@ -92,7 +93,7 @@ func TestLoadConfigV0(t *testing.T) {
 			Aud:   "your-id",
 		}},
 		DataDir:      dir,
-		MaxPostBytes: DefaultMaxPostBytes,
+		MaxPostBytes: qlib.DefaultMaxPostBytes,
 		MinFreeBytes: DefaultMinFreeBytes,
 		Limits:       DefaultLimitsConfig(), // the deployed server had none
 

@@ -6,9 +6,7 @@ package main
 // OhiEdit naming another member 1,400 times.
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
 	"slices"
 	"testing"
 
@@ -19,23 +17,9 @@ import (
 // set as given.
 func writeLimitsConfig(t *testing.T, dir string, limits map[string]any) string {
 	t.Helper()
-	path := writeTestConfig(t, dir, "127.0.0.1:0")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t, dir, "127.0.0.1:0")
 	cfg["limits"] = limits
-	if b, err = json.Marshal(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return writeConfigFile(t, dir, cfg)
 }
 
 // fixtureGroup creates n users with one device each (offline), and the

@@ -103,7 +103,7 @@ func TestAttackFDFlood(t *testing.T) {
 	// The flood over, a new member registers (the links it held close as
 	// the server sees them go) and posts; the reader gets both posts.
 	var newcomer *testclient.Client
-	waitUntil(t, func() bool {
+	waitFor(t, "a registration to succeed", func() bool {
 		newcomer, _, err = testclient.Register(p.addr, "phone", "_", testclient.Options{})
 		return err == nil
 	})

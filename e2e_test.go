@@ -4,8 +4,6 @@ package main
 // TLS on loopback, driven by the testclient library.
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -28,32 +26,16 @@ type e2eServer struct {
 	logs *lockedBuffer
 }
 
-type lockedBuffer struct {
-	ch chan struct{}
-	b  bytes.Buffer
-}
-
-func newLockedBuffer() *lockedBuffer {
-	l := &lockedBuffer{ch: make(chan struct{}, 1)}
-	l.ch <- struct{}{}
-	return l
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	<-l.ch
-	defer func() { l.ch <- struct{}{} }()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	<-l.ch
-	defer func() { l.ch <- struct{}{} }()
-	return l.b.String()
-}
-
 // writeTestConfig writes a config for a loopback server in dir, with a fresh
 // self-signed certificate, and returns its path.
 func writeTestConfig(t *testing.T, dir, laddr string) string {
+	t.Helper()
+	return writeConfigFile(t, dir, testConfig(t, dir, laddr))
+}
+
+// testConfig returns writeTestConfig's config, having made its certificate
+// in dir (unless one is there) and started its NTP responder.
+func testConfig(t *testing.T, dir, laddr string) map[string]any {
 	t.Helper()
 	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	if _, err := os.Stat(cert); err != nil {
@@ -61,22 +43,13 @@ func writeTestConfig(t *testing.T, dir, laddr string) string {
 			t.Fatal(err)
 		}
 	}
-	cfg := map[string]any{
+	return map[string]any{
 		"name":   "e2e",
 		"ntp":    map[string]any{"hosts": []string{startNTPResponder(t, 0)}, "retries": 1, "required": true},
 		"listen": map[string]any{"net": "tcp", "laddr": laddr, "certPath": "cert.pem", "keyPath": "key.pem"},
 		"auth":   0,
 		"authby": []any{},
 	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "mnm.config")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 func startE2E(t *testing.T, dir string) *e2eServer {
@@ -236,7 +209,7 @@ func TestE2EPostToTwoDevices(t *testing.T) {
 	}
 
 	for _, dev := range []string{rb.UID + ".0", b2dev, a2dev} {
-		waitUntil(t, func() bool { return s.d.store.Len(dev) == 0 })
+		waitFor(t, "the queue of "+dev+" to empty", func() bool { return s.d.store.Len(dev) == 0 })
 	}
 	a.Close()
 	b1.Close()
@@ -284,17 +257,6 @@ func TestE2ERestartRedelivers(t *testing.T) {
 	}
 	if ack.MsgID <= ids[len(ids)-1] {
 		t.Fatalf("msgid %s after restart is not above %s", ack.MsgID, ids[len(ids)-1])
-	}
-}
-
-func waitUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

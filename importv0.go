@@ -28,6 +28,7 @@ import (
 	"strings"
 	"time"
 
+	"mnm/durable"
 	"mnm/qlib/store"
 	"mnm/v0site"
 )
@@ -243,7 +244,7 @@ func stageImport(site *v0site.Site, stage, dataDir, old, newDir string, copyConf
 		moves = append(moves, cm...) // the config last: a server started early finds no config of the new site
 		sum.Copied, sum.ConfigWarning = copied, warning
 	}
-	if err := syncDir(stage); err != nil {
+	if err := (durable.OSFS{}).SyncDir(stage); err != nil {
 		return nil, nil, err
 	}
 	if opts.beforeMarker != nil {
@@ -292,7 +293,7 @@ func (im *importer) writeUserDB() (*counts, error) {
 		}
 		data, err := encodeRecord(rec)
 		if err == nil {
-			err = writeRecordFile(filepath.Join(userDir, u.UID+recordSuffix), data)
+			err = writeImportedRecord(filepath.Join(userDir, u.UID+recordSuffix), data)
 		}
 		if err != nil {
 			return nil, err
@@ -314,9 +315,9 @@ func (im *importer) writeUserDB() (*counts, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", g.File, err)
 		}
-		data, err := encodeGroup(rec)
+		data, err := encodeRecord(rec)
 		if err == nil {
-			err = writeRecordFile(filepath.Join(groupDir, groupFileStem(g.GID)+recordSuffix), data)
+			err = writeImportedRecord(filepath.Join(groupDir, groupFileStem(g.GID)+recordSuffix), data)
 		}
 		if err != nil {
 			return nil, err
@@ -325,11 +326,20 @@ func (im *importer) writeUserDB() (*counts, error) {
 		c.members += len(rec.Members)
 	}
 	for _, d := range []string{userDir, groupDir, dir} {
-		if err := syncDir(d); err != nil {
+		if err := (durable.OSFS{}).SyncDir(d); err != nil {
 			return nil, err
 		}
 	}
 	return c, nil
+}
+
+// writeImportedRecord writes data to the new record file path and fsyncs
+// it; writeUserDB syncs the directories once every record is written.
+func writeImportedRecord(path string, data []byte) error {
+	if err := durable.WriteFile(durable.OSFS{}, path, data, recordPerm); err != nil {
+		return fmt.Errorf("userdb: %w", err)
+	}
+	return nil
 }
 
 // userFromV0 converts a user, keeping its uid, device numbers, node
@@ -481,7 +491,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // what they hold; every queue must be what the deployed server's was, and
 // every message must read back with the bytes that were read.
 func (im *importer) check() (*counts, error) {
-	db, err := OpenUserDB(filepath.Join(im.stage, "userdb"), im.log)
+	db, err := OpenUserDB(UserDBOptions{Dir: filepath.Join(im.stage, "userdb"), Logger: im.log})
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
 	}
@@ -646,14 +656,14 @@ func finishMoves(dataDir string, logger *slog.Logger) (bool, error) {
 		if err := os.Rename(m.From, m.To); err != nil {
 			return false, err
 		}
-		if err := syncDir(filepath.Dir(m.To)); err != nil {
+		if err := (durable.OSFS{}).SyncDir(filepath.Dir(m.To)); err != nil {
 			return false, err
 		}
 	}
 	if err := os.Remove(marker); err != nil {
 		return false, err
 	}
-	if err := syncDir(dataDir); err != nil {
+	if err := (durable.OSFS{}).SyncDir(dataDir); err != nil {
 		return false, err
 	}
 	if err := os.RemoveAll(filepath.Join(dataDir, stageDirName)); err != nil {

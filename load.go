@@ -18,15 +18,16 @@ import (
 	"time"
 
 	"mnm/testclient"
+	"mnm/testclient/load"
 )
 
 // `mnm load` is the load benchmark (BENCHMARKS.md): it drives a TMTP server,
 // ours started in this process or any other given by address, and prints one
-// JSON line of results. The engine is testclient.RunLoad; this file is its
+// JSON line of results. The engine is load.Run; this file is its
 // flags, the in-process server, and the two other modes:
 //
-//	mnm load [flags]          post and deliver, print a testclient.LoadResult
-//	mnm load -idle N [flags]  N idle logged-in links, print a testclient.IdleResult
+//	mnm load [flags]          post and deliver, print a load.Result
+//	mnm load -idle N [flags]  N idle logged-in links, print a load.IdleResult
 //	mnm load -serve           run an ephemeral server until SIGINT, so that a
 //	                          loader in another process can measure it alone (-pid)
 
@@ -72,14 +73,14 @@ func parseLoadFlags(args []string, stderr io.Writer) (*loadFlags, error) {
 	fs.IntVar(&f.size, "size", loadDefaultSize, "payload octets per post")
 	fs.IntVar(&f.recipients, "recipients", loadDefaultRecipients, "recipients per post (other members, chosen at random, fixed per member)")
 	fs.IntVar(&f.window, "window", loadDefaultWindow, "posts in flight per member")
-	fs.DurationVar(&f.timeout, "timeout", testclient.DefaultLoadTimeout, "bound on the whole run; what has not arrived by then is reported lost")
+	fs.DurationVar(&f.timeout, "timeout", load.DefaultTimeout, "bound on the whole run; what has not arrived by then is reported lost")
 	fs.Uint64Var(&f.seed, "seed", 1, "seed of the recipient choice and payloads")
 	fs.IntVar(&f.pid, "pid", 0, "process id of the -addr server, to read its RSS and CPU time from /proc")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (server included when in-process; the server alone with -serve) to `file`")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile of this process to `file`: at the end, or with -idle while the links are up")
 	fs.BoolVar(&f.serve, "serve", false, "run an ephemeral server, print its site address, and wait for SIGINT")
 	fs.IntVar(&f.idle, "idle", 0, "instead of posting, measure the server's RSS per idle logged-in link with this many links")
-	fs.DurationVar(&f.settle, "settle", testclient.DefaultIdleSettle, "with -idle: wait this long before each RSS reading")
+	fs.DurationVar(&f.settle, "settle", load.DefaultIdleSettle, "with -idle: wait this long before each RSS reading")
 	fs.DurationVar(&f.hold, "hold", 0, "with -idle: keep the links idle this much longer and read the RSS again (150s spans the runtime's periodic collection)")
 	fs.BoolVar(&f.strict, "strict", false, "check every received frame against the protocol (costs load-generator CPU)")
 	fs.BoolVar(&f.debug, "debug", false, "log progress (and the in-process server's events) on stderr")
@@ -120,7 +121,7 @@ func runLoad(args []string, stdout, stderr io.Writer) int {
 	if f.addr == "" {
 		ends = 2
 	}
-	need := uint64(ends*max(f.idle, f.users) + loadSpareFiles)
+	need := uint64(ends*max(f.idle, f.users) + spareFiles)
 	if limit, err := raiseFileLimit(need); err != nil || limit < need {
 		logger.Warn("too few file descriptors for every link", "need", need, "limit", limit, "err", err)
 	}
@@ -202,7 +203,7 @@ func runLoadMode(ctx context.Context, f *loadFlags, stdout io.Writer, logger *sl
 		}
 		startProfile()
 		var heapErr error
-		result, err = testclient.RunIdle(ctx, testclient.IdleConfig{
+		result, err = load.Idle(ctx, load.IdleConfig{
 			Addr: addr, TLS: tlsConf, Links: f.idle, ServerPID: pid,
 			Settle: f.settle, Hold: f.hold, Timeout: f.timeout, Logger: logger,
 			Measured: func() {
@@ -214,7 +215,7 @@ func runLoadMode(ctx context.Context, f *loadFlags, stdout io.Writer, logger *sl
 		})
 		err = errors.Join(err, heapErr)
 	} else {
-		result, err = testclient.RunLoad(ctx, testclient.LoadConfig{
+		result, err = load.Run(ctx, load.Config{
 			Addr: addr, TLS: tlsConf,
 			Users: f.users, Senders: f.senders, Posts: f.posts, Size: f.size, Recipients: f.recipients, Window: f.window,
 			Timeout: f.timeout, Seed: f.seed, ServerPID: pid, Strict: f.strict,
@@ -266,7 +267,3 @@ func writeHeapProfile(path string) error {
 	runtime.GC()
 	return errors.Join(pprof.WriteHeapProfile(out), out.Close())
 }
-
-// loadSpareFiles is what the process needs in file descriptors besides two
-// per link: the store's segments, the user database, the listener, logs.
-const loadSpareFiles = 256

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"mnm/testclient"
+	"mnm/testclient/load"
 )
 
 // TestLoadAgainstServer runs the load engine against our server: every post
@@ -23,11 +24,11 @@ func TestLoadAgainstServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	cfg := testclient.LoadConfig{
+	cfg := load.Config{
 		Addr: e.Addr, Users: 4, Posts: 20, Size: 1000, Recipients: 2, Window: 4,
 		Timeout: 30 * time.Second, ServerPID: os.Getpid(), Strict: true,
 	}
-	res, err := testclient.RunLoad(context.Background(), cfg)
+	res, err := load.Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,10 +102,12 @@ func TestLoadFlagErrors(t *testing.T) {
 		{"load", "-nosuchflag"},                // unknown flag
 		{"load", "-users", "1", "-posts", "1"}, // rejected by the engine: exits 1
 	} {
-		var stdout, stderr bytes.Buffer
-		if code := run(args, &stdout, &stderr); code == exitOK || stdout.Len() > 0 {
-			t.Errorf("%q: exit %d, stdout %q; want a failure and no result", args, code, stdout.String())
-		}
+		t.Run(strings.Join(args[1:], " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(args, &stdout, &stderr); code == exitOK || stdout.Len() > 0 {
+				t.Errorf("exit %d, stdout %q; want a failure and no result", code, stdout.String())
+			}
+		})
 	}
 }
 
@@ -127,7 +130,7 @@ func TestLoadServe(t *testing.T) {
 	if err != nil {
 		t.Fatalf("site %q: %v", site, err)
 	}
-	res, err := testclient.RunLoad(ctx, testclient.LoadConfig{
+	res, err := load.Run(ctx, load.Config{
 		Addr: addr, TLS: tlsConf, Users: 2, Posts: 3, Size: 100, Recipients: 1, Window: 1, Timeout: 30 * time.Second,
 	})
 	if err != nil {

@@ -232,11 +232,14 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	if _, err := os.Lstat(filepath.Join(cfg.DataDir, moveMarkerName)); err == nil {
 		return nil, ErrImportInterrupted
 	}
-	users, err := OpenUserDB(cfg.UserDBDir(), logger)
+	perIdentity := cfg.AccountsPerIdentity
+	if perIdentity == 0 {
+		perIdentity = NoAccountBound // the config's 0 removes the bound
+	}
+	users, err := OpenUserDB(UserDBOptions{Dir: cfg.UserDBDir(), Logger: logger, AccountsPerIdentity: perIdentity})
 	if err != nil {
 		return nil, err
 	}
-	users.SetAccountsPerIdentity(cfg.AccountsPerIdentity)
 	st, err := store.Open(store.Options{Dir: cfg.QStoreDir(), Now: now, Logger: logger, MinFree: cfg.MinFreeBytes})
 	if err != nil {
 		users.Close()

@@ -169,24 +169,6 @@ func (c *oidcClock) advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// oidcLogs collects slog text output; safe for concurrent writers.
-type oidcLogs struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *oidcLogs) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *oidcLogs) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 const (
 	oidcTestIssuer   = "https://issuer.example"
 	oidcTestAudience = "mnm-test-client"
@@ -199,7 +181,7 @@ const (
 type oidcFixture struct {
 	srv   *jwksServer
 	clock *oidcClock
-	logs  *oidcLogs
+	logs  *lockedBuffer
 	v     *OIDCVerifier
 }
 
@@ -211,7 +193,7 @@ func newOIDCFixture(t testing.TB, body []byte, down bool) *oidcFixture {
 	f := &oidcFixture{
 		srv:   newJWKSServer(t, body),
 		clock: &oidcClock{t: time.Date(2026, 11, 30, 1, 45, 24, 0, time.UTC)},
-		logs:  &oidcLogs{},
+		logs:  newLockedBuffer(),
 	}
 	f.srv.set(body, down)
 	providers := []AuthProvider{
@@ -642,7 +624,7 @@ func TestOIDCProviderRefused(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	logs := &oidcLogs{}
+	logs := newLockedBuffer()
 	v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Gone", Keys: "http://" + addr + "/jwks", Iss: oidcTestIssuer, Aud: oidcTestAudience}},
 		OIDCOptions{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
@@ -693,7 +675,7 @@ func TestOIDCKeySetErrors(t *testing.T) {
 	t.Run("status 404", func(t *testing.T) {
 		srv := httptest.NewServer(http.NotFoundHandler())
 		t.Cleanup(srv.Close)
-		logs := &oidcLogs{}
+		logs := newLockedBuffer()
 		if _, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "X", Keys: srv.URL, Iss: oidcTestIssuer, Aud: oidcTestAudience}},
 			OIDCOptions{Client: srv.Client(), Logger: slog.New(slog.NewTextHandler(logs, nil))}); err != nil {
 			t.Fatal(err)
@@ -839,7 +821,7 @@ func TestNewOIDCVerifierConfigErrors(t *testing.T) {
 // TestNewOIDCVerifierSkips: the "auth optional" marker and providers without
 // keys are not fetched; the latter are warned about.
 func TestNewOIDCVerifierSkips(t *testing.T) {
-	logs := &oidcLogs{}
+	logs := newLockedBuffer()
 	v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{}, {Label: "NoKeys", Iss: oidcTestIssuer}},
 		OIDCOptions{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
@@ -999,7 +981,7 @@ func TestOIDCRedirectDowngradeRefused(t *testing.T) {
 		w.Write(oidcJWKS(t, oidcJWK("a", &keyA.PublicKey)))
 	})
 	clock := &oidcClock{t: time.Now()}
-	logs := &oidcLogs{}
+	logs := newLockedBuffer()
 	v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Test", Keys: srv.URL + "/jwks", Iss: oidcTestIssuer, Aud: oidcTestAudience}},
 		OIDCOptions{Client: newJWKSClient(pool), Logger: slog.New(slog.NewTextHandler(logs, nil)), Now: clock.now})
 	if err != nil {
@@ -1047,20 +1029,22 @@ func TestOIDCRedirects(t *testing.T) {
 		{"/jwks", maxJWKSRedirects + 1, true},
 		{"/loop", maxJWKSRedirects + 1, false},
 	} {
-		hops.Store(0)
-		logs := &oidcLogs{}
-		v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Test", Keys: srv.URL + tt.path, Iss: oidcTestIssuer, Aud: oidcTestAudience}},
-			OIDCOptions{Client: client, Logger: slog.New(slog.NewTextHandler(logs, nil))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := v.byIssuer[oidcTestIssuer]
-		p.mu.Lock()
-		gotKeys := p.keys != nil
-		p.mu.Unlock()
-		if gotKeys != tt.wantKeys || hops.Load() != tt.hops {
-			t.Errorf("%s: keys %v after %d requests, want %v after %d\n%s", tt.path, gotKeys, hops.Load(), tt.wantKeys, tt.hops, logs)
-		}
+		t.Run(tt.path, func(t *testing.T) {
+			hops.Store(0)
+			logs := newLockedBuffer()
+			v, err := NewOIDCVerifier(context.Background(), []AuthProvider{{Label: "Test", Keys: srv.URL + tt.path, Iss: oidcTestIssuer, Aud: oidcTestAudience}},
+				OIDCOptions{Client: client, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := v.byIssuer[oidcTestIssuer]
+			p.mu.Lock()
+			gotKeys := p.keys != nil
+			p.mu.Unlock()
+			if gotKeys != tt.wantKeys || hops.Load() != tt.hops {
+				t.Errorf("%s: keys %v after %d requests, want %v after %d\n%s", tt.path, gotKeys, hops.Load(), tt.wantKeys, tt.hops, logs)
+			}
+		})
 	}
 	if client.CheckRedirect != nil {
 		t.Error("NewOIDCVerifier changed the caller's client")

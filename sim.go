@@ -17,10 +17,12 @@ import (
 	"time"
 
 	"mnm/testclient"
+	"mnm/testclient/proc"
+	"mnm/testclient/sim"
 )
 
 // `mnm N [flags]` runs a live simulation: N simulated members over real TLS
-// links (testclient.RunSim) against an ephemeral server in this process
+// links (sim.Run) against an ephemeral server in this process
 // (loopback port, throwaway certificate, temporary data removed at exit),
 // or against the server at -addr. The in-process server logs warnings only,
 // on stderr, so that its routine events (a login, a logout per member per
@@ -37,11 +39,11 @@ import (
 // range 32768–60999) to connect from.
 const simMaxMembers = 25000
 
-// simSpareFiles is what the process needs in file descriptors besides one
-// or two per member (the member's end of its link, and the server's when it
+// spareFiles is what `mnm N` and `mnm load` need in file descriptors
+// besides one or two per link (the client's end, and the server's when it
 // is in this process): the listener, the store's segments, the user
-// database, standard streams.
-const simSpareFiles = 256
+// database, logs and standard streams.
+const spareFiles = 256
 
 // simMembers reports whether the first argument asks for a simulation (it
 // is an integer) and of how many members.
@@ -77,13 +79,13 @@ func parseSimFlags(n int, args []string, stderr io.Writer) (*simFlags, bool) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mnm N [flags]\n\nSimulate N members (%d to %d) against a server in this process, or the one at -addr, until Ctrl-C.\n\n",
-			testclient.SimMinMembers, simMaxMembers)
+			sim.MinMembers, simMaxMembers)
 		fs.PrintDefaults()
 	}
 	fs.Float64Var(&f.timescale, "timescale", 1, "multiply the members' pauses (1–30 s) by this: 0.01 makes them 10–300 ms")
-	fs.DurationVar(&f.interval, "interval", testclient.DefaultSimInterval, "print a status line this often")
+	fs.DurationVar(&f.interval, "interval", sim.DefaultInterval, "print a status line this often")
 	fs.DurationVar(&f.duration, "duration", 0, "stop after this much traffic, as on Ctrl-C (0: run until Ctrl-C)")
-	fs.DurationVar(&f.drain, "drain", testclient.DefaultSimDrain, "after stopping, wait at most this long for deliveries in flight")
+	fs.DurationVar(&f.drain, "drain", sim.DefaultDrain, "after stopping, wait at most this long for deliveries in flight")
 	fs.Uint64Var(&f.seed, "seed", 0, "seed of the members' random choices (0: pick one)")
 	fs.StringVar(&f.addr, "addr", "", "server to simulate against: host:port or =host:port (certificate not verified), +host:port (verified); empty starts one in this process")
 	fs.IntVar(&f.pid, "pid", 0, "process id of the -addr server: the status lines show its RSS and CPU")
@@ -94,8 +96,8 @@ func parseSimFlags(n int, args []string, stderr io.Writer) (*simFlags, bool) {
 	switch {
 	case fs.NArg() > 0:
 		bad = fmt.Sprintf("unexpected argument %q", fs.Arg(0))
-	case n < testclient.SimMinMembers || n > simMaxMembers:
-		bad = fmt.Sprintf("N must be %d to %d members, not %d", testclient.SimMinMembers, simMaxMembers, n)
+	case n < sim.MinMembers || n > simMaxMembers:
+		bad = fmt.Sprintf("N must be %d to %d members, not %d", sim.MinMembers, simMaxMembers, n)
 	case !(f.timescale > 0):
 		bad = "-timescale must be positive"
 	case f.interval <= 0 || f.drain <= 0 || f.duration < 0:
@@ -108,7 +110,7 @@ func parseSimFlags(n int, args []string, stderr io.Writer) (*simFlags, bool) {
 		var err error
 		if f.dial, f.tls, err = simSite(f.addr); err != nil {
 			bad = err.Error()
-		} else if _, err := testclient.ReadProcStats(f.pid); f.pid != 0 && err != nil {
+		} else if _, err := proc.Read(f.pid); f.pid != 0 && err != nil {
 			bad = fmt.Sprintf("-pid %d: %v", f.pid, err)
 		}
 	}
@@ -123,13 +125,13 @@ func parseSimFlags(n int, args []string, stderr io.Writer) (*simFlags, bool) {
 // runSimWith is runSim with a hook for tests: adjust may change the
 // configuration before the run, and keep stop to end the run as Ctrl-C
 // does.
-func runSimWith(n int, args []string, stdout, stderr io.Writer, adjust func(cfg *testclient.SimConfig, stop context.CancelFunc)) int {
+func runSimWith(n int, args []string, stdout, stderr io.Writer, adjust func(cfg *sim.Config, stop context.CancelFunc)) int {
 	f, ok := parseSimFlags(n, args, stderr)
 	if !ok {
 		return exitUsage
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cfg := testclient.SimConfig{
+	cfg := sim.Config{
 		Members:   n,
 		Timescale: f.timescale,
 		Duration:  f.duration,
@@ -144,11 +146,11 @@ func runSimWith(n int, args []string, stdout, stderr io.Writer, adjust func(cfg 
 	if f.addr == "" {
 		ends = 2
 	}
-	need := uint64(ends*n + simSpareFiles)
+	need := uint64(ends*n + spareFiles)
 	if limit, err := raiseFileLimit(need); err != nil || limit < need {
 		// Running out of descriptors would fail the server (and its data
 		// writes), not just a login: members take turns instead.
-		cfg.MaxOnline = max(int(limit)-simSpareFiles, 2) / ends
+		cfg.MaxOnline = max(int(limit)-spareFiles, 2) / ends
 		logger.Warn("too few file descriptors for every member to be online at once; members take turns",
 			"need", need, "limit", limit, "maxOnline", cfg.MaxOnline, "err", err)
 	}
@@ -206,7 +208,7 @@ func runSimWith(n int, args []string, stdout, stderr io.Writer, adjust func(cfg 
 	if adjust != nil {
 		adjust(&cfg, cancel)
 	}
-	sum, runErr := testclient.RunSim(ctx, cfg, stdout)
+	sum, runErr := sim.Run(ctx, cfg, stdout)
 	if e != nil {
 		if err := e.Close(); err != nil {
 			logger.Error("server shutdown failed", "err", err)
@@ -241,6 +243,6 @@ func simSite(addr string) (string, *tls.Config, error) {
 }
 
 // procStats returns a reader of process pid's memory and CPU time.
-func procStats(pid int) func() (testclient.ProcStats, error) {
-	return func() (testclient.ProcStats, error) { return testclient.ReadProcStats(pid) }
+func procStats(pid int) func() (proc.Stats, error) {
+	return func() (proc.Stats, error) { return proc.Read(pid) }
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"mnm/testclient"
+	"mnm/testclient/sim"
 )
 
 // Short simulations: 6 members at 1/1000 of the published pauses (1–30 ms).
@@ -81,7 +82,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // runTestSim runs a short simulation against an ephemeral server; adjust,
 // if set, changes the configuration first.
-func runTestSim(t *testing.T, adjust func(*testclient.SimConfig)) (testclient.SimSummary, string) {
+func runTestSim(t *testing.T, adjust func(*sim.Config)) (sim.Summary, string) {
 	t.Helper()
 	e, err := startEphemeral(quietLogger(t))
 	if err != nil {
@@ -92,7 +93,7 @@ func runTestSim(t *testing.T, adjust func(*testclient.SimConfig)) (testclient.Si
 			t.Error(err)
 		}
 	}()
-	cfg := testclient.SimConfig{
+	cfg := sim.Config{
 		Addr:      e.Addr,
 		Members:   testSimMembers,
 		Timescale: 0.001,
@@ -112,7 +113,7 @@ func runTestSim(t *testing.T, adjust func(*testclient.SimConfig)) (testclient.Si
 	defer cancel()
 	stop := &simStopper{out: &out, cancel: cancel}
 	cfg.Tamper = stop.tamper(cfg.Tamper)
-	sum, err := testclient.RunSim(ctx, cfg, stop)
+	sum, err := sim.Run(ctx, cfg, stop)
 	if err != nil {
 		t.Fatalf("RunSim: %v\n%s", err, out.String())
 	}
@@ -137,7 +138,7 @@ func TestRunSim(t *testing.T) {
 // TestRunSimTakingTurns: with room for two links, six members take turns
 // online, and the drain still delivers everything.
 func TestRunSimTakingTurns(t *testing.T) {
-	sum, out := runTestSim(t, func(c *testclient.SimConfig) { c.MaxOnline = 2 })
+	sum, out := runTestSim(t, func(c *sim.Config) { c.MaxOnline = 2 })
 	t.Log(out)
 	checkCleanRun(t, sum)
 	if strings.Contains(out, "online 3/") || strings.Contains(out, "online 4/") {
@@ -145,7 +146,7 @@ func TestRunSimTakingTurns(t *testing.T) {
 	}
 }
 
-func checkCleanRun(t *testing.T, sum testclient.SimSummary) {
+func checkCleanRun(t *testing.T, sum sim.Summary) {
 	t.Helper()
 	switch {
 	case sum.Logins < testSimMembers:
@@ -182,7 +183,7 @@ func TestRunSimTamper(t *testing.T) {
 	}
 	// The damaged delivery is never recorded, so the drain waits out its
 	// bound: keep it short.
-	sum, out := runTestSim(t, func(c *testclient.SimConfig) {
+	sum, out := runTestSim(t, func(c *sim.Config) {
 		c.Tamper = flip
 		c.Drain = 300 * time.Millisecond
 	})
@@ -206,7 +207,7 @@ func runSimCommand(t *testing.T, args []string, tamper func(*testclient.Frame)) 
 	var out, errOut bytes.Buffer
 	stop := &simStopper{out: &out}
 	args = append([]string{"-duration", testSimBound.String(), "-timescale", testSimTimescale, "-interval", testSimInterval.String()}, args...)
-	code = runSimWith(testSimMembers, args, stop, &errOut, func(c *testclient.SimConfig, cancel context.CancelFunc) {
+	code = runSimWith(testSimMembers, args, stop, &errOut, func(c *sim.Config, cancel context.CancelFunc) {
 		stop.cancel = cancel
 		c.Tamper = stop.tamper(tamper)
 		if tamper != nil {
@@ -266,15 +267,17 @@ func TestSimCommandUsage(t *testing.T) {
 		{[]string{"6", "-addr", "no-port"}, `-addr "no-port"`},
 		{[]string{"6", "-addr", "127.0.0.1:1", "-pid", "2147483647"}, "-pid 2147483647"},
 	} {
-		var stdout, stderr bytes.Buffer
-		// Through run, so the dispatch of a number to the simulation is
-		// tested too.
-		if code := run(c.args, &stdout, &stderr); code != exitUsage {
-			t.Errorf("%q: exit %d, want %d", c.args, code, exitUsage)
-		}
-		if !strings.Contains(stderr.String(), c.want) || !strings.Contains(stderr.String(), "usage: mnm N") {
-			t.Errorf("%q: stderr %q, want %q and the usage", c.args, &stderr, c.want)
-		}
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			// Through run, so the dispatch of a number to the simulation is
+			// tested too.
+			if code := run(c.args, &stdout, &stderr); code != exitUsage {
+				t.Errorf("exit %d, want %d", code, exitUsage)
+			}
+			if !strings.Contains(stderr.String(), c.want) || !strings.Contains(stderr.String(), "usage: mnm N") {
+				t.Errorf("stderr %q, want %q and the usage", &stderr, c.want)
+			}
+		})
 	}
 }
 

@@ -16,12 +16,12 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"mnm/durable"
 )
 
 const (
@@ -110,42 +110,12 @@ func CreateSelfSigned(certPath, keyPath string, hosts []string) error {
 	return nil
 }
 
-// writeFileOnce creates path holding data, crash-safely and without ever
-// replacing an existing file. Persistence order: write a temporary file in
-// the same directory, fsync it, hard-link it to path (which fails if path
-// exists, where a rename would replace it), fsync the directory, then remove
-// the temporary name. After a crash, path either does not exist or is
-// complete; a stray temporary file is harmless.
-func writeFileOnce(path string, data []byte, perm fs.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp*")
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // after the link, only the temporary name goes
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(perm)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	return nil
+// writeFileOnce creates path holding data on the OS's file system,
+// crash-safely and without ever replacing an existing file: see
+// durable.CreateOnce. After a crash, path either does not exist or is
+// complete.
+func writeFileOnce(path string, data []byte, perm fs.FileMode) error {
+	return durable.CreateOnce(durable.OSFS{}, path, data, perm)
 }
 
 // certHint tells an operator how to get a certificate and key at the given
@@ -278,14 +248,4 @@ func (r *CertReloader) TLSConfig() *tls.Config {
 		CipherSuites:   aeadCipherSuites(),
 		GetCertificate: r.GetCertificate,
 	}
-}
-
-// LoadTLSConfig loads the pair and returns a server configuration for it, for
-// callers that never reload; others use NewCertReloader and its TLSConfig.
-func LoadTLSConfig(certPath, keyPath string) (*tls.Config, error) {
-	r, err := NewCertReloader(certPath, keyPath)
-	if err != nil {
-		return nil, err
-	}
-	return r.TLSConfig(), nil
 }

@@ -182,7 +182,7 @@ func trusting(t *testing.T, certPath, serverName string) *tls.Config {
 
 func TestLoadTLSConfigHandshake(t *testing.T) {
 	certPath, keyPath := newPair(t, "mnm.example")
-	cfg, err := LoadTLSConfig(certPath, keyPath)
+	cfg, err := loadTLSConfig(certPath, keyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func TestLoadTLSConfigHandshake(t *testing.T) {
 
 func TestLoadTLSConfigRefusesTLS11(t *testing.T) {
 	certPath, keyPath := newPair(t)
-	cfg, err := LoadTLSConfig(certPath, keyPath)
+	cfg, err := loadTLSConfig(certPath, keyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func TestLoadTLSConfigErrors(t *testing.T) {
 		{"oversized cert", big, keyPath, "larger than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := LoadTLSConfig(tc.cert, tc.key)
+			_, err := loadTLSConfig(tc.cert, tc.key)
 			if err == nil {
 				t.Fatal("loaded")
 			}
@@ -359,4 +359,13 @@ func TestCertReloaderConcurrent(t *testing.T) {
 		}
 	}
 	wg.Wait()
+}
+
+// loadTLSConfig is the server configuration the daemon serves for the pair.
+func loadTLSConfig(certPath, keyPath string) (*tls.Config, error) {
+	r, err := NewCertReloader(certPath, keyPath)
+	if err != nil {
+		return nil, err
+	}
+	return r.TLSConfig(), nil
 }

@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -20,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"mnm/durable"
 	"mnm/qlib"
 	"mnm/v0site"
 )
@@ -36,7 +36,7 @@ func udbClaims(sub string) map[string]any {
 // udbUserFiles counts the user record files in db's directory.
 func udbUserFiles(t *testing.T, db *UserDB) int {
 	t.Helper()
-	entries, err := os.ReadDir(db.userDir)
+	entries, err := db.fs.ReadDir(db.userDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +47,8 @@ func udbUserFiles(t *testing.T, db *UserDB) int {
 // accounts gets one; the rest are refused with ErrIdentityUsed and create
 // nothing. Another identity and users without claims register as before.
 // The bound holds after a reopen (the index is rebuilt from the records),
-// and SetAccountsPerIdentity raises it or (0) removes it.
+// and UserDBOptions.AccountsPerIdentity raises it or (NoAccountBound)
+// removes it.
 func TestUserDBAccountsPerIdentity(t *testing.T) {
 	dir := t.TempDir()
 	db, _ := udbOpen(t, dir)
@@ -84,14 +85,16 @@ func TestUserDBAccountsPerIdentity(t *testing.T) {
 	if _, _, _, err := db.Register("laptop", udbClaims("attacker")); !errors.Is(err, qlib.ErrIdentityUsed) {
 		t.Fatalf("after reopen: err %v, want %v", err, qlib.ErrIdentityUsed)
 	}
-	db.SetAccountsPerIdentity(2)
+	db.Close()
+	db, _ = udbOpen(t, dir, func(o *UserDBOptions) { o.AccountsPerIdentity = 2 })
 	if _, _, _, err := db.Register("laptop", udbClaims("attacker")); err != nil {
 		t.Fatalf("second account under a bound of 2: %v", err)
 	}
 	if _, _, _, err := db.Register("laptop", udbClaims("attacker")); !errors.Is(err, qlib.ErrIdentityUsed) {
 		t.Fatalf("third account under a bound of 2: err %v", err)
 	}
-	db.SetAccountsPerIdentity(0)
+	db.Close()
+	db, _ = udbOpen(t, dir, func(o *UserDBOptions) { o.AccountsPerIdentity = NoAccountBound })
 	for range 3 {
 		if _, _, _, err := db.Register("laptop", udbClaims("attacker")); err != nil {
 			t.Fatalf("no bound: %v", err)
@@ -256,15 +259,25 @@ func TestUserDBAliasLimit(t *testing.T) {
 	}
 }
 
-// udbFailOpens makes db's opens of paths for which fail returns true fail as
-// they do when the process is out of file descriptors.
-func udbFailOpens(db *UserDB, errno syscall.Errno, fail func(name string, flag int) bool) {
-	db.openFile = func(name string, flag int, perm fs.FileMode) (*os.File, error) {
-		if fail(name, flag) {
-			return nil, &fs.PathError{Op: "open", Path: name, Err: errno}
-		}
-		return os.OpenFile(name, flag, perm)
+// udbFailOpens makes the opens on fsys of paths for which fail returns true
+// fail as they do when the process is out of file descriptors; nil fail
+// lets every open through again.
+func udbFailOpens(fsys *durable.MemFS, errno syscall.Errno, fail func(name string) bool) {
+	if fail == nil {
+		fsys.SetHook(nil)
+		return
 	}
+	fsys.SetHook(func(op durable.Op, name string) error {
+		if op == durable.OpOpen && fail(name) {
+			return errno
+		}
+		return nil
+	})
+}
+
+// udbMemFS has a database opened on fsys.
+func udbMemFS(fsys *durable.MemFS) func(*UserDBOptions) {
+	return func(o *UserDBOptions) { o.FS = fsys }
 }
 
 // TestUserDBOutOfFilesIsTemporary: a write that cannot open its directory or
@@ -272,18 +285,21 @@ func udbFailOpens(db *UserDB, errno syscall.Errno, fail func(name string, flag i
 // leaving the disk and memory as they were; the database is not stopped and
 // the same writes succeed once descriptors are back.
 func TestUserDBOutOfFilesIsTemporary(t *testing.T) {
+	const dir = "/data/userdb"
+	isDir := func(name string) bool { return !strings.HasSuffix(name, recordSuffix+recordTmpSuffix) }
 	for _, tc := range []struct {
 		name  string
 		errno syscall.Errno
-		fail  func(name string, flag int) bool
+		fail  func(name string) bool // nil: every open, by the MemFS's file limit
 	}{
-		{"directory EMFILE", syscall.EMFILE, func(name string, flag int) bool { return flag == os.O_RDONLY }},
-		{"directory ENFILE", syscall.ENFILE, func(name string, flag int) bool { return flag == os.O_RDONLY }},
-		{"temp file EMFILE", syscall.EMFILE, func(name string, flag int) bool { return strings.HasSuffix(name, recordTmpSuffix) }},
+		{"directory EMFILE", syscall.EMFILE, isDir},
+		{"directory ENFILE", syscall.ENFILE, isDir},
+		{"temp file EMFILE", syscall.EMFILE, func(name string) bool { return strings.HasSuffix(name, recordTmpSuffix) }},
+		{"file limit", syscall.EMFILE, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			db, _ := udbOpen(t, dir)
+			fsys := durable.NewMemFS()
+			db, _ := udbOpen(t, dir, udbMemFS(fsys))
 			var fatal []error
 			db.SetOnFatal(func(err error) { fatal = append(fatal, err) })
 			uid, nodeid, dev := udbRegister(t, db, "laptop")
@@ -293,7 +309,17 @@ func TestUserDBOutOfFilesIsTemporary(t *testing.T) {
 			other := udbUser(t, db, "other member")
 			before := udbUserFiles(t, db)
 
-			udbFailOpens(db, tc.errno, tc.fail)
+			if tc.fail == nil {
+				// Every descriptor in use: one held here, the limit at what is open.
+				held, err := fsys.OpenFile(dir+"/held", os.O_RDWR|os.O_CREATE, 0o600)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer held.Close()
+				fsys.SetFileLimit(fsys.OpenFiles())
+			} else {
+				udbFailOpens(fsys, tc.errno, tc.fail)
+			}
 			if err := db.AddAlias(uid, "wanted alias"); !errors.Is(err, tc.errno) {
 				t.Errorf("AddAlias: err %v, want %v", err, tc.errno)
 			}
@@ -317,7 +343,9 @@ func TestUserDBOutOfFilesIsTemporary(t *testing.T) {
 			}
 			udbLogin(t, db, uid, nodeid, dev) // reads go on
 
-			db.openFile = os.OpenFile // descriptors are back
+			// Descriptors are back.
+			fsys.SetFileLimit(0)
+			udbFailOpens(fsys, 0, nil)
 			if err := db.AddAlias(uid, "wanted alias"); err != nil {
 				t.Fatalf("AddAlias afterwards: %v", err)
 			}
@@ -329,7 +357,7 @@ func TestUserDBOutOfFilesIsTemporary(t *testing.T) {
 				t.Fatalf("GroupInvite afterwards: %v", err)
 			}
 			db.Close()
-			db, _ = udbOpen(t, dir)
+			db, _ = udbOpen(t, dir, udbMemFS(fsys))
 			if owner, ok := db.AliasUID("wanted alias"); !ok || owner != uid {
 				t.Errorf("after reopen the alias resolves to %q, %v", owner, ok)
 			}

@@ -26,30 +26,16 @@ import (
 	"mnm/qlib/tmtp"
 )
 
-// udbLogBuffer collects log output from concurrent goroutines.
-type udbLogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *udbLogBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *udbLogBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// udbOpen opens the database in dir, failing the test on error, and
-// returns it with its log output.
-func udbOpen(t testing.TB, dir string) (*UserDB, *udbLogBuffer) {
+// udbOpen opens the database in dir, with options changed by mod, failing
+// the test on error, and returns it with its log output.
+func udbOpen(t testing.TB, dir string, mod ...func(*UserDBOptions)) (*UserDB, *lockedBuffer) {
 	t.Helper()
-	logs := &udbLogBuffer{}
-	db, err := OpenUserDB(dir, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	logs := newLockedBuffer()
+	opts := UserDBOptions{Dir: dir, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	for _, m := range mod {
+		m(&opts)
+	}
+	db, err := OpenUserDB(opts)
 	if err != nil {
 		t.Fatalf("OpenUserDB: %v", err)
 	}
@@ -563,7 +549,7 @@ func TestUserDBCorruptRecord(t *testing.T) {
 		if err := os.WriteFile(path, bad, recordPerm); err != nil {
 			t.Fatal(err)
 		}
-		db, err := OpenUserDB(dir, nil)
+		db, err := OpenUserDB(UserDBOptions{Dir: dir})
 		if err == nil {
 			db.Close()
 			t.Fatalf("flipping byte %d (%q) went unnoticed", i, good[i])
@@ -605,15 +591,15 @@ func TestUserDBCorruptRecordContents(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := parseRecord(data, "u100002"); err == nil {
+		if _, err := parseRecord[userRecord](data, "u100002"); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
 	data, _ := encodeRecord(rec)
-	if _, err := parseRecord(data, "u100002"); err != nil {
+	if _, err := parseRecord[userRecord](data, "u100002"); err != nil {
 		t.Errorf("unmutated record refused: %v", err)
 	}
-	if _, err := parseRecord(bytes.Replace(data, []byte(`"v":1`), []byte(`"v":2`), 1), "u100002"); err == nil {
+	if _, err := parseRecord[userRecord](bytes.Replace(data, []byte(`"v":1`), []byte(`"v":2`), 1), "u100002"); err == nil {
 		t.Error("unknown version accepted")
 	}
 }
@@ -635,7 +621,7 @@ func TestUserDBAliasInTwoRecords(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, userSubdir, "u2.json"), data, recordPerm); err != nil {
 		t.Fatal(err)
 	}
-	_, err := OpenUserDB(dir, nil)
+	_, err := OpenUserDB(UserDBOptions{Dir: dir})
 	if err == nil || !strings.Contains(err.Error(), "u1.json") || !strings.Contains(err.Error(), "u2.json") {
 		t.Errorf("OpenUserDB = %v, want an error naming both records", err)
 	}
@@ -916,7 +902,7 @@ func TestUserDBOpenErrors(t *testing.T) {
 	if err := os.WriteFile(blocker, nil, recordPerm); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenUserDB(blocker, nil); err == nil {
+	if _, err := OpenUserDB(UserDBOptions{Dir: blocker}); err == nil {
 		t.Error("OpenUserDB under a regular file succeeded")
 	}
 }
@@ -940,7 +926,7 @@ func FuzzUserDBParseRecord(f *testing.F) {
 	f.Add(fmt.Appendf(nil, `{"v":1,"crc32c":"%08x","user":null}`, crc32.Checksum([]byte("null"), recordCRCTable))) // valid checksum, no user
 	f.Add(bytes.Replace(good, []byte("u100002"), []byte("u100003"), 1))                                            // uid changed
 	f.Fuzz(func(t *testing.T, data []byte) {
-		rec, err := parseRecord(data, "u100002")
+		rec, err := parseRecord[userRecord](data, "u100002")
 		if err != nil {
 			return
 		}
@@ -948,7 +934,7 @@ func FuzzUserDBParseRecord(f *testing.F) {
 		if err != nil {
 			t.Fatalf("accepted record does not encode: %v", err)
 		}
-		rec2, err := parseRecord(again, "u100002")
+		rec2, err := parseRecord[userRecord](again, "u100002")
 		if err != nil {
 			t.Fatalf("re-encoded record refused: %v", err)
 		}
@@ -1554,7 +1540,7 @@ func TestUserDBGroupCorruptRecord(t *testing.T) {
 		if err := os.WriteFile(path, bad, recordPerm); err != nil {
 			t.Fatal(err)
 		}
-		db, err := OpenUserDB(dir, nil)
+		db, err := OpenUserDB(UserDBOptions{Dir: dir})
 		if err == nil {
 			db.Close()
 			t.Fatalf("flipping byte %d (%q) went unnoticed", i, good[i])
@@ -1594,32 +1580,32 @@ func TestUserDBGroupCorruptContents(t *testing.T) {
 	for name, mutate := range cases {
 		r := rec.clone()
 		mutate(r)
-		data, err := encodeGroup(r)
+		data, err := encodeRecord(r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := parseGroup(data, stem); err == nil {
+		if _, err := parseRecord[groupRecord](data, stem); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
 	// A bad gid is refused even when the file is named after it.
 	nul := rec.clone()
 	nul.GID = "bad\x00gid!"
-	if data, _ := encodeGroup(nul); data != nil {
-		if _, err := parseGroup(data, groupFileStem(nul.GID)); err == nil {
+	if data, _ := encodeRecord(nul); data != nil {
+		if _, err := parseRecord[groupRecord](data, groupFileStem(nul.GID)); err == nil {
 			t.Error("gid with nul accepted")
 		}
 	}
-	data, _ := encodeGroup(rec)
-	if _, err := parseGroup(data, stem); err != nil {
+	data, _ := encodeRecord(rec)
+	if _, err := parseRecord[groupRecord](data, stem); err != nil {
 		t.Errorf("unmutated record refused: %v", err)
 	}
 	// Neither kind of record passes for the other.
 	user, _ := encodeRecord(&userRecord{UID: "u1", Rev: 1})
-	if _, err := parseGroup(user, stem); err == nil {
+	if _, err := parseRecord[groupRecord](user, stem); err == nil {
 		t.Error("user record accepted as a group")
 	}
-	if _, err := parseRecord(data, "u1"); err == nil {
+	if _, err := parseRecord[userRecord](data, "u1"); err == nil {
 		t.Error("group record accepted as a user")
 	}
 }
@@ -1653,14 +1639,14 @@ func TestUserDBGroupInconsistent(t *testing.T) {
 			}
 			r := rec.clone()
 			c.mutate(r, a, b)
-			data, err := encodeGroup(r)
+			data, err := encodeRecord(r)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if err := os.WriteFile(db.groupPath(r.GID), data, recordPerm); err != nil {
 				t.Fatal(err)
 			}
-			_, err = OpenUserDB(dir, nil)
+			_, err = OpenUserDB(UserDBOptions{Dir: dir})
 			if err == nil {
 				t.Fatal("OpenUserDB succeeded")
 			}
@@ -1679,7 +1665,7 @@ func udbWriteGroupTemp(t *testing.T, dir string, rec *groupRecord, data []byte) 
 	t.Helper()
 	if data == nil {
 		var err error
-		if data, err = encodeGroup(rec); err != nil {
+		if data, err = encodeRecord(rec); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1749,13 +1735,13 @@ func TestUserDBGroupTempDiscarded(t *testing.T) {
 	newer := current.clone()
 	newer.Rev++
 	newer.Members[1].Status = memberJoined
-	whole, err := encodeGroup(newer)
+	whole, err := encodeRecord(newer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	aliasGid := &groupRecord{GID: "alice two", Rev: 1,
 		Members: []memberRecord{{UID: a, Alias: "alice one", Status: memberJoined}}}
-	misnamed, err := encodeGroup(&groupRecord{GID: "another group", Rev: 9})
+	misnamed, err := encodeRecord(&groupRecord{GID: "another group", Rev: 9})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -2153,7 +2139,7 @@ func FuzzUserDBParseGroup(f *testing.F) {
 		{UID: "u100003", Alias: "ålias two", Status: memberBarred},
 	}}
 	stem := groupFileStem(rec.GID)
-	good, err := encodeGroup(rec)
+	good, err := encodeRecord(rec)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -2167,22 +2153,22 @@ func FuzzUserDBParseGroup(f *testing.F) {
 	f.Add(fmt.Appendf(nil, `{"v":1,"crc32c":"%08x","group":null}`, crc32.Checksum([]byte("null"), recordCRCTable))) // valid checksum, no group
 	f.Add(bytes.Replace(good, []byte("joined"), []byte("barred"), 1))                                               // status changed, checksum not
 	f.Fuzz(func(t *testing.T, data []byte) {
-		rec, err := parseGroup(data, stem)
+		rec, err := parseRecord[groupRecord](data, stem)
 		if err != nil {
 			return
 		}
 		if groupFileStem(rec.GID) != stem {
 			t.Fatalf("accepted gid %q under another gid's file name", rec.GID)
 		}
-		again, err := encodeGroup(rec)
+		again, err := encodeRecord(rec)
 		if err != nil {
 			t.Fatalf("accepted record does not encode: %v", err)
 		}
-		rec2, err := parseGroup(again, stem)
+		rec2, err := parseRecord[groupRecord](again, stem)
 		if err != nil {
 			t.Fatalf("re-encoded record refused: %v", err)
 		}
-		third, _ := encodeGroup(rec2)
+		third, _ := encodeRecord(rec2)
 		if !bytes.Equal(again, third) {
 			t.Fatalf("encoding not stable:\n%s\n%s", again, third)
 		}
@@ -2304,7 +2290,7 @@ func TestUserDBGroupCreationInProgress(t *testing.T) {
 		{UID: a, Alias: "alice one", Status: memberJoined},
 		{UID: b, Alias: "bob smith", Status: memberJoined},
 	}}
-	if err := db.writeGroup(rec); err != nil {
+	if err := writeRecord(db, rec); err != nil {
 		t.Fatal(err)
 	}
 	db.mu.Lock()
@@ -2363,12 +2349,7 @@ func BenchmarkUserDBGroupEdit(b *testing.B) {
 }
 
 func TestUserDBGroupFull(t *testing.T) {
-	db, err := OpenUserDB(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.groupLimit = 3
+	db, _ := udbOpen(t, t.TempDir(), func(o *UserDBOptions) { o.MaxGroupMembers = 3 })
 	var uids []string
 	for i := range 4 {
 		uid, _, _, err := db.Register("dev", nil)
@@ -2392,5 +2373,33 @@ func TestUserDBGroupFull(t *testing.T) {
 	// Re-inviting someone already listed needs no room.
 	if _, err := db.GroupInvite(uids[0], gid, "member 0 alias", "member 2 alias"); err != nil {
 		t.Fatalf("re-invite in a full group: %v", err)
+	}
+}
+
+// TestUserDBErrorTextsMatchLimits: the texts a client sees (qlib's
+// Directory errors) state the limits that userdb's checks apply.
+func TestUserDBErrorTextsMatchLimits(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{qlib.ErrAliasShort, fmt.Sprintf("newalias must be %d+ characters", minAliasChars)},
+		{qlib.ErrGidShort, fmt.Sprintf("gid must be %d+ characters", minGidChars)},
+		{qlib.ErrLabelInvalid, fmt.Sprintf("newnode must be 1 to %d bytes of UTF-8", maxLabelBytes)},
+		{ErrAliasLong, fmt.Sprintf("newalias must be printable characters (at most %d bytes)", maxAliasBytes)},
+	} {
+		if tc.err.Error() != tc.want {
+			t.Errorf("error text %q, but the check's limit gives %q", tc.err, tc.want)
+		}
+	}
+	// And the checks refuse exactly past those limits.
+	if checkAlias(strings.Repeat("a", minAliasChars), minAliasChars) != nil || checkAlias(strings.Repeat("a", minAliasChars-1), minAliasChars) != qlib.ErrAliasShort {
+		t.Errorf("checkAlias does not draw the line at %d characters", minAliasChars)
+	}
+	if checkGid(strings.Repeat("g", minGidChars), minGidChars) != nil || checkGid(strings.Repeat("g", minGidChars-1), minGidChars) != qlib.ErrGidShort {
+		t.Errorf("checkGid does not draw the line at %d characters", minGidChars)
+	}
+	if checkLabel(strings.Repeat("l", maxLabelBytes)) != nil || checkLabel(strings.Repeat("l", maxLabelBytes+1)) != qlib.ErrLabelInvalid {
+		t.Errorf("checkLabel does not draw the line at %d bytes", maxLabelBytes)
 	}
 }

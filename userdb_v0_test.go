@@ -129,7 +129,7 @@ func TestUserDBRetiredAliases(t *testing.T) {
 	both.RetiredAliases = append(both.RetiredAliases, "renamed-alias")
 	both.Rev++
 	udbWriteRecord(t, dir, both)
-	if _, err := OpenUserDB(dir, nil); err == nil || !strings.Contains(err.Error(), "u1.json") {
+	if _, err := OpenUserDB(UserDBOptions{Dir: dir}); err == nil || !strings.Contains(err.Error(), "u1.json") {
 		t.Errorf("alias live and retired: %v, want an error naming u1.json", err)
 	}
 }

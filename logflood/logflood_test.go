@@ -267,11 +267,11 @@ func TestTimerAndClose(t *testing.T) {
 	for range 3 {
 		log.Info("flood")
 	}
-	waitFor(t, func() bool { n, _ := rec.count("flood (suppressed)"); return n == 1 })
+	waitFor(t, "the summary", func() bool { n, _ := rec.count("flood (suppressed)"); return n == 1 })
 	if _, c := rec.count("flood (suppressed)"); c != 2 {
 		t.Fatalf("summary counts %d, want 2", c)
 	}
-	waitFor(t, func() bool {
+	waitFor(t, "the kinds forgotten and the timer disarmed", func() bool {
 		h.st.mu.Lock()
 		defer h.st.mu.Unlock()
 		return len(h.st.kinds) == 0 && h.st.due.IsZero()
@@ -289,20 +289,21 @@ func TestTimerAndClose(t *testing.T) {
 	if n, c := rec.count("again (suppressed)"); n != 1 || c != 2 {
 		t.Fatalf("Close wrote %d summaries counting %d, want 1 counting 2", n, c)
 	}
-	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+	waitFor(t, "the timer's goroutine gone", func() bool { return runtime.NumGoroutine() <= before })
 	if strings.Contains(fmt.Sprint(rec.all()), "after close (suppressed)") {
 		t.Fatal("a summary after Close")
 	}
 }
 
-// waitFor polls cond until it holds, for state with no event to wait on.
-func waitFor(t *testing.T, cond func() bool) {
+// waitFor polls cond until it holds, for state that has no event to wait
+// on; after 10 s the test fails, naming what it waited for.
+func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 10s")
+			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
 	}
 }

@@ -3,6 +3,7 @@ package qlib
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // Directory is the member database as qlib sees it: users, their devices and
@@ -101,21 +102,38 @@ type GroupChange struct {
 	Notify []string
 }
 
+// Bounds of names that a Directory checks and its errors state (SPEC §4 ops
+// 1, 3 and 5, §7). They live here, with the errors, so that the text a
+// client reads and the check that refused it cannot disagree.
+const (
+	// MaxLabelBytes bounds a device label, which is stored in the user's
+	// record and echoed to every device of the user: 200 bytes is far more
+	// than any human-chosen name needs and keeps a record of a hundred
+	// devices small enough to rewrite on every change.
+	MaxLabelBytes = 200
+
+	// MinAliasChars and MinGidChars are the shortest alias a member may
+	// claim and the shortest gid a new group may have, counted in
+	// characters, not bytes.
+	MinAliasChars = 8
+	MinGidChars   = 8
+)
+
 // Client-visible errors of a Directory; their text goes into ack errors and
 // registered replies as is.
 var (
 	ErrLoginFailed    = errors.New("login failed")
 	ErrNoUser         = errors.New("no such user")
-	ErrLabelInvalid   = errors.New("newnode must be 1 to 200 bytes of UTF-8")
+	ErrLabelInvalid   = fmt.Errorf("newnode must be 1 to %d bytes of UTF-8", MaxLabelBytes)
 	ErrTooManyDevices = errors.New("too many devices")
 	ErrTooManyAliases = errors.New("too many aliases")
-	ErrAliasShort     = errors.New("newalias must be 8+ characters")
+	ErrAliasShort     = fmt.Errorf("newalias must be %d+ characters", MinAliasChars)
 	ErrAliasInvalid   = errors.New("newalias must be printable characters")
 	ErrAliasTaken     = errors.New("newalias already taken")
 	ErrAliasUnknown   = errors.New("alias not found")
 	ErrFromNotSender  = errors.New("from must identify sender")
 	ErrNewAliasNotOwn = errors.New("newalias must identify sender")
-	ErrGidShort       = errors.New("gid must be 8+ characters")
+	ErrGidShort       = fmt.Errorf("gid must be %d+ characters", MinGidChars)
 	ErrGidInvalid     = errors.New("gid must be printable characters")
 	ErrGidTaken       = errors.New("gid already taken")
 	ErrNoGroup        = errors.New("group not found")

@@ -142,9 +142,11 @@ func TestDistinct(t *testing.T) {
 		{[]tmtp.Recipient{u("same"), g("same"), x("same"), u("same")}, []tmtp.Recipient{u("same"), g("same")}},
 	}
 	for _, c := range cases {
-		if got := distinct(c.in); !slices.Equal(got, c.want) {
-			t.Errorf("distinct(%v) = %v, want %v", c.in, got, c.want)
-		}
+		t.Run(fmt.Sprint(c.in), func(t *testing.T) {
+			if got := distinct(c.in); !slices.Equal(got, c.want) {
+				t.Errorf("distinct(%v) = %v, want %v", c.in, got, c.want)
+			}
+		})
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"testing"
 
+	"mnm/durable"
 	"mnm/qlib/store"
 	"mnm/testclient"
 )
@@ -14,10 +15,15 @@ import (
 // link stays up; logins and acks go on; once space returns, posts are
 // accepted again.
 func TestStorageFull(t *testing.T) {
-	fsys := store.NewMemFS()
+	fsys := durable.NewMemFS()
 	ts := startServerStore(t, fsys, func(o *store.Options) { o.MinFree = 1 << 20 }, nil)
-	sender, _ := ts.register()
+	sender, sreg := ts.register()
 	rcpt, reg := ts.register()
+	for uid, alias := range map[string]string{sreg.UID: "sender alias", reg.UID: "recipient alias"} {
+		if err := ts.dir.AddAlias(uid, alias); err != nil {
+			t.Fatal(err)
+		}
+	}
 	to := []testclient.Recipient{{ID: reg.UID, Type: testclient.ToUser}}
 	before, err := sender.Post(to, []byte("before"))
 	if err != nil || before.Error != "" {
@@ -25,18 +31,23 @@ func TestStorageFull(t *testing.T) {
 	}
 
 	fsys.SetCapacity(fsys.Used() + 512<<10) // half a MiB left: below the watermark
-	waitFor(t, func() bool {
+	waitFor(t, "a post refused for want of space", func() bool {
 		ack, err := sender.Post(to, []byte("probe"))
 		return err == nil && ack.Error == ErrStorageFull.Error()
 	})
 	for name, data := range map[string][]byte{"small": []byte("hello"), "large": bytes.Repeat([]byte("L"), 300<<10)} {
-		ack, err := sender.Post(to, data)
-		if err != nil || ack.Error != ErrStorageFull.Error() {
-			t.Errorf("%s post on a full disk: %v, ack %+v", name, err, ack)
-		}
+		t.Run(name+" post", func(t *testing.T) {
+			ack, err := sender.Post(to, data)
+			if err != nil || ack.Error != ErrStorageFull.Error() {
+				t.Errorf("post on a full disk: %v, ack %+v", err, ack)
+			}
+		})
 	}
 	if ack, err := sender.NewAlias("while the disk is full"); err != nil || ack.Error != ErrStorageFull.Error() {
 		t.Errorf("alias notice on a full disk: %v, ack %+v", err, ack)
+	}
+	if ack, err := sender.Ping("sender alias", "recipient alias", "hi"); err != nil || ack.Error != ErrStorageFull.Error() {
+		t.Errorf("ping on a full disk: %v, ack %+v", err, ack)
 	}
 	// Logins and acks go on: the recipient logs in again and acks what it
 	// had, which is what frees space.
@@ -55,7 +66,7 @@ func TestStorageFull(t *testing.T) {
 	}
 
 	fsys.SetCapacity(0) // space returns
-	waitFor(t, func() bool {
+	waitFor(t, "a post accepted again", func() bool {
 		ack, err := sender.Post(to, []byte("after"))
 		return err == nil && ack.Error == "" && ack.MsgID != ""
 	})

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mnm/testclient"
 )
 
 // createDir is the fake directory with groups that exist once an invitation
@@ -56,20 +58,9 @@ func TestLimitGroupsPerDay(t *testing.T) {
 	ts, clock := limitServer(t, func(l *Limits) { l.GroupsPerDay, l.InvitesPerInviteePerDay = limit, 0 }, withCreateDir)
 	spammer, _ := ts.aliasUser("spammer one")
 	ts.aliasUser("target person")
-	created := 0
-	for i := range flood {
-		ack, err := spammer.GroupInvite(fmt.Sprintf("group %08d", i), "spammer one", "target person", "join")
-		if err != nil {
-			t.Fatalf("invitation %d: %v", i+1, err)
-		}
-		switch ack.Error {
-		case "":
-			created++
-		case "group limit reached: 3 per 24 hours":
-		default:
-			t.Fatalf("invitation %d: %s", i+1, ack.Frame.Raw)
-		}
-	}
+	created := sendFlood(t, "invitation", flood, "group limit reached: 3 per 24 hours", func(i int) (testclient.Ack, error) {
+		return spammer.GroupInvite(fmt.Sprintf("group %08d", i), "spammer one", "target person", "join")
+	})
 	if created != limit {
 		t.Fatalf("%d groups created, want %d", created, limit)
 	}
@@ -101,21 +92,10 @@ func TestLimitInvitesPerInvitee(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("invitation limit for this invitee reached: %d per 24 hours", limit)
-	sent := 0
-	for i := range flood {
+	sent := sendFlood(t, "invitation", flood, want, func(i int) (testclient.Ack, error) {
 		to := []string{"target person", "target second name"}[i%2]
-		ack, err := spammer.c.GroupInvite(fmt.Sprintf("group %08d", i), "spammer one", to, "join")
-		if err != nil {
-			t.Fatalf("invitation %d: %v", i+1, err)
-		}
-		switch ack.Error {
-		case "":
-			sent++
-		case want:
-		default:
-			t.Fatalf("invitation %d: %s", i+1, ack.Frame.Raw)
-		}
-	}
+		return spammer.c.GroupInvite(fmt.Sprintf("group %08d", i), "spammer one", to, "join")
+	})
 	if sent != limit {
 		t.Fatalf("%d invitations stored, want %d", sent, limit)
 	}

@@ -19,10 +19,15 @@ import (
 	"testing"
 	"time"
 
+	"mnm/durable"
 	"mnm/qlib/store"
 	"mnm/qlib/tmtp"
 	"mnm/testclient"
 )
+
+// The store the daemon runs is a Store; the assertion lives here, with the
+// consumer of the interface, not in the store package.
+var _ Store = (*store.Log)(nil)
 
 // fakeDir is an in-memory Directory: enough to drive qlib without userdb.
 type fakeDir struct {
@@ -172,14 +177,14 @@ func startServer(t *testing.T, tweak func(*Config)) *testServer {
 
 // startServerFS starts a server whose store does its I/O through fsys (nil:
 // the real filesystem in a temporary directory).
-func startServerFS(t *testing.T, fsys store.FS, tweak func(*Config)) *testServer {
+func startServerFS(t *testing.T, fsys durable.FS, tweak func(*Config)) *testServer {
 	t.Helper()
 	return startServerStore(t, fsys, nil, tweak)
 }
 
 // startServerStore is startServerFS with the store's Options changed by
 // storeTweak (a watermark, say).
-func startServerStore(t *testing.T, fsys store.FS, storeTweak func(*store.Options), tweak func(*Config)) *testServer {
+func startServerStore(t *testing.T, fsys durable.FS, storeTweak func(*store.Options), tweak func(*Config)) *testServer {
 	t.Helper()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -307,6 +312,31 @@ func (ts *testServer) login(uid, nodeid string) *testclient.Client {
 		ts.t.Fatal(err)
 	}
 	ts.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// loginPipe serves srvSide, the server's end of a net.Pipe (or a wrapper of
+// it), and logs uid's device in over cliSide, the client's end. A pipe's
+// writes block until the other end reads, so the test decides when the
+// server's writes complete. The connection closes when the test ends.
+func (ts *testServer) loginPipe(srvSide, cliSide net.Conn, uid, nodeid string) *testclient.Conn {
+	ts.t.Helper()
+	if !ts.srv.ServeConn(srvSide) {
+		ts.t.Fatal("ServeConn refused")
+	}
+	c := testclient.NewConn(cliSide)
+	ts.t.Cleanup(func() { c.Close() })
+	c.SetReadTimeout(10 * time.Second)
+	if err := c.WriteFrame(map[string]any{"Op": 0, "Id": "1"}, nil); err != nil {
+		ts.t.Fatal(err)
+	}
+	mustRead(ts.t, c) // tmtprev
+	if err := c.WriteFrame(map[string]any{"Op": 2, "Uid": uid, "Node": nodeid}, nil); err != nil {
+		ts.t.Fatal(err)
+	}
+	if f := mustRead(ts.t, c); f.Op() != "info" {
+		ts.t.Fatalf("login: %s", f.Raw)
+	}
 	return c
 }
 

@@ -20,7 +20,7 @@ func TestInputAwaitSeesWaitingBytes(t *testing.T) {
 	}
 	// The bytes are in the socket, and their notification has come and
 	// gone, before the wait starts.
-	waitFor(t, func() bool {
+	waitFor(t, "bytes readable on the socket", func() bool {
 		var n int
 		in.raw.Control(func(fd uintptr) {
 			n, _, _ = syscall.Recvfrom(int(fd), make([]byte, 1), syscall.MSG_PEEK|syscall.MSG_DONTWAIT)

@@ -216,7 +216,7 @@ func TestInputWithoutSocket(t *testing.T) {
 // parkedLinks waits until the server reports n parked links.
 func parkedLinks(t *testing.T, ts *testServer, n int64) {
 	t.Helper()
-	waitFor(t, func() bool { return ts.srv.Stats().Parked == n })
+	waitFor(t, "the links parked", func() bool { return ts.srv.Stats().Parked == n })
 }
 
 // Parked links wake for requests and deliveries, again and again, and
@@ -262,7 +262,7 @@ func TestParkedLinkIdleTimeout(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("parked link not closed at the idle timeout")
 	}
-	waitFor(t, func() bool { return ts.srv.Stats().Links == 0 })
+	waitFor(t, "every link closed", func() bool { return ts.srv.Stats().Links == 0 })
 	if !strings.Contains(ts.logs.String(), "link idle timeout") {
 		t.Fatalf("no idle timeout logged:\n%s", ts.logs.String())
 	}

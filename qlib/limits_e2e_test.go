@@ -157,7 +157,7 @@ func TestLimitLinksPerAddr(t *testing.T) {
 	}
 
 	held[0].Close()
-	waitFor(t, func() bool {
+	waitFor(t, "a link from 127.0.0.2", func() bool {
 		c, err := ts.dialFrom("127.0.0.2")
 		if err != nil {
 			return false
@@ -342,6 +342,28 @@ func (ts *testServer) aliasUser(alias string) (*testclient.Client, testclient.Re
 	return c, reg
 }
 
+// sendFlood makes n requests with send, whose argument counts them from 0,
+// and returns how many were stored: each must be stored or refused with the
+// ack error refusal, and anything else fails the test; what names a request
+// in the failure.
+func sendFlood(t *testing.T, what string, n int, refusal string, send func(i int) (testclient.Ack, error)) (stored int) {
+	t.Helper()
+	for i := range n {
+		ack, err := send(i)
+		if err != nil {
+			t.Fatalf("%s %d: %v", what, i+1, err)
+		}
+		switch ack.Error {
+		case "":
+			stored++
+		case refusal:
+		default:
+			t.Fatalf("%s %d: %s", what, i+1, ack.Frame.Raw)
+		}
+	}
+	return stored
+}
+
 // TestLimitPings: a member pinging without end gets PingsPerDay through,
 // then the ack error "ping limit reached: N per 24 hours" with the link
 // open; the recipient's queue holds only those; another member pings the
@@ -352,20 +374,9 @@ func TestLimitPings(t *testing.T) {
 	spammer, _ := ts.aliasUser("spammer one")
 	_, target := ts.register()
 	ts.dir.AddAlias(target.UID, "target person")
-	sent := 0
-	for i := range flood {
-		ack, err := spammer.Ping("spammer one", "target person", "buy now")
-		if err != nil {
-			t.Fatalf("ping %d: %v", i+1, err)
-		}
-		switch ack.Error {
-		case "":
-			sent++
-		case "ping limit reached: 4 per 24 hours":
-		default:
-			t.Fatalf("ping %d: %s", i+1, ack.Frame.Raw)
-		}
-	}
+	sent := sendFlood(t, "ping", flood, "ping limit reached: 4 per 24 hours", func(int) (testclient.Ack, error) {
+		return spammer.Ping("spammer one", "target person", "buy now")
+	})
 	// The target does not ack, so its queue holds every ping stored.
 	if n := ts.store.Len(target.UID + ".0"); sent != limit || n != limit {
 		t.Fatalf("%d pings acked and %d queued, want %d", sent, n, limit)
@@ -394,20 +405,9 @@ func TestLimitInvitations(t *testing.T) {
 		func(c *Config) { c.Directory = groupDir{c.Directory.(*fakeDir)} })
 	spammer, _ := ts.aliasUser("spammer one")
 	ts.aliasUser("target person")
-	sent := 0
-	for i := range flood {
-		ack, err := spammer.GroupInvite(fmt.Sprintf("group %08d", i), "spammer one", "target person", "join")
-		if err != nil {
-			t.Fatalf("invitation %d: %v", i+1, err)
-		}
-		switch ack.Error {
-		case "":
-			sent++
-		case "invitation limit reached: 3 per 24 hours":
-		default:
-			t.Fatalf("invitation %d: %s", i+1, ack.Frame.Raw)
-		}
-	}
+	sent := sendFlood(t, "invitation", flood, "invitation limit reached: 3 per 24 hours", func(i int) (testclient.Ack, error) {
+		return spammer.GroupInvite(fmt.Sprintf("group %08d", i), "spammer one", "target person", "join")
+	})
 	if sent != limit {
 		t.Fatalf("%d invitations stored, want %d", sent, limit)
 	}
@@ -435,7 +435,7 @@ func TestLimitQueueBytes(t *testing.T) {
 	_, other := ts.register()
 	otherDev := other.UID + ".0"
 	targetDev := reg.UID + ".0"
-	waitFor(t, func() bool { return ts.srv.Stats().Devices == 2 })
+	waitFor(t, "two devices logged in", func() bool { return ts.srv.Stats().Devices == 2 })
 
 	data := bytes.Repeat([]byte("x"), 4<<10)
 	to := []testclient.Recipient{{ID: reg.UID, Type: testclient.ToUser}}
@@ -504,6 +504,6 @@ func TestLimitQueueBytes(t *testing.T) {
 		}
 		i++
 	}
-	waitFor(t, func() bool { return ts.store.QueueBytes(targetDev) < limit })
+	waitFor(t, "the queue below its limit", func() bool { return ts.store.QueueBytes(targetDev) < limit })
 	mustStore(t)(spammer.Post(to, data))
 }

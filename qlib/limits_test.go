@@ -270,10 +270,12 @@ func TestRemoteOf(t *testing.T) {
 		{nil, "invalid IP", false},
 	}
 	for _, c := range cases {
-		r := lm.remoteOf(c.addr)
-		if r.addr.String() != c.key || r.limited != c.limited {
-			t.Errorf("remoteOf(%v) = %v limited %v, want %s limited %v", c.addr, r.addr, r.limited, c.key, c.limited)
-		}
+		t.Run(fmt.Sprint(c.addr), func(t *testing.T) {
+			r := lm.remoteOf(c.addr)
+			if r.addr.String() != c.key || r.limited != c.limited {
+				t.Errorf("remoteOf(%v) = %v limited %v, want %s limited %v", c.addr, r.addr, r.limited, c.key, c.limited)
+			}
+		})
 	}
 	// An operator's range exempts every address in it.
 	lm, _, _ = testLimiter(Limits{Exempt: []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")}})

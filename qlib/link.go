@@ -329,9 +329,15 @@ func (l *link) write(frame []byte) error {
 	return err
 }
 
+// writeBufSize is the size of writerPool's buffers: the plaintext of the
+// largest TLS record (2^14 bytes, RFC 8446 §5.1). A smaller buffer would cut
+// a message into more writes and records than TLS needs; a larger one would
+// cost memory per writing link without making fewer records.
+const writeBufSize = 16 << 10
+
 // writerPool holds buffers that coalesce a stored message's envelope and data
 // into few TLS records; links borrow one only while writing.
-var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 16<<10) }}
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
 
 // writeFrames sends frames and then, unless id is 0, stored message id, in
 // one buffered write.

@@ -74,9 +74,7 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 		tmtp.String("op", "invite"), tmtp.String("to", h.To))
 	notice := l.envelope(0, tmtp.String("act", "invite"), tmtp.String("alias", ch.Alias),
 		tmtp.String("gid", h.Gid), tmtp.String("op", "member"))
-	d := l.srv.cfg.Store.Draft()
-	d.Write(text)
-	rs, err := d.Commit(
+	rs, err := l.commitText(text,
 		store.Message{To: inviteTo, Len: int64(len(text)), Envelope: invite},
 		store.Message{To: noticeTo, Envelope: notice},
 	)

@@ -180,12 +180,24 @@ func (l *link) envelope(datalen int64, fields ...tmtp.Field) store.Envelope {
 	}
 }
 
+// Sizes fitsFrame counts with.
+const (
+	// framePrefixLen is the 4 hex digits of a frame's header length that
+	// come before the header (SPEC §1); a trial frame includes them.
+	framePrefixLen = 4
+	// maxHeadsumDigits is the widest headsum in decimal: a CRC-32, so at
+	// most math.MaxUint32, 4294967295.
+	maxHeadsumDigits = len("4294967295")
+)
+
 // fitsFrame reports whether a message from this link's user with fields
 // fits a frame even with the widest id and headsum it could get, so that a
 // request whose echo is too long is refused rather than stored unreadable.
+// The trial has the widest id, and a headsum of its own that is counted
+// too, so a trial that passes leaves at least a digit to spare.
 func (l *link) fitsFrame(fields ...tmtp.Field) bool {
 	trial := tmtp.AppendStored(nil, std(l.uid, store.ID(math.MaxUint64), time.Now(), 0, fields...)...)
-	return len(trial) > 0 && len(trial) <= tmtp.MaxHeaderLen+4-len("4294967295")
+	return len(trial) > 0 && len(trial) <= framePrefixLen+tmtp.MaxHeaderLen-maxHeadsumDigits
 }
 
 // readData streams n octets of the current frame's data into w, extending the

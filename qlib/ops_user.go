@@ -104,9 +104,7 @@ func (l *link) opPing(h *tmtp.Header) error {
 	}
 	env := l.envelope(int64(len(text)),
 		tmtp.String("alias", h.From), tmtp.String("op", "ping"), tmtp.String("to", h.To))
-	d := l.srv.cfg.Store.Draft()
-	d.Write(text)
-	rs, err := d.Commit(store.Message{To: devs, Len: int64(len(text)), Envelope: env})
+	rs, err := l.commitText(text, store.Message{To: devs, Len: int64(len(text)), Envelope: env})
 	if err != nil {
 		return fmt.Errorf("ping: %w", err)
 	}
@@ -127,4 +125,16 @@ func (l *link) readText(h *tmtp.Header) ([]byte, error) {
 		return nil, err
 	}
 	return text, nil
+}
+
+// commitText stores msgs, whose data is text (a ping's or an invitation's),
+// in one commit. A failed Write fails the Commit too (store.Draft); its error
+// is returned at once, and the loop answers it as it would the Commit's.
+func (l *link) commitText(text []byte, msgs ...store.Message) ([]store.Receipt, error) {
+	d := l.srv.cfg.Store.Draft()
+	if _, err := d.Write(text); err != nil {
+		d.Abort()
+		return nil, err
+	}
+	return d.Commit(msgs...)
 }

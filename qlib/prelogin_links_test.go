@@ -47,7 +47,7 @@ func TestPreLoginLinksCap(t *testing.T) {
 	for i := range strangers {
 		strangers[i] = ts.dialRaw()
 	}
-	waitFor(t, func() bool { return ts.srv.Stats().PreLoginLinks == limit })
+	waitFor(t, "the links not logged in at the limit", func() bool { return ts.srv.Stats().PreLoginLinks == limit })
 
 	// The oldest is young: the newcomer is refused.
 	expectRawClosed(t, ts.dialRaw())

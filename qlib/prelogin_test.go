@@ -57,7 +57,7 @@ func TestPreLoginBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, func() bool { return ts.srv.Stats().PreLoginBytes == held*largeBuf })
+	waitFor(t, "the buffers held", func() bool { return ts.srv.Stats().PreLoginBytes == held*largeBuf })
 
 	// Beyond the budget, after TmtpRev: quit.
 	over := ts.dialRev()
@@ -98,12 +98,12 @@ func TestPreLoginBudget(t *testing.T) {
 	// A stranger leaving gives its share back, and the next long header
 	// before login may have it.
 	attackers[0].Close()
-	waitFor(t, func() bool { return ts.srv.Stats().PreLoginBytes == (held-1)*largeBuf })
+	waitFor(t, "a buffer released", func() bool { return ts.srv.Stats().PreLoginBytes == (held-1)*largeBuf })
 	next := ts.dialRev()
 	if err := next.WriteRaw(partialLongHeader); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return ts.srv.Stats().PreLoginBytes == held*largeBuf })
+	waitFor(t, "the buffers held", func() bool { return ts.srv.Stats().PreLoginBytes == held*largeBuf })
 	if r := ts.srv.Stats().PreLoginRefused; r != 2 {
 		t.Fatalf("refused %d links, want still 2", r)
 	}
@@ -133,7 +133,7 @@ func TestPreLoginBudgetLoginReleases(t *testing.T) {
 		if err := c.WriteFrame(map[string]any{"Op": 11}, nil); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, func() bool { return ts.srv.Stats().PreLoginBytes == 0 })
+		waitFor(t, "every buffer released", func() bool { return ts.srv.Stats().PreLoginBytes == 0 })
 	}
 	if r := ts.srv.Stats().PreLoginRefused; r != 0 {
 		t.Fatalf("%d registrations refused, want none", r)
@@ -186,7 +186,7 @@ func TestAcceptShortageLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	waitFor(t, func() bool { return srv.Stats().Links == 1 })
+	waitFor(t, "one link", func() bool { return srv.Stats().Links == 1 })
 	if n := strings.Count(logs.String(), "accept failing"); n != 1 {
 		t.Errorf("%d lines for the start of the shortage, want 1:\n%s", n, logs)
 	}

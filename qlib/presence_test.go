@@ -115,22 +115,7 @@ func TestOhiToggleCoalesced(t *testing.T) {
 	}
 
 	srvSide, cliSide := net.Pipe() // writes block until the victim reads
-	if !ts.srv.ServeConn(srvSide) {
-		t.Fatal("ServeConn refused")
-	}
-	c := testclient.NewConn(cliSide)
-	defer c.Close()
-	c.SetReadTimeout(10 * time.Second)
-	if err := c.WriteFrame(map[string]any{"Op": 0, "Id": "1"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	mustRead(t, c) // tmtprev
-	if err := c.WriteFrame(map[string]any{"Op": 2, "Uid": uid, "Node": nodeid}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if f := mustRead(t, c); f.Op() != "info" {
-		t.Fatalf("login: %s", f.Raw)
-	}
+	c := ts.loginPipe(srvSide, cliSide, uid, nodeid)
 	ts.srv.mu.Lock()
 	vl := ts.srv.devices[dev]
 	ts.srv.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"io"
 	"testing"
 
+	"mnm/durable"
 	"mnm/qlib/store"
 	"mnm/testclient"
 )
@@ -29,7 +30,7 @@ func nextUser(t *testing.T, c *testclient.Client) *testclient.Frame {
 // the nodeid is in no file of the store.
 func TestNewNodeSecret(t *testing.T) {
 	const storeDir = "/qstore" // startServerFS's directory on a MemFS
-	fsys := store.NewMemFS()
+	fsys := durable.NewMemFS()
 	ts := startServerFS(t, fsys, nil)
 	req, reg := ts.register()
 	otherNode, _ := ts.dir.device(reg.UID)
@@ -89,7 +90,7 @@ func TestNewNodeSecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Acknowledged by its only device, the message is gone from the store.
-	waitFor(t, func() bool {
+	waitFor(t, "the secret forgotten", func() bool {
 		_, err := ts.store.WriteTo(io.Discard, secret)
 		return errors.Is(err, store.ErrNoMessage)
 	})

@@ -1,5 +1,5 @@
 // Package qlib is mnm's TMTP engine: it accepts links, runs each link's request
-// loop, persists messages through a store.Store and fans them out to the live
+// loop, persists messages through a Store and fans them out to the live
 // links of their recipients' devices.
 //
 // Life cycle: NewServer validates the Config; Serve accepts links until the
@@ -19,8 +19,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"mnm/qlib/store"
 )
 
 // Timeouts of SPEC §2 and §5. They are defaults; Config may shorten them for tests.
@@ -44,7 +42,9 @@ const (
 	// read buffer goes back to a shared pool (link.run).
 	DefaultParkAfter = time.Second
 	// DefaultMaxPostBytes is the largest data a post may carry unless the
-	// operator sets another limit.
+	// operator sets another limit: large enough for photos and documents,
+	// small enough that a single post cannot fill a modest disk (every post
+	// is written and fsynced before its ack).
 	DefaultMaxPostBytes = 256 << 20
 )
 
@@ -52,7 +52,7 @@ const (
 type Config struct {
 	Name      string // site name, sent in the tmtprev reply
 	Directory Directory
-	Store     store.Store
+	Store     Store
 	Logger    *slog.Logger
 
 	// Auth is the site's third-party sign-up mode (SPEC §4 op 0): 0 none,
@@ -78,9 +78,11 @@ type Config struct {
 	// (limits.go); nil = DefaultLimits().
 	Limits *Limits
 
-	// OnFatal is called (once, from a link goroutine) when the store has
-	// failed and nothing more can be acknowledged: the owner should shut
-	// the server down. nil: the failure is only logged.
+	// OnFatal is called (once, from a link goroutine or from the store's
+	// writer goroutine, for a commit that failed there, so it must not
+	// block) when the store has failed and nothing more can be
+	// acknowledged: the owner should shut the server down. nil: the
+	// failure is only logged.
 	OnFatal func(error)
 
 	LoginTimeout time.Duration // 0 = DefaultLoginTimeout
@@ -103,7 +105,8 @@ type Server struct {
 	evicted   atomic.Int64 // links not logged in closed to make room (PreLoginLinks)
 	preLogin  *budget      // long-header buffers of links not logged in; nil = unbounded
 
-	// mu guards the fields below it.
+	// mu guards the fields below it. It nests outside the links' locks and
+	// the Store's (locksordering.txt).
 	mu        sync.Mutex
 	closing   bool
 	listeners map[net.Listener]struct{}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"mnm/durable"
 	"mnm/qlib/store"
 	"mnm/qlib/tmtp"
 	"mnm/testclient"
@@ -151,7 +152,7 @@ func TestPostDeliveryAndAck(t *testing.T) {
 			break
 		}
 	}
-	waitFor(t, func() bool { return ts.store.Len(b2dev) == 0 })
+	waitFor(t, "b2's queue to empty", func() bool { return ts.store.Len(b2dev) == 0 })
 }
 
 func TestUnknownRecipientStoresNothing(t *testing.T) {
@@ -211,30 +212,32 @@ func TestSplitAndPipelinedFrames(t *testing.T) {
 			"For": []any{map[string]any{"Id": rb.UID, "Type": 1}}}, data))
 	}
 	for _, split := range []bool{true, false} {
-		c := ts.dial()
-		if split {
-			for _, b := range session.Bytes() {
-				if err := c.WriteRaw([]byte{b}); err != nil {
-					t.Fatal(err)
+		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) {
+			c := ts.dial()
+			if split {
+				for _, b := range session.Bytes() {
+					if err := c.WriteRaw([]byte{b}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			} else if err := c.WriteRaw(session.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"tmtprev", "registered", "info", "ack 0", "ack 1", "ack 2"}
+			for _, w := range want {
+				f := mustRead(t, c)
+				got := f.Op()
+				if got == "ack" {
+					got += " " + f.Str("id")
+					if f.Str("msgid") == "" {
+						t.Fatalf("ack without msgid: %s", f.Raw)
+					}
+				}
+				if got != w {
+					t.Fatalf("split=%v: got %s, want %s", split, f.Raw, w)
 				}
 			}
-		} else if err := c.WriteRaw(session.Bytes()); err != nil {
-			t.Fatal(err)
-		}
-		want := []string{"tmtprev", "registered", "info", "ack 0", "ack 1", "ack 2"}
-		for _, w := range want {
-			f := mustRead(t, c)
-			got := f.Op()
-			if got == "ack" {
-				got += " " + f.Str("id")
-				if f.Str("msgid") == "" {
-					t.Fatalf("ack without msgid: %s", f.Raw)
-				}
-			}
-			if got != w {
-				t.Fatalf("split=%v: got %s, want %s", split, f.Raw, w)
-			}
-		}
+		})
 	}
 }
 
@@ -245,20 +248,22 @@ func TestDisconnectMidPost(t *testing.T) {
 	// Small data stays in the draft's buffer; large data is already being
 	// written to the log when the link drops.
 	for _, size := range []int{10, 300 << 10} {
-		c := ts.dialRev()
-		nodeid, _ := ts.dir.device(ra.UID)
-		c.WriteFrame(map[string]any{"Op": 2, "Uid": ra.UID, "Node": nodeid}, nil)
-		if f := mustRead(t, c); f.Op() != "info" {
-			t.Fatalf("login: %s", f.Raw)
-		}
-		head := frame(t, map[string]any{"Op": 7, "Id": "p", "Datalen": size + 1,
-			"For": []any{map[string]any{"Id": rb.UID, "Type": 1}}}, "")
-		c.WriteRaw(append(head, bytes.Repeat([]byte("x"), size)...))
-		c.Close()
-		waitFor(t, func() bool { return ts.srv.Stats().Devices == 2 })
-		if n := ts.store.Len(rb.UID + ".0"); n != 0 {
-			t.Fatalf("size %d: recipient queue has %d entries after an interrupted post", size, n)
-		}
+		t.Run(fmt.Sprintf("size=%d", size), func(t *testing.T) {
+			c := ts.dialRev()
+			nodeid, _ := ts.dir.device(ra.UID)
+			c.WriteFrame(map[string]any{"Op": 2, "Uid": ra.UID, "Node": nodeid}, nil)
+			if f := mustRead(t, c); f.Op() != "info" {
+				t.Fatalf("login: %s", f.Raw)
+			}
+			head := frame(t, map[string]any{"Op": 7, "Id": "p", "Datalen": size + 1,
+				"For": []any{map[string]any{"Id": rb.UID, "Type": 1}}}, "")
+			c.WriteRaw(append(head, bytes.Repeat([]byte("x"), size)...))
+			c.Close()
+			waitFor(t, "two devices logged in", func() bool { return ts.srv.Stats().Devices == 2 })
+			if n := ts.store.Len(rb.UID + ".0"); n != 0 {
+				t.Fatalf("size %d: recipient queue has %d entries after an interrupted post", size, n)
+			}
+		})
 	}
 }
 
@@ -274,7 +279,7 @@ func TestResendWithoutAck(t *testing.T) {
 	}
 	c.Ack("0000000000000001") // not the awaited id: ignored
 	c.Ack(first.Str("id"))
-	waitFor(t, func() bool { return ts.store.Len(ra.UID+".1") == 0 })
+	waitFor(t, "the queue to empty", func() bool { return ts.store.Len(ra.UID+".1") == 0 })
 }
 
 func TestLoginTimeout(t *testing.T) {
@@ -333,16 +338,16 @@ func TestManyPostsInOrder(t *testing.T) {
 	}
 }
 
-// waitFor polls cond: for state that has no event to wait on (a queue
-// emptied by an ack the server handles asynchronously).
-func waitFor(t *testing.T, cond func() bool) {
+// waitFor polls cond until it holds, for state that has no event to wait
+// on; after 10 s the test fails, naming what it waited for.
+func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 10s")
+			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
 	}
 }
 
@@ -412,33 +417,35 @@ func TestThirdPartyLogin(t *testing.T) {
 		{"good:43", "authentication required"},
 		{"good:42", ""},
 	} {
-		c := ts.dialRev()
-		head := map[string]any{"Op": 2, "Uid": uid, "Node": nodeid}
-		if tc.token != "" {
-			head["Oidc"] = tc.token
-		}
-		c.WriteFrame(head, nil)
-		if tc.quit != "" {
-			expectQuit(t, c, tc.quit)
-			continue
-		}
-		if f := mustRead(t, c); f.Op() != "info" {
-			t.Fatalf("login with %q: %s", tc.token, f.Raw)
-		}
+		t.Run("token="+tc.token, func(t *testing.T) {
+			c := ts.dialRev()
+			head := map[string]any{"Op": 2, "Uid": uid, "Node": nodeid}
+			if tc.token != "" {
+				head["Oidc"] = tc.token
+			}
+			c.WriteFrame(head, nil)
+			if tc.quit != "" {
+				expectQuit(t, c, tc.quit)
+				return
+			}
+			if f := mustRead(t, c); f.Op() != "info" {
+				t.Fatalf("login with %q: %s", tc.token, f.Raw)
+			}
+		})
 	}
 }
 
 // TestStoreFailureStops: when the store cannot fsync, the post is not acked,
 // the link closes, and the owner is told to stop the server.
 func TestStoreFailureStops(t *testing.T) {
-	fsys := store.NewMemFS()
+	fsys := durable.NewMemFS()
 	fatal := make(chan error, 1)
 	ts := startServerFS(t, fsys, func(c *Config) {
 		c.OnFatal = func(err error) { fatal <- err }
 	})
 	a, _ := ts.register()
 	_, rb := ts.register()
-	fsys.FailNth(store.OpSync, 1, errors.New("injected: disk gone"))
+	fsys.FailNth(durable.OpSync, 1, errors.New("injected: disk gone"))
 	ack, err := a.Post([]testclient.Recipient{{ID: rb.UID, Type: 1}}, []byte("lost?"))
 	if err == nil {
 		t.Fatalf("post acked after the store failed: %+v", ack)

@@ -67,7 +67,7 @@ func TestDeviceTakeover(t *testing.T) {
 	}
 	// The sender, the user's first device and this one: the old link is
 	// gone from the count.
-	waitFor(t, func() bool { return ts.srv.Stats().Devices == 3 })
+	waitFor(t, "three devices logged in", func() bool { return ts.srv.Stats().Devices == 3 })
 }
 
 // TestTakeoverKeepsPresence: a takeover is not a logout; the user stays
@@ -83,7 +83,7 @@ func TestTakeoverKeepsPresence(t *testing.T) {
 	links := ts.srv.Stats().Links
 	b := ts.login(reg.UID, reg.NodeID)
 	<-a.Done()
-	waitFor(t, func() bool { return ts.srv.Stats().Links == links }) // the old link is gone
+	waitFor(t, "the old link gone", func() bool { return ts.srv.Stats().Links == links }) // the old link is gone
 	// Nothing went offline: the next notice is the status 1 of this add,
 	// not a status 2 from the takeover, and the list was kept.
 	if ack, err := b.OhiEdit("add", []string{wreg.UID}); err != nil || ack.Error != "" {
@@ -143,22 +143,7 @@ func TestNoSlowCloseUnderServerLock(t *testing.T) {
 	srvSide, cliSide := net.Pipe() // writes block until the other side reads
 	release := make(chan struct{})
 	defer close(release)
-	if !ts.srv.ServeConn(&slowCloseConn{Conn: srvSide, release: release}) {
-		t.Fatal("ServeConn refused")
-	}
-	c := testclient.NewConn(cliSide)
-	defer c.Close()
-	c.SetReadTimeout(10 * time.Second)
-	if err := c.WriteFrame(map[string]any{"Op": 0, "Id": "1"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	mustRead(t, c) // tmtprev
-	if err := c.WriteFrame(map[string]any{"Op": 2, "Uid": reg.UID, "Node": nodeid}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if f := mustRead(t, c); f.Op() != "info" {
-		t.Fatalf("login: %s", f.Raw)
-	}
+	ts.loginPipe(&slowCloseConn{Conn: srvSide, release: release}, cliSide, reg.UID, nodeid)
 	// From here the client reads nothing: the login notice's delivery
 	// blocks in its write, and presence notices pile up. Notices are
 	// coalesced per sender (sendOhi), so it takes many senders: they

@@ -10,29 +10,31 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"mnm/testclient/internal/fakeserver"
 )
 
 func TestLogin(t *testing.T) {
-	s := newFakeServer(t)
-	errc := s.serve(func(l *fakeLink) error {
-		if err := l.tmtprev(); err != nil {
+	s := fakeserver.New(t)
+	errc := s.Serve(func(l *fakeserver.Link) error {
+		if err := l.TmtpRev(); err != nil {
 			return err
 		}
-		r, err := l.readOp(2)
+		r, err := l.ReadOp(2)
 		if err != nil {
 			return err
 		}
-		if r.str("uid") != "uid1" || r.str("node") != "node1" || r.head["datalen"] != nil {
-			return fmt.Errorf("login request %s", r.raw)
+		if r.Str("uid") != "uid1" || r.Str("node") != "node1" || r.Head["datalen"] != nil {
+			return fmt.Errorf("login request %s", r.Raw)
 		}
-		return l.write(map[string]any{"info": "login ok", "ohi": []string{"u2", "u3"}, "op": "info"}, nil)
+		return l.Write(map[string]any{"info": "login ok", "ohi": []string{"u2", "u3"}, "op": "info"}, nil)
 	})
-	c, info, err := Login(s.addr(), "uid1", "node1", Options{})
+	c, info, err := Login(s.Addr(), "uid1", "node1", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	done(t, errc)
+	fakeserver.Done(t, errc)
 	if !reflect.DeepEqual(info.Ohi, []string{"u2", "u3"}) {
 		t.Errorf("Ohi = %q", info.Ohi)
 	}
@@ -45,67 +47,67 @@ func TestLogin(t *testing.T) {
 }
 
 func TestLoginQuit(t *testing.T) {
-	s := newFakeServer(t)
-	errc := s.serve(func(l *fakeLink) error {
-		if err := l.tmtprev(); err != nil {
+	s := fakeserver.New(t)
+	errc := s.Serve(func(l *fakeserver.Link) error {
+		if err := l.TmtpRev(); err != nil {
 			return err
 		}
-		if _, err := l.readOp(2); err != nil {
+		if _, err := l.ReadOp(2); err != nil {
 			return err
 		}
-		return l.quit("login failed")
+		return l.Quit("login failed")
 	})
-	_, _, err := Login(s.addr(), "uid1", "node1", Options{})
+	_, _, err := Login(s.Addr(), "uid1", "node1", Options{})
 	var q *QuitError
 	if !errors.As(err, &q) || q.Reason != "login failed" {
 		t.Fatalf("got %v, want QuitError login failed", err)
 	}
-	done(t, errc)
+	fakeserver.Done(t, errc)
 }
 
 func TestLoginUnexpectedFrame(t *testing.T) {
-	s := newFakeServer(t)
-	errc := s.serve(func(l *fakeLink) error {
-		if err := l.tmtprev(); err != nil {
+	s := fakeserver.New(t)
+	errc := s.Serve(func(l *fakeserver.Link) error {
+		if err := l.TmtpRev(); err != nil {
 			return err
 		}
-		if _, err := l.readOp(2); err != nil {
+		if _, err := l.ReadOp(2); err != nil {
 			return err
 		}
-		return l.writeStored("login", "uid1", "0001", nil) // before info
+		return l.WriteStored("login", "uid1", "0001", nil) // before info
 	})
-	if _, _, err := Login(s.addr(), "uid1", "node1", Options{}); !errors.Is(err, ErrProtocol) {
+	if _, _, err := Login(s.Addr(), "uid1", "node1", Options{}); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("got %v, want ErrProtocol", err)
 	}
-	done(t, errc)
+	fakeserver.Done(t, errc)
 }
 
 func TestRegister(t *testing.T) {
-	s := newFakeServer(t)
-	errc := s.serve(func(l *fakeLink) error {
-		if err := l.tmtprev(); err != nil {
+	s := fakeserver.New(t)
+	errc := s.Serve(func(l *fakeserver.Link) error {
+		if err := l.TmtpRev(); err != nil {
 			return err
 		}
-		r, err := l.readOp(1)
+		r, err := l.ReadOp(1)
 		if err != nil {
 			return err
 		}
-		if r.str("newnode") != "blue" || r.str("newalias") != "short" || r.str("oidc") != "tok" {
-			return fmt.Errorf("register request %s", r.raw)
+		if r.Str("newnode") != "blue" || r.Str("newalias") != "short" || r.Str("oidc") != "tok" {
+			return fmt.Errorf("register request %s", r.Raw)
 		}
-		if err := l.write(map[string]any{
+		if err := l.Write(map[string]any{
 			"error": "newalias must be 8+ characters", "nodeid": "N0DE", "op": "registered", "uid": "U1D",
 		}, nil); err != nil {
 			return err
 		}
-		return l.write(map[string]any{"info": "login ok", "op": "info"}, nil)
+		return l.Write(map[string]any{"info": "login ok", "op": "info"}, nil)
 	})
-	c, reg, err := Register(s.addr(), "blue", "short", Options{Token: "tok"})
+	c, reg, err := Register(s.Addr(), "blue", "short", Options{Token: "tok"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	done(t, errc)
+	fakeserver.Done(t, errc)
 	want := Registration{UID: "U1D", NodeID: "N0DE", AliasError: "newalias must be 8+ characters"}
 	if reg != want || c.UID() != "U1D" {
 		t.Errorf("got %+v, uid %q", reg, c.UID())
@@ -113,30 +115,30 @@ func TestRegister(t *testing.T) {
 }
 
 func TestRegisterNoAlias(t *testing.T) {
-	s := newFakeServer(t)
-	errc := s.serve(func(l *fakeLink) error {
-		if err := l.tmtprev(); err != nil {
+	s := fakeserver.New(t)
+	errc := s.Serve(func(l *fakeserver.Link) error {
+		if err := l.TmtpRev(); err != nil {
 			return err
 		}
-		r, err := l.readOp(1)
+		r, err := l.ReadOp(1)
 		if err != nil {
 			return err
 		}
-		if r.str("newalias") != "_" || r.head["oidc"] != nil {
-			return fmt.Errorf("register request %s", r.raw)
+		if r.Str("newalias") != "_" || r.Head["oidc"] != nil {
+			return fmt.Errorf("register request %s", r.Raw)
 		}
-		return l.write(map[string]any{"op": "registered", "uid": "U1D"}, nil) // no nodeid
+		return l.Write(map[string]any{"op": "registered", "uid": "U1D"}, nil) // no nodeid
 	})
-	if _, _, err := Register(s.addr(), "blue", "", Options{}); !errors.Is(err, ErrProtocol) {
+	if _, _, err := Register(s.Addr(), "blue", "", Options{}); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("got %v, want ErrProtocol for a registered reply without nodeid", err)
 	}
-	done(t, errc)
+	fakeserver.Done(t, errc)
 }
 
 // TestAcksMatchedByID keeps several posts in flight and answers them in
 // reverse order, with a stored message and an ohi in between.
 func TestAcksMatchedByID(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
 	const n = 8
 	results := make([]<-chan AckResult, n)
@@ -147,24 +149,24 @@ func TestAcksMatchedByID(t *testing.T) {
 		}
 		results[i] = ch
 	}
-	reqs := make([]*req, n)
+	reqs := make([]*fakeserver.Req, n)
 	for i := range n {
-		r, err := l.readOp(7)
+		r, err := l.ReadOp(7)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if string(r.data) != fmt.Sprint("post ", i) || r.num("datalen") != len(r.data) {
-			t.Fatalf("request %d: %s %q", i, r.raw, r.data)
+		if string(r.Data) != fmt.Sprint("post ", i) || r.Num("datalen") != len(r.Data) {
+			t.Fatalf("request %d: %s %q", i, r.Raw, r.Data)
 		}
 		reqs[i] = r
 	}
 	for i := n - 1; i >= 0; i-- {
-		if err := l.ack(reqs[i]); err != nil {
+		if err := l.Ack(reqs[i]); err != nil {
 			t.Fatal(err)
 		}
 		if i == n/2 {
-			l.writeStored("delivery", "u2", "0001", []byte("hi"))
-			l.write(map[string]any{"from": "u2", "op": "ohi", "status": 1}, nil)
+			l.WriteStored("delivery", "u2", "0001", []byte("hi"))
+			l.Write(map[string]any{"from": "u2", "op": "ohi", "status": 1}, nil)
 		}
 	}
 	ids := map[string]bool{}
@@ -173,8 +175,8 @@ func TestAcksMatchedByID(t *testing.T) {
 		if r.Err != nil {
 			t.Fatal(r.Err)
 		}
-		if r.Ack.ID != reqs[i].str("id") || r.Ack.MsgID != "m"+r.Ack.ID || r.Ack.Posted == "" || r.Ack.Error != "" {
-			t.Errorf("post %d got %+v for request id %s", i, r.Ack, reqs[i].str("id"))
+		if r.Ack.ID != reqs[i].Str("id") || r.Ack.MsgID != "m"+r.Ack.ID || r.Ack.Posted == "" || r.Ack.Error != "" {
+			t.Errorf("post %d got %+v for request id %s", i, r.Ack, reqs[i].Str("id"))
 		}
 		ids[r.Ack.ID] = true
 	}
@@ -190,27 +192,27 @@ func TestAcksMatchedByID(t *testing.T) {
 }
 
 func TestAutoAck(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{AutoAck: true})
 	ids := []string{"0000000000000001", "0000000000000002", "0000000000000003"}
 	for i, id := range ids {
-		if err := l.writeStored("delivery", "u2", id, []byte(fmt.Sprint("m", i))); err != nil {
+		if err := l.WriteStored("delivery", "u2", id, []byte(fmt.Sprint("m", i))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// An ohi has a from but no id: it is not a stored message and not acked.
-	l.write(map[string]any{"from": "u2", "op": "ohi", "status": 2}, nil)
+	l.Write(map[string]any{"from": "u2", "op": "ohi", "status": 2}, nil)
 	for i, id := range ids {
 		f := recv(t, c.Messages())
 		if f.Str("id") != id || string(f.Data) != fmt.Sprint("m", i) {
 			t.Errorf("message %d: %s", i, f)
 		}
-		r, err := l.readOp(10)
+		r, err := l.ReadOp(10)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r.str("id") != id || r.str("type") != AckType {
-			t.Errorf("ack %d: %s", i, r.raw)
+		if r.Str("id") != id || r.Str("type") != AckType {
+			t.Errorf("ack %d: %s", i, r.Raw)
 		}
 	}
 	if f := recv(t, c.Others()); f.Op() != "ohi" {
@@ -220,37 +222,37 @@ func TestAutoAck(t *testing.T) {
 	if err := c.Pulse(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.readOp(11); err != nil {
+	if _, err := l.ReadOp(11); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestManualAck(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
-	l.writeStored("ping", "u2", "0000000000000009", []byte("yo"))
+	l.WriteStored("ping", "u2", "0000000000000009", []byte("yo"))
 	f := recv(t, c.Messages())
 	if err := c.Ack(f.Str("id")); err != nil {
 		t.Fatal(err)
 	}
-	r, err := l.readOp(10)
+	r, err := l.ReadOp(10)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.raw != `{"Id":"0000000000000009","Op":10,"Type":"n"}` {
-		t.Errorf("ack frame %s", r.raw)
+	if r.Raw != `{"Id":"0000000000000009","Op":10,"Type":"n"}` {
+		t.Errorf("ack frame %s", r.Raw)
 	}
 }
 
 func TestOnMessage(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	got := make(chan *Frame, 2)
 	c, l := loggedIn(t, s, Options{AutoAck: true, OnMessage: func(f *Frame) { got <- f }, OnOther: func(f *Frame) { got <- f }})
-	l.writeStored("delivery", "u2", "0001", []byte("x"))
-	if _, err := l.readOp(10); err != nil {
+	l.WriteStored("delivery", "u2", "0001", []byte("x"))
+	if _, err := l.ReadOp(10); err != nil {
 		t.Fatal(err)
 	}
-	l.write(map[string]any{"from": "u2", "op": "ohi", "status": 1}, nil)
+	l.Write(map[string]any{"from": "u2", "op": "ohi", "status": 1}, nil)
 	if f := recv(t, got); f.Op() != "delivery" {
 		t.Errorf("OnMessage got %s", f)
 	}
@@ -265,7 +267,7 @@ func TestOnMessage(t *testing.T) {
 
 // TestOps checks the header each request method sends.
 func TestOps(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
 	to := []Recipient{{ID: "u2", Type: ToUser}, {ID: "grp", Type: ToGroupOthers}}
 	tests := []struct {
@@ -303,50 +305,57 @@ func TestOps(t *testing.T) {
 			return c.Do(map[string]any{"op": 3, "id": "mine", "ID": "also", "newalias": "x"}, nil)
 		}, `{"newalias":"x","op":3}`, ""},
 	}
+	// The requests share one link: after a failed one, the next would
+	// read its leftovers.
 	for _, tt := range tests {
-		errc := make(chan error, 1)
-		go func() {
-			r, err := l.read()
-			if err == nil {
-				err = l.ack(r)
-			}
-			if err == nil {
-				id := r.str("id")
-				head := r.raw
-				// Take the Id out, to compare the rest exactly.
-				for _, pat := range []string{`"Id":"` + id + `",`, `,"Id":"` + id + `"`} {
-					if i := strings.Index(head, pat); i >= 0 {
-						head = head[:i] + head[i+len(pat):]
-						break
+		ok := t.Run(tt.name, func(t *testing.T) {
+			errc := make(chan error, 1)
+			go func() {
+				r, err := l.Read()
+				if err == nil {
+					err = l.Ack(r)
+				}
+				if err == nil {
+					id := r.Str("id")
+					head := r.Raw
+					// Take the Id out, to compare the rest exactly.
+					for _, pat := range []string{`"Id":"` + id + `",`, `,"Id":"` + id + `"`} {
+						if i := strings.Index(head, pat); i >= 0 {
+							head = head[:i] + head[i+len(pat):]
+							break
+						}
+					}
+					if head != tt.raw || string(r.Data) != tt.data {
+						err = fmt.Errorf("sent %s %q, want %s %q", r.Raw, r.Data, tt.raw, tt.data)
 					}
 				}
-				if head != tt.raw || string(r.data) != tt.data {
-					err = fmt.Errorf("sent %s %q, want %s %q", r.raw, r.data, tt.raw, tt.data)
-				}
+				errc <- err
+			}()
+			a, err := tt.call()
+			if err != nil {
+				t.Fatal(err)
 			}
-			errc <- err
-		}()
-		a, err := tt.call()
-		if err != nil {
-			t.Fatalf("%s: %v", tt.name, err)
-		}
-		if err := <-errc; err != nil {
-			t.Errorf("%s: %v", tt.name, err)
-		}
-		if _, err := strconv.Atoi(a.ID); err != nil || a.MsgID != "m"+a.ID {
-			t.Errorf("%s: ack %+v", tt.name, a)
+			if err := <-errc; err != nil {
+				t.Error(err)
+			}
+			if _, err := strconv.Atoi(a.ID); err != nil || a.MsgID != "m"+a.ID {
+				t.Errorf("ack %+v", a)
+			}
+		})
+		if !ok {
+			return
 		}
 	}
 }
 
 func TestAckError(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
 	errc := make(chan error, 1)
 	go func() {
-		r, err := l.readOp(9)
+		r, err := l.ReadOp(9)
 		if err == nil {
-			err = l.write(map[string]any{"error": "from must identify sender", "id": r.str("id"), "op": "ack"}, nil)
+			err = l.Write(map[string]any{"error": "from must identify sender", "id": r.Str("id"), "op": "ack"}, nil)
 		}
 		errc <- err
 	}()
@@ -365,13 +374,13 @@ func TestAckError(t *testing.T) {
 func TestQuit(t *testing.T) {
 	for _, reason := range []string{ReasonLogoutOK, "something else"} {
 		t.Run(reason, func(t *testing.T) {
-			s := newFakeServer(t)
+			s := fakeserver.New(t)
 			c, l := loggedIn(t, s, Options{})
 			errc := make(chan error, 1)
 			go func() {
-				_, err := l.readOp(12)
+				_, err := l.ReadOp(12)
 				if err == nil {
-					err = l.quit(reason)
+					err = l.Quit(reason)
 				}
 				errc <- err
 			}()
@@ -394,16 +403,16 @@ func TestQuit(t *testing.T) {
 }
 
 func TestServerQuitFailsPending(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
 	ch, err := c.PostAsync(nil, []byte("x"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.readOp(7); err != nil {
+	if _, err := l.ReadOp(7); err != nil {
 		t.Fatal(err)
 	}
-	l.quit("invalid header")
+	l.Quit("invalid header")
 	var q *QuitError
 	if r := <-ch; !errors.As(r.Err, &q) || q.Reason != "invalid header" {
 		t.Errorf("pending post got %+v", r)
@@ -424,16 +433,16 @@ func TestServerQuitFailsPending(t *testing.T) {
 }
 
 func TestLinkLossFailsPending(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
 	ch, err := c.PostAsync(nil, []byte("x"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.readOp(7); err != nil {
+	if _, err := l.ReadOp(7); err != nil {
 		t.Fatal(err)
 	}
-	l.c.Close()
+	l.Conn.Close()
 	if r := <-ch; r.Err == nil {
 		t.Error("pending post did not fail")
 	}
@@ -446,13 +455,13 @@ func TestLinkLossFailsPending(t *testing.T) {
 }
 
 func TestCloseFailsPending(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
 	ch, err := c.PostAsync(nil, []byte("x"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.readOp(7); err != nil {
+	if _, err := l.ReadOp(7); err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
@@ -467,11 +476,11 @@ func TestCloseFailsPending(t *testing.T) {
 // TestCloseWhileBlocked closes a Client whose reader is blocked handing a
 // message to a consumer that does not read.
 func TestCloseWhileBlocked(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{Buffer: 1, AutoAck: true})
-	l.writeStored("delivery", "u2", "0001", nil)
-	l.writeStored("delivery", "u2", "0002", nil)
-	if r, err := l.readOp(10); err != nil || r.str("id") != "0001" {
+	l.WriteStored("delivery", "u2", "0001", nil)
+	l.WriteStored("delivery", "u2", "0002", nil)
+	if r, err := l.ReadOp(10); err != nil || r.Str("id") != "0001" {
 		t.Fatal(r, err)
 	}
 	c.Close() // returns only once the reader has finished
@@ -484,11 +493,11 @@ func TestCloseWhileBlocked(t *testing.T) {
 }
 
 func TestStrict(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
-	h := storedHead(map[string]any{"from": "u2", "id": "0001", "op": "delivery"}, []byte("x"))
+	h := fakeserver.StoredHead(map[string]any{"from": "u2", "id": "0001", "op": "delivery"}, []byte("x"))
 	h["headsum"] = h["headsum"].(uint32) + 1
-	l.write(h, []byte("x"))
+	l.Write(h, []byte("x"))
 	if _, ok := <-c.Messages(); ok {
 		t.Error("message with a wrong headsum handed over")
 	}
@@ -498,61 +507,61 @@ func TestStrict(t *testing.T) {
 }
 
 func TestLax(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{Lax: true})
-	h := storedHead(map[string]any{"from": "u2", "id": "0001", "op": "delivery"}, []byte("x"))
+	h := fakeserver.StoredHead(map[string]any{"from": "u2", "id": "0001", "op": "delivery"}, []byte("x"))
 	h["headsum"] = h["headsum"].(uint32) + 1
-	l.write(h, []byte("x"))
+	l.Write(h, []byte("x"))
 	if f := recv(t, c.Messages()); f.HeadsumOK() {
 		t.Errorf("tampered headsum passes: %s", f)
 	}
 }
 
 func TestDoTimeoutThenStrayAck(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := loggedIn(t, s, Options{})
 	// Shortened after login, so that a slow handshake cannot fail the test.
 	c.o.Timeout = 50 * time.Millisecond
 	if _, err := c.Post(nil, []byte("x")); !errors.Is(err, ErrTimeout) {
 		t.Fatalf("Post = %v, want ErrTimeout", err)
 	}
-	r, err := l.readOp(7)
+	r, err := l.ReadOp(7)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.ack(r) // too late: nobody waits for it
-	if f := recv(t, c.Others()); f.Op() != "ack" || f.Str("id") != r.str("id") {
+	l.Ack(r) // too late: nobody waits for it
+	if f := recv(t, c.Others()); f.Op() != "ack" || f.Str("id") != r.Str("id") {
 		t.Errorf("stray ack not in Others: %s", f)
 	}
 }
 
 func TestLoginRetry(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	var attempts atomic.Int32
 	errc := make(chan error, 1)
 	go func() {
 		for {
-			l, err := s.accept()
+			l, err := s.Accept()
 			if err != nil {
 				errc <- err
 				return
 			}
 			switch attempts.Add(1) {
 			case 1:
-				l.c.Close() // the server restarting
+				l.Conn.Close() // the server restarting
 			case 2:
-				l.tmtprev()
-				l.readOp(2)
-				l.quit("node already connected")
+				l.TmtpRev()
+				l.ReadOp(2)
+				l.Quit("node already connected")
 			default:
-				errc <- l.login()
+				errc <- l.Login()
 				return
 			}
 		}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), fakeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), fakeserver.Timeout)
 	defer cancel()
-	c, _, err := LoginRetry(ctx, s.addr(), "uid1", "node1", Options{})
+	c, _, err := LoginRetry(ctx, s.Addr(), "uid1", "node1", Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -566,25 +575,25 @@ func TestLoginRetry(t *testing.T) {
 }
 
 func TestLoginRetryGivesUp(t *testing.T) {
-	s := newFakeServer(t)
-	errc := s.serve(func(l *fakeLink) error {
-		if err := l.tmtprev(); err != nil {
+	s := fakeserver.New(t)
+	errc := s.Serve(func(l *fakeserver.Link) error {
+		if err := l.TmtpRev(); err != nil {
 			return err
 		}
-		l.readOp(2)
-		return l.quit("login failed")
+		l.ReadOp(2)
+		return l.Quit("login failed")
 	})
-	_, _, err := LoginRetry(context.Background(), s.addr(), "uid1", "node1", Options{})
+	_, _, err := LoginRetry(context.Background(), s.Addr(), "uid1", "node1", Options{})
 	var q *QuitError
 	if !errors.As(err, &q) || q.Reason != "login failed" {
 		t.Fatalf("got %v, want QuitError login failed", err)
 	}
-	done(t, errc)
+	fakeserver.Done(t, errc)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	s.serve(func(l *fakeLink) error { return l.c.Close() })
-	if _, _, err := LoginRetry(ctx, s.addr(), "uid1", "node1", Options{}); !errors.Is(err, context.Canceled) {
+	s.Serve(func(l *fakeserver.Link) error { return l.Conn.Close() })
+	if _, _, err := LoginRetry(ctx, s.Addr(), "uid1", "node1", Options{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled LoginRetry = %v", err)
 	}
 }
@@ -593,22 +602,22 @@ func TestLoginRetryGivesUp(t *testing.T) {
 // posts in flight against a fake server that acks at once, over loopback TLS.
 func BenchmarkPostWindow(b *testing.B) {
 	const window = 32
-	s := newFakeServer(b)
-	errc := s.serve(func(l *fakeLink) error {
-		if err := l.login(); err != nil {
+	s := fakeserver.New(b)
+	errc := s.Serve(func(l *fakeserver.Link) error {
+		if err := l.Login(); err != nil {
 			return err
 		}
 		for {
-			r, err := l.read()
+			r, err := l.Read()
 			if err != nil {
 				return nil // the client closed
 			}
-			if err := l.ack(r); err != nil {
+			if err := l.Ack(r); err != nil {
 				return nil
 			}
 		}
 	})
-	c, _, err := Login(s.addr(), "uid1", "node1", Options{})
+	c, _, err := Login(s.Addr(), "uid1", "node1", Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -640,10 +649,10 @@ func BenchmarkPostWindow(b *testing.B) {
 }
 
 func TestPulseInterval(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	_, l := loggedIn(t, s, Options{PulseInterval: 5 * time.Millisecond})
 	for range 3 {
-		if _, err := l.readOp(11); err != nil {
+		if _, err := l.ReadOp(11); err != nil {
 			t.Fatal(err)
 		}
 	}

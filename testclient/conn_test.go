@@ -10,17 +10,19 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mnm/testclient/internal/fakeserver"
 )
 
 // dial opens a Conn to s and returns both ends.
-func dial(t *testing.T, s *fakeServer) (*Conn, *fakeLink) {
+func dial(t *testing.T, s *fakeserver.Server) (*Conn, *fakeserver.Link) {
 	t.Helper()
-	c, err := Dial(s.addr(), nil)
+	c, err := Dial(s.Addr(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	l, err := s.accept()
+	l, err := s.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +30,7 @@ func dial(t *testing.T, s *fakeServer) (*Conn, *fakeLink) {
 }
 
 func TestConnSplitFrames(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := dial(t, s)
 	data := "data for Id:zyx"
 	whole := frame(`{"datalen":15,"op":"delivery"}`, data)
@@ -38,12 +40,12 @@ func TestConnSplitFrames(t *testing.T) {
 		// Each Write is its own TLS record, so the client sees the first
 		// frame arrive one octet at a time, then two frames in one record.
 		for i := range len(whole) {
-			if _, err := l.c.Write([]byte{whole[i]}); err != nil {
+			if _, err := l.Conn.Write([]byte{whole[i]}); err != nil {
 				errc <- err
 				return
 			}
 		}
-		_, err := l.c.Write([]byte(two))
+		_, err := l.Conn.Write([]byte(two))
 		errc <- err
 	}()
 	want := []struct{ op, data string }{{"delivery", data}, {"a", ""}, {"b", "xy"}}
@@ -62,18 +64,18 @@ func TestConnSplitFrames(t *testing.T) {
 }
 
 func TestConnReadTimeoutResumes(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := dial(t, s)
 	whole := frame(`{"datalen":4,"op":"delivery"}`, "data")
 	cut := len(whole) - 6 // inside the header
-	if _, err := l.c.Write([]byte(whole[:cut])); err != nil {
+	if _, err := l.Conn.Write([]byte(whole[:cut])); err != nil {
 		t.Fatal(err)
 	}
 	c.SetReadTimeout(50 * time.Millisecond)
 	if f, err := c.ReadFrame(); !isTimeout(err) {
 		t.Fatalf("got %v, %v; want a timeout", f, err)
 	}
-	if _, err := l.c.Write([]byte(whole[cut:])); err != nil {
+	if _, err := l.Conn.Write([]byte(whole[cut:])); err != nil {
 		t.Fatal(err)
 	}
 	c.SetReadTimeout(DefaultTimeout)
@@ -87,10 +89,10 @@ func TestConnReadTimeoutResumes(t *testing.T) {
 }
 
 func TestConnEOF(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := dial(t, s)
-	l.writeRaw(`{"op":"a"}`, nil)
-	l.c.Close()
+	l.WriteRaw(`{"op":"a"}`, nil)
+	l.Conn.Close()
 	if _, err := c.ReadFrame(); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +102,7 @@ func TestConnEOF(t *testing.T) {
 }
 
 func TestConnWrite(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := dial(t, s)
 	if err := c.WriteFrame(map[string]any{"Op": 1}, nil); err != nil {
 		t.Fatal(err)
@@ -120,8 +122,8 @@ func TestConnWrite(t *testing.T) {
 	want := []string{"0008{\"Op\":1}", "0014{\"Op\":7,\"Datalen\":3}abc", "0008{\"op\":1}"}
 	for _, w := range want {
 		got := make([]byte, len(w))
-		l.c.SetReadDeadline(time.Now().Add(fakeTimeout))
-		if _, err := io.ReadFull(l.r, got); err != nil {
+		l.Conn.SetReadDeadline(time.Now().Add(fakeserver.Timeout))
+		if _, err := io.ReadFull(l.Reader, got); err != nil {
 			t.Fatal(err)
 		}
 		if string(got) != w {
@@ -134,7 +136,7 @@ func TestConnWrite(t *testing.T) {
 }
 
 func TestConnConcurrentWrites(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	c, l := dial(t, s)
 	const writers, each = 8, 50
 	var wg sync.WaitGroup
@@ -150,27 +152,27 @@ func TestConnConcurrentWrites(t *testing.T) {
 		})
 	}
 	for range writers * each {
-		r, err := l.read()
+		r, err := l.Read()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := strings.Repeat(fmt.Sprint(r.num("w")), r.num("datalen")); string(r.data) != want {
-			t.Fatalf("interleaved frame from writer %d", r.num("w"))
+		if want := strings.Repeat(fmt.Sprint(r.Num("w")), r.Num("datalen")); string(r.Data) != want {
+			t.Fatalf("interleaved frame from writer %d", r.Num("w"))
 		}
 	}
 	wg.Wait()
 }
 
 func TestDialVerified(t *testing.T) {
-	s := newFakeServer(t)
+	s := fakeserver.New(t)
 	pool := x509.NewCertPool()
-	pool.AddCert(s.cert.x509)
-	c, err := Dial(s.addr(), &tls.Config{RootCAs: pool})
+	pool.AddCert(s.Cert)
+	c, err := Dial(s.Addr(), &tls.Config{RootCAs: pool})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.Close()
-	if _, err := Dial(s.addr(), &tls.Config{}); err == nil {
+	if _, err := Dial(s.Addr(), &tls.Config{}); err == nil {
 		t.Error("self-signed certificate accepted with verification on")
 	}
 }
@@ -185,8 +187,10 @@ func TestParseSite(t *testing.T) {
 		t.Errorf("+site: %q %+v %v", addr, cfg, err)
 	}
 	for _, bad := range []string{"", "=", "+", "host:1", "-host:1"} {
-		if _, _, err := ParseSite(bad); err == nil {
-			t.Errorf("ParseSite(%q) accepted", bad)
-		}
+		t.Run(bad, func(t *testing.T) {
+			if _, _, err := ParseSite(bad); err == nil {
+				t.Errorf("ParseSite(%q) accepted", bad)
+			}
+		})
 	}
 }

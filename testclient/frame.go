@@ -1,5 +1,5 @@
 // Package testclient is a TMTP client for the server's tests, the simulation
-// and the load benchmark.
+// (package sim below it) and the load benchmark (package load).
 //
 // It is written from SPEC.md alone and imports nothing of the server, so that a
 // misreading of the protocol on one side is not hidden by the same misreading

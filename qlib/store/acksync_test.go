@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"mnm/durable"
 )
 
 // setSyncDelay sets how soon the writer fsyncs records written without one.
@@ -11,18 +13,6 @@ func setSyncDelay(l *Log, d time.Duration) {
 	l.pendMu.Lock()
 	defer l.pendMu.Unlock()
 	l.syncDelay = d
-}
-
-// waitUntil polls cond until it holds or waitTimeout passes.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond) // polling a condition with a deadline
-	}
 }
 
 // On an idle server, acks reach the disk within the sync delay although no
@@ -36,7 +26,7 @@ func TestAcksSyncedWhenIdle(t *testing.T) {
 	if err := l.Ack("a", gone); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the ack's fsync", func() bool { return l.nSyncs.Load() > syncs })
+	waitFor(t, "the ack's fsync", func() bool { return l.nSyncs.Load() > syncs })
 	l2, _ := openMem(t, fsys.Crash(nil))
 	if got := l2.Queue("a"); !slices.Equal(got, []ID{keep}) {
 		t.Errorf("after power loss a = %v, want [%v]: the ack was not durable", got, keep)
@@ -49,11 +39,11 @@ func TestAcksWaitForSyncDelay(t *testing.T) {
 	l, fsys := openMem(t, nil)
 	setSyncDelay(l, time.Hour)
 	id := post(t, l, Normal, []byte("x"), "a")
-	syncs, writes := l.nSyncs.Load(), fsys.Count(OpWrite)
+	syncs, writes := l.nSyncs.Load(), fsys.Count(durable.OpWrite)
 	if err := l.Ack("a", id); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the ack's write", func() bool { return fsys.Count(OpWrite) > writes })
+	waitFor(t, "the ack's write", func() bool { return fsys.Count(durable.OpWrite) > writes })
 	if n := l.nSyncs.Load() - syncs; n != 0 {
 		t.Errorf("an ack alone took %d fsyncs before the delay", n)
 	}
@@ -94,7 +84,7 @@ func TestAckSyncRearms(t *testing.T) {
 		if err := l.Ack("a", id); err != nil {
 			t.Fatal(err)
 		}
-		waitUntil(t, "the ack's fsync", func() bool { return l.nSyncs.Load() > syncs })
+		waitFor(t, "the ack's fsync", func() bool { return l.nSyncs.Load() > syncs })
 	}
 	l2, _ := openMem(t, fsys.Crash(nil))
 	if got := l2.Queue("a"); len(got) != 0 {

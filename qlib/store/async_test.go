@@ -10,29 +10,35 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"mnm/durable"
 )
 
 // waitTimeout bounds every wait of these tests for an event that must come.
 const waitTimeout = 10 * time.Second
 
 // stallFirstSegSync makes the writer block in its first fsync of a segment
-// until release is closed; inSync is closed when it gets there.
-func stallFirstSegSync(fsys *MemFS) (inSync, release chan struct{}) {
+// until release is closed; inSync is closed when it gets there. Every fsync
+// of a segment then fails with fail (nil: none fails).
+func stallFirstSegSync(fsys *durable.MemFS, fail error) (inSync, release chan struct{}) {
 	inSync, release = make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	fsys.SetHook(func(op Op, name string) error {
-		if op == OpSync && strings.HasSuffix(name, segSuffix) {
+	fsys.SetHook(func(op durable.Op, name string) error {
+		if op == durable.OpSync && strings.HasSuffix(name, segSuffix) {
 			once.Do(func() {
 				close(inSync)
 				<-release
 			})
+			return fail
 		}
 		return nil
 	})
 	return inSync, release
 }
 
-func waitFor(t *testing.T, c <-chan struct{}, what string) {
+// await waits for an event: a receive from c (or its closing). what names
+// the event if it does not come within waitTimeout.
+func await(t *testing.T, what string, c <-chan struct{}) {
 	t.Helper()
 	select {
 	case <-c:
@@ -41,12 +47,25 @@ func waitFor(t *testing.T, c <-chan struct{}, what string) {
 	}
 }
 
+// waitFor polls cond until it holds, for state that has no event to wait
+// on; after waitTimeout the test fails, naming what it waited for.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
+	}
+}
+
 // Async commits made from one goroutine while the writer is busy share one
 // fsync, complete in the order made, and each completes only once its
 // messages are visible and announced to the watcher.
 func TestCommitAsyncSharesFsyncs(t *testing.T) {
 	l, fsys := openMem(t, nil)
-	inSync, release := stallFirstSegSync(fsys)
+	inSync, release := stallFirstSegSync(fsys, nil)
 	var seen atomic.Int64 // the longest queue a watcher call saw
 	l.Watch("a", func() {
 		n := int64(l.Len("a"))
@@ -88,7 +107,7 @@ func TestCommitAsyncSharesFsyncs(t *testing.T) {
 		if i == 0 {
 			// The writer takes the first commit alone and stalls in its
 			// fsync; the others gather meanwhile.
-			waitFor(t, inSync, "the first fsync")
+			await(t, "the first fsync", inSync)
 		}
 	}
 	mu.Lock()
@@ -98,7 +117,7 @@ func TestCommitAsyncSharesFsyncs(t *testing.T) {
 		t.Errorf("%d commits completed before their fsync", early)
 	}
 	close(release)
-	waitFor(t, all, "all commits to complete")
+	await(t, "all commits to complete", all)
 
 	if syncs := l.nSyncs.Load() - syncs0; syncs > 2 {
 		t.Errorf("%d async commits took %d fsyncs, want at most 2", n, syncs)
@@ -153,37 +172,28 @@ func TestCommitAsyncErrors(t *testing.T) {
 		{"priority", Message{To: []string{"a"}, Prio: High + 1, Len: 1}, ErrPriority},
 	}
 	for _, c := range cases {
-		d := l.Draft().(*draft)
-		d.Write(randomData(5, 2*chunkSize)) // with chunks, so the draft holds a pin
-		pin := d.pin
-		if err := d.CommitAsync(never, c.msg); !errors.Is(err, c.want) {
-			t.Errorf("%s: CommitAsync = %v, want %v", c.name, err, c.want)
-		}
-		if n := pin.pins.Load(); n != 0 {
-			t.Errorf("%s: segment still pinned %d times after a refused commit", c.name, n)
-		}
-		if err := d.CommitAsync(never, Message{To: []string{"a"}, Len: 1}); !errors.Is(err, ErrDraftDone) {
-			t.Errorf("%s: second CommitAsync = %v, want ErrDraftDone", c.name, err)
-		}
-		if _, err := d.Commit(Message{To: []string{"a"}, Len: 1}); !errors.Is(err, ErrDraftDone) {
-			t.Errorf("%s: Commit after CommitAsync = %v, want ErrDraftDone", c.name, err)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			d := l.Draft().(*draft)
+			d.Write(randomData(5, 2*chunkSize)) // with chunks, so the draft holds a pin
+			pin := d.pin
+			if err := d.CommitAsync(never, c.msg); !errors.Is(err, c.want) {
+				t.Errorf("CommitAsync = %v, want %v", err, c.want)
+			}
+			if n := pin.pins.Load(); n != 0 {
+				t.Errorf("segment still pinned %d times after a refused commit", n)
+			}
+			if err := d.CommitAsync(never, Message{To: []string{"a"}, Len: 1}); !errors.Is(err, ErrDraftDone) {
+				t.Errorf("second CommitAsync = %v, want ErrDraftDone", err)
+			}
+			if _, err := d.Commit(Message{To: []string{"a"}, Len: 1}); !errors.Is(err, ErrDraftDone) {
+				t.Errorf("Commit after CommitAsync = %v, want ErrDraftDone", err)
+			}
+		})
 	}
 
 	// An I/O error fails every commit of its batch through done, and the
 	// ones handed over after it.
-	inSync, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	fsys.SetHook(func(op Op, name string) error {
-		if op == OpSync && strings.HasSuffix(name, segSuffix) {
-			once.Do(func() {
-				close(inSync)
-				<-release
-			})
-			return errBoom
-		}
-		return nil
-	})
+	inSync, release := stallFirstSegSync(fsys, errBoom)
 	const n = 5
 	errs := make(chan error, n)
 	var pins []*segment
@@ -196,7 +206,7 @@ func TestCommitAsyncErrors(t *testing.T) {
 			t.Fatalf("CommitAsync %d: %v", i, err)
 		}
 		if i == 0 {
-			waitFor(t, inSync, "the failing fsync")
+			await(t, "the failing fsync", inSync)
 		}
 	}
 	close(release)
@@ -245,14 +255,14 @@ func TestCommitAsyncErrors(t *testing.T) {
 // made before it.
 func TestCommitAsyncEmpty(t *testing.T) {
 	l, fsys := openMem(t, nil)
-	inSync, release := stallFirstSegSync(fsys)
+	inSync, release := stallFirstSegSync(fsys, nil)
 	order := make(chan int, 2)
 	d := l.Draft()
 	d.Write([]byte("x"))
 	if err := d.CommitAsync(func([]Receipt, error) { order <- 1 }, Message{To: []string{"a"}, Len: 1}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, inSync, "the first fsync")
+	await(t, "the first fsync", inSync)
 	if err := l.Draft().CommitAsync(func(rs []Receipt, err error) {
 		if rs != nil || err != nil {
 			t.Errorf("empty commit completed with %v, %v", rs, err)
@@ -277,7 +287,7 @@ func TestCommitAsyncEmpty(t *testing.T) {
 // Close completes the commits already handed over, successfully.
 func TestCloseCompletesAsyncCommits(t *testing.T) {
 	l, fsys := openMem(t, nil)
-	inSync, release := stallFirstSegSync(fsys)
+	inSync, release := stallFirstSegSync(fsys, nil)
 	const n = 10
 	var ok atomic.Int64
 	for i := range n {
@@ -292,7 +302,7 @@ func TestCloseCompletesAsyncCommits(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i == 0 {
-			waitFor(t, inSync, "the first fsync")
+			await(t, "the first fsync", inSync)
 		}
 	}
 	closed := make(chan error)
@@ -333,7 +343,7 @@ func TestCommitAsyncPowerLoss(t *testing.T) {
 			calls := map[int]int{}
 			enough := make(chan struct{})
 			var wg sync.WaitGroup
-			var crashed *MemFS
+			var crashed *durable.MemFS
 			issued := 0
 			// One goroutine commits until the store refuses; it loses
 			// power once 300 commits have succeeded, with more in flight.

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"mnm/durable"
 )
 
 // Space reclamation. A segment can be deleted once no live message has bytes
@@ -221,7 +223,7 @@ func (l *Log) copyForward(id ID) (int64, error) {
 	// time like any upload.
 	d := &draft{l: l}
 	defer d.Abort()
-	err = r.blob.pieces(r.off, r.n, func(f File, at, n int64) error {
+	err = r.blob.pieces(r.off, r.n, func(f durable.File, at, n int64) error {
 		_, err := copyAt(d, f, at, n, buf)
 		return err
 	})

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 	"testing"
+
+	"mnm/durable"
 )
 
 // segCount returns the number of segments and the log's total and live bytes.
@@ -16,7 +18,7 @@ func segStats(l *Log) (n int, total, live int64) {
 	return len(l.segs), l.total, l.live
 }
 
-func segFiles(t *testing.T, fsys *MemFS) []string {
+func segFiles(t *testing.T, fsys *durable.MemFS) []string {
 	t.Helper()
 	names, err := fsys.ReadDir(testDir)
 	if err != nil {
@@ -261,7 +263,7 @@ func TestCompactionRemoveErrorFailStop(t *testing.T) {
 	for i := range 30 {
 		post(t, l, Normal, bytes.Repeat([]byte{byte(i)}, 300), "a")
 	}
-	fsys.FailNth(OpRemove, 1, errBoom)
+	fsys.FailNth(durable.OpRemove, 1, errBoom)
 	// The background compactor may hit the failure while the queue drains,
 	// so the acks may fail too.
 	for {

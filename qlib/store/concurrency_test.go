@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mnm/durable"
 )
 
 // Many goroutines commit while others ack; every device's queue keeps each
@@ -135,8 +137,8 @@ func TestWatchAfterDurability(t *testing.T) {
 	l, fsys := openMem(t, nil)
 	inSync, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	fsys.SetHook(func(op Op, name string) error {
-		if op == OpSync {
+	fsys.SetHook(func(op durable.Op, name string) error {
+		if op == durable.OpSync {
 			once.Do(func() {
 				close(inSync)
 				<-release

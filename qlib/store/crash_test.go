@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"mnm/durable"
 )
 
 var errBoom = errors.New("boom")
@@ -185,9 +187,9 @@ func TestCrashCommitAtomic(t *testing.T) {
 func TestTornTailTruncated(t *testing.T) {
 	l, fsys := openMem(t, nil)
 	id := post(t, l, Normal, []byte("durable"), "a")
-	var crashed *MemFS
-	fsys.SetHook(func(op Op, name string) error {
-		if op == OpSync && crashed == nil {
+	var crashed *durable.MemFS
+	fsys.SetHook(func(op durable.Op, name string) error {
+		if op == durable.OpSync && crashed == nil {
 			crashed = fsys.Crash(func(_ string, b []byte) []byte { return b[:max(len(b)-3, 0)] })
 			return errBoom
 		}
@@ -238,7 +240,7 @@ func frameOffsets(t testing.TB, b []byte) []int {
 func TestCorruptRecordIsAnError(t *testing.T) {
 	// build writes several segments of acknowledged commits, each commit
 	// fsynced on its own.
-	build := func() *MemFS {
+	build := func() *durable.MemFS {
 		l, fsys := openMem(t, nil, func(o *Options) { o.SegmentSize = 2 << 10 })
 		for i := range 40 {
 			post(t, l, Normal, bytes.Repeat([]byte{byte(i)}, 200), "a")
@@ -246,7 +248,7 @@ func TestCorruptRecordIsAnError(t *testing.T) {
 		l.Close()
 		return fsys
 	}
-	damage := func(fsys *MemFS, seq uint64, pick func(offs []int) int) (string, int) {
+	damage := func(fsys *durable.MemFS, seq uint64, pick func(offs []int) int) (string, int) {
 		name := testDir + "/" + segName(seq)
 		b, err := fsys.ReadFile(name)
 		if err != nil {
@@ -337,7 +339,7 @@ func TestSegmentGapIsAnError(t *testing.T) {
 }
 
 func TestLeftoverTempRemoved(t *testing.T) {
-	fsys := NewMemFS()
+	fsys := durable.NewMemFS()
 	fsys.MkdirAll(testDir, 0o700)
 	fsys.WriteFile(testDir+"/idfloor.tmp", []byte("junk"))
 	openMem(t, fsys)
@@ -347,7 +349,7 @@ func TestLeftoverTempRemoved(t *testing.T) {
 }
 
 func TestBadCeilingFile(t *testing.T) {
-	fsys := NewMemFS()
+	fsys := durable.NewMemFS()
 	fsys.MkdirAll(testDir, 0o700)
 	fsys.WriteFile(testDir+"/"+floorName, []byte("not an id\n"))
 	if _, err := Open(Options{Dir: testDir, FS: fsys, Logger: quiet()}); err == nil || !strings.Contains(err.Error(), floorName) {
@@ -358,7 +360,7 @@ func TestBadCeilingFile(t *testing.T) {
 // Injected write and fsync errors fail the commit and stop the store;
 // nothing committed before is lost.
 func TestIOErrorsFailStop(t *testing.T) {
-	for _, op := range []Op{OpWrite, OpSync} {
+	for _, op := range []durable.Op{durable.OpWrite, durable.OpSync} {
 		t.Run(op.String(), func(t *testing.T) {
 			l, fsys := openMem(t, nil)
 			var ids []ID
@@ -406,17 +408,17 @@ func TestIOErrorsFailStop(t *testing.T) {
 // Failures outside the commit path fail stop as well.
 func TestRotationAndCeilingErrors(t *testing.T) {
 	cases := []struct {
-		op Op
+		op durable.Op
 		n  int
 	}{
-		{OpOpen, 1},    // creating the next segment
-		{OpSyncDir, 1}, // syncing the directory after creating it
-		{OpRename, 1},  // raising the id ceiling
+		{durable.OpOpen, 1},    // creating the next segment
+		{durable.OpSyncDir, 1}, // syncing the directory after creating it
+		{durable.OpRename, 1},  // raising the id ceiling
 	}
 	for _, c := range cases {
 		t.Run(c.op.String(), func(t *testing.T) {
 			l, fsys := openMem(t, nil, func(o *Options) { o.SegmentSize = 1 << 10 })
-			if c.op == OpRename {
+			if c.op == durable.OpRename {
 				l.pendMu.Lock()
 				l.nextID = l.ceiling
 				l.pendMu.Unlock()
@@ -441,7 +443,7 @@ func TestRotationAndCeilingErrors(t *testing.T) {
 // ack was not yet durable, and nothing else appears.
 func TestCrashRandomized(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	fsys := NewMemFS()
+	fsys := durable.NewMemFS()
 	committed := map[ID]string{} // every commit that returned
 	acked := map[string]map[ID]bool{"a": {}, "b": {}}
 	for round := range 12 {
@@ -509,11 +511,11 @@ func TestCrashRandomized(t *testing.T) {
 // errBoom: the first segment keeps keep(n) of its n unsynced bytes, other
 // files nothing. crash returns what the power loss left and the segment's
 // unsynced bytes; the FS is nil if no fsync came.
-func powerLossAtSync(fsys *MemFS, keep func(n int) int) (crash func() (*MemFS, []byte)) {
-	var crashed *MemFS
+func powerLossAtSync(fsys *durable.MemFS, keep func(n int) int) (crash func() (*durable.MemFS, []byte)) {
+	var crashed *durable.MemFS
 	var unsynced []byte
-	fsys.SetHook(func(op Op, name string) error {
-		if op == OpSync && crashed == nil {
+	fsys.SetHook(func(op durable.Op, name string) error {
+		if op == durable.OpSync && crashed == nil {
 			crashed = fsys.Crash(func(name string, b []byte) []byte {
 				if !strings.HasSuffix(name, segName(1)) {
 					return nil
@@ -525,5 +527,5 @@ func powerLossAtSync(fsys *MemFS, keep func(n int) int) (crash func() (*MemFS, [
 		}
 		return nil
 	})
-	return func() (*MemFS, []byte) { return crashed, unsynced }
+	return func() (*durable.MemFS, []byte) { return crashed, unsynced }
 }

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"mnm/durable"
 )
 
 // segRecords decodes the commit and copy records of the segment file name:
@@ -16,7 +18,7 @@ type segRecord struct {
 	msgs []recMsg
 }
 
-func segRecords(t *testing.T, fsys *MemFS, name string) []segRecord {
+func segRecords(t *testing.T, fsys *durable.MemFS, name string) []segRecord {
 	t.Helper()
 	b, err := fsys.ReadFile(testDir + "/" + name)
 	if err != nil {
@@ -240,7 +242,7 @@ func TestUnknownDeviceSet(t *testing.T) {
 	}
 	for name, segs := range cases {
 		t.Run(name, func(t *testing.T) {
-			fsys := NewMemFS()
+			fsys := durable.NewMemFS()
 			fsys.MkdirAll(testDir, 0o700)
 			for i, seg := range segs {
 				fsys.WriteFile(testDir+"/"+segName(uint64(i+1)), seg)
@@ -351,7 +353,7 @@ func TestReadOldRecords(t *testing.T) {
 		frame(recCommitV1, appendBlobPayloadV1(nil, nil, []byte("old"), []recMsg{{id: 5, prio: High, n: 3, env: []byte("E"), devs: group}})),
 		frame(recCopyV1, appendBlobPayloadV1(nil, nil, []byte("old"), []recMsg{{id: 5, prio: High, n: 3, env: []byte("E"), devs: group[:3]}})),
 	)
-	fsys := NewMemFS()
+	fsys := durable.NewMemFS()
 	fsys.MkdirAll(testDir, 0o700)
 	fsys.WriteFile(testDir+"/"+segName(1), seg)
 	l, _ := openMem(t, fsys)

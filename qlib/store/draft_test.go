@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mnm/durable"
 )
 
 // randomData returns n deterministic pseudo-random bytes.
@@ -140,14 +142,41 @@ func TestAbortedDraft(t *testing.T) {
 	check(l2)
 }
 
+// TestFailedWriteFailsCommit: the Draft contract. A refused Write (here for
+// want of space) fails the Commit, even once space has returned, and nothing
+// is stored; a later draft commits as usual.
+func TestFailedWriteFailsCommit(t *testing.T) {
+	fsys := durable.NewMemFS()
+	l, _ := openMem(t, fsys, func(o *Options) { o.MinFree = 1 << 20 })
+	l.pendMu.Lock()
+	l.spaceEvery = 0 // ask the FS at every append
+	l.pendMu.Unlock()
+	fsys.SetCapacity(fsys.Used() + 512<<10) // below the watermark
+	d := l.Draft()
+	if _, err := d.Write(randomData(4, 2*chunkSize)); !errors.Is(err, ErrFull) {
+		t.Fatalf("Write on a full disk = %v, want ErrFull", err)
+	}
+	fsys.SetCapacity(0) // space returns
+	if _, err := d.Commit(Message{To: []string{"a"}, Len: 1}); !errors.Is(err, ErrFull) {
+		t.Errorf("Commit after a failed Write = %v, want the Write's ErrFull", err)
+	}
+	if n := l.Len("a"); n != 0 {
+		t.Errorf("%d messages queued after a failed Write", n)
+	}
+	post(t, l, Normal, []byte("after"), "a")
+	if n := l.Len("a"); n != 1 {
+		t.Errorf("%d messages queued after a later draft, want 1", n)
+	}
+}
+
 // Memory stays bounded when several large uploads outrun the writer: chunk
 // writers wait for the pending batch to drain.
 func TestPendingBounded(t *testing.T) {
 	l, fsys := openMem(t, nil)
 	release := make(chan struct{})
 	var once sync.Once
-	fsys.SetHook(func(op Op, name string) error {
-		if op == OpWrite {
+	fsys.SetHook(func(op durable.Op, name string) error {
+		if op == durable.OpWrite {
 			once.Do(func() { <-release }) // stall the writer on its first write
 		}
 		return nil

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"mnm/durable"
 )
 
 // TestFullDiskWatermark: as the disk fills, new messages are refused with
@@ -16,7 +18,7 @@ import (
 // reads and queue copies go on; nothing of a refused message survives; and
 // messages are accepted again as soon as space returns.
 func TestFullDiskWatermark(t *testing.T) {
-	fsys := NewMemFS()
+	fsys := durable.NewMemFS()
 	fsys.SetCapacity(1 << 20)
 	l, _ := openMem(t, fsys, func(o *Options) { o.MinFree = 256 << 10 })
 	l.pendMu.Lock()

@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+
+	"mnm/durable"
 )
 
 // The id ceiling: ids continue from the clock at start, but a clock stepped
@@ -26,7 +28,7 @@ const (
 )
 
 // readCeiling returns the persisted ceiling, or 0 if there is none.
-func readCeiling(fsys FS, dir string) (ID, error) {
+func readCeiling(fsys durable.FS, dir string) (ID, error) {
 	name := dir + string(os.PathSeparator) + floorName
 	f, err := fsys.OpenFile(name, os.O_RDONLY, 0)
 	if errors.Is(err, fs.ErrNotExist) {

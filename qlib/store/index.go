@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+
+	"mnm/durable"
 )
 
 // numPrio is the number of priorities; queues keep one list per priority.
@@ -19,7 +21,7 @@ type segment struct {
 	// f is set before any record in the segment becomes visible and cleared
 	// (closed) only when the segment is removed or the store closed and no
 	// reader holds it.
-	f File
+	f durable.File
 
 	// pins counts drafts whose first chunk is here: their data is not yet
 	// referenced by a live message but will be, so the segment must stay.
@@ -121,7 +123,7 @@ func (b *blob) segments(dst []*segment) []*segment {
 
 // pieces calls fn for each stretch of file holding data range [off, off+n)
 // of b, in order.
-func (b *blob) pieces(off, n int64, fn func(f File, at, n int64) error) error {
+func (b *blob) pieces(off, n int64, fn func(f durable.File, at, n int64) error) error {
 	end := off + n
 	pos := int64(0)
 	for _, c := range b.chunks {

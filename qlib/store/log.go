@@ -12,12 +12,14 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"mnm/durable"
 )
 
 // Options configure Open.
 type Options struct {
 	Dir         string           // qstore directory; created if missing
-	FS          FS               // nil = the real OS filesystem
+	FS          durable.FS       // nil = the real OS filesystem
 	Now         func() time.Time // clock (NTP-corrected by the caller); nil = time.Now
 	SegmentSize int64            // target segment size; 0 = default (64 MiB)
 	Logger      *slog.Logger     // nil = slog.Default()
@@ -85,9 +87,9 @@ const (
 // would exceed the log format's record size limit.
 var ErrTooBig = errors.New("store: record too big")
 
-// Log is the log-structured Store: append-only segment files written by one
-// goroutine with group commit, an in-memory index rebuilt at Open, and a
-// bounded cache of recent messages for WriteTo (cache.go).
+// Log is the log-structured store (a qlib.Store): append-only segment files
+// written by one goroutine with group commit, an in-memory index rebuilt at
+// Open, and a bounded cache of recent messages for WriteTo (cache.go).
 //
 // Envelope functions run while the log's tail is locked (their ids must be
 // issued in log order): they must be quick and must not call the store.
@@ -97,9 +99,9 @@ var ErrTooBig = errors.New("store: record too big")
 // Locks: mu guards the index; pendMu guards the tail of the log (the batch
 // being gathered for the writer, the head segment, id issue). Where both are
 // held, mu is taken first, so that index changes and the records describing
-// them are ordered the same way.
+// them are ordered the same way (locksordering.txt).
 type Log struct {
-	fs      FS
+	fs      durable.FS
 	dir     string
 	now     func() time.Time
 	segSize int64
@@ -186,8 +188,6 @@ type Log struct {
 	beforeCopy func(ID)
 }
 
-var _ Store = (*Log)(nil)
-
 // batch is the records gathered while the writer was busy, written with one
 // write (per segment) and made durable with one fsync.
 type batch struct {
@@ -254,7 +254,7 @@ func Open(opts Options) (*Log, error) {
 		compactDone: make(chan struct{}),
 	}
 	if l.fs == nil {
-		l.fs = OSFS{}
+		l.fs = durable.OSFS{}
 	}
 	if l.now == nil {
 		l.now = time.Now
@@ -736,7 +736,7 @@ func (l *Log) roomLocked(n int64) error {
 		return nil
 	}
 	l.spaceAt, l.spaceWritten = time.Now(), 0
-	sfs, ok := l.fs.(SpaceFS)
+	sfs, ok := l.fs.(durable.SpaceFS)
 	if !ok {
 		l.log.Warn("store: the file system cannot tell its free space; no watermark", "dir", l.dir)
 		l.minFree, l.full = 0, false
@@ -1194,10 +1194,10 @@ func (l *Log) accountSeg(s *segment, n int64, sign int, b *blob) {
 	}
 }
 
-// Draft implements Store.
+// Draft implements qlib.Store.
 func (l *Log) Draft() Draft { return &draft{l: l} }
 
-// Head implements Store.
+// Head implements qlib.Store.
 func (l *Log) Head(dev string) (ID, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -1207,7 +1207,7 @@ func (l *Log) Head(dev string) (ID, bool) {
 	return 0, false
 }
 
-// Len implements Store.
+// Len implements qlib.Store.
 func (l *Log) Len(dev string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -1217,7 +1217,7 @@ func (l *Log) Len(dev string) int {
 	return 0
 }
 
-// Watch implements Store. fn is called from the writer goroutine, after the
+// Watch implements qlib.Store. fn is called from the writer goroutine, after the
 // index lock is released, so it may call the store, but it must not block.
 // A watcher removed while a batch is being applied may be called once more.
 func (l *Log) Watch(dev string, fn func()) {
@@ -1233,7 +1233,7 @@ func (l *Log) Watch(dev string, fn func()) {
 	l.queue(dev).watch = fn
 }
 
-// Ack implements Store.
+// Ack implements qlib.Store.
 func (l *Log) Ack(dev string, id ID) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -1256,7 +1256,7 @@ func (l *Log) Ack(dev string, id ID) error {
 	return l.appendAck(dev, id)
 }
 
-// CopyQueue implements Store.
+// CopyQueue implements qlib.Store.
 func (l *Log) CopyQueue(src, dst string) error {
 	l.mu.Lock()
 	l.pendMu.Lock()
@@ -1394,7 +1394,7 @@ func (l *Log) closeIfIdle(s *segment) {
 	}
 }
 
-// WriteTo implements Store. It writes the message from the cache if it is
+// WriteTo implements qlib.Store. It writes the message from the cache if it is
 // there, else streams it from its segment files through one pooled buffer.
 func (l *Log) WriteTo(w io.Writer, id ID) (int64, error) {
 	return l.writeTo(w, id, true)
@@ -1420,7 +1420,7 @@ func (l *Log) writeTo(w io.Writer, id ID, useCache bool) (int64, error) {
 	if err != nil {
 		return n, err
 	}
-	err = r.blob.pieces(r.off, r.n, func(f File, at, k int64) error {
+	err = r.blob.pieces(r.off, r.n, func(f durable.File, at, k int64) error {
 		m, err := copyAt(w, f, at, k, buf)
 		n += m
 		return err
@@ -1429,7 +1429,7 @@ func (l *Log) writeTo(w io.Writer, id ID, useCache bool) (int64, error) {
 }
 
 // copyAt copies n bytes at offset off of f to w through buf.
-func copyAt(w io.Writer, f File, off, n int64, buf []byte) (int64, error) {
+func copyAt(w io.Writer, f durable.File, off, n int64, buf []byte) (int64, error) {
 	var done int64
 	for done < n {
 		k := min(n-done, int64(len(buf)))
@@ -1446,7 +1446,7 @@ func copyAt(w io.Writer, f File, off, n int64, buf []byte) (int64, error) {
 }
 
 // readAt reads len(p) bytes at offset off of f.
-func readAt(f File, p []byte, off int64) error {
+func readAt(f durable.File, p []byte, off int64) error {
 	n, err := f.ReadAt(p, off)
 	if n < len(p) {
 		if err == nil || err == io.EOF {
@@ -1457,7 +1457,7 @@ func readAt(f File, p []byte, off int64) error {
 	return nil
 }
 
-// Close implements Store. Commits already handed to the writer complete;
+// Close implements qlib.Store. Commits already handed to the writer complete;
 // everything written is fsynced; later calls fail with ErrClosed.
 func (l *Log) Close() error {
 	l.closeOnce.Do(func() {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mnm/durable"
 )
 
 const testDir = "/q/qstore"
@@ -37,10 +39,10 @@ func (b *syncBuffer) String() string {
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // openMem opens a store on fsys (a fresh MemFS if nil), closed at cleanup.
-func openMem(t testing.TB, fsys *MemFS, mod ...func(*Options)) (*Log, *MemFS) {
+func openMem(t testing.TB, fsys *durable.MemFS, mod ...func(*Options)) (*Log, *durable.MemFS) {
 	t.Helper()
 	if fsys == nil {
-		fsys = NewMemFS()
+		fsys = durable.NewMemFS()
 	}
 	opts := Options{Dir: testDir, FS: fsys, Logger: quiet()}
 	for _, f := range mod {
@@ -63,7 +65,7 @@ func env(tag string) Envelope {
 }
 
 // post commits data as one message for devs and returns its id.
-func post(t testing.TB, l Store, prio Priority, data []byte, devs ...string) ID {
+func post(t testing.TB, l *Log, prio Priority, data []byte, devs ...string) ID {
 	t.Helper()
 	d := l.Draft()
 	if _, err := d.Write(data); err != nil {
@@ -77,7 +79,7 @@ func post(t testing.TB, l Store, prio Priority, data []byte, devs ...string) ID 
 }
 
 // content returns what WriteTo writes for id.
-func content(t testing.TB, l Store, id ID) []byte {
+func content(t testing.TB, l *Log, id ID) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	n, err := l.WriteTo(&buf, id)
@@ -91,7 +93,7 @@ func content(t testing.TB, l Store, id ID) []byte {
 }
 
 // drain returns dev's queue in delivery order by acking it to the end.
-func drain(t testing.TB, l Store, dev string) []ID {
+func drain(t testing.TB, l *Log, dev string) []ID {
 	t.Helper()
 	var ids []ID
 	for {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"slices"
 	"testing"
+
+	"mnm/durable"
 )
 
 // appendBlobPayloadV1 encodes a commit or copy record in the format written
@@ -242,7 +244,7 @@ func FuzzDecodeRecord(f *testing.F) {
 func FuzzRecover(f *testing.F) {
 	// Seed: a real segment with commits, an ack and a queue copy. (Small:
 	// the fuzzer slows to a crawl on inputs the size of a chunk.)
-	m := NewMemFS()
+	m := durable.NewMemFS()
 	l, err := Open(Options{Dir: testDir, FS: m, Logger: quiet()})
 	if err != nil {
 		f.Fatal(err)
@@ -269,7 +271,7 @@ func FuzzRecover(f *testing.F) {
 	f.Add(seg[:offs[len(offs)-3]])                                         // up to the first group post
 	f.Add(slices.Concat(seg[:offs[len(offs)-3]], seg[offs[len(offs)-2]:])) // the reference without its definition
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m := NewMemFS()
+		m := durable.NewMemFS()
 		m.MkdirAll(testDir, 0o700)
 		m.WriteFile(testDir+"/"+segName(1), data)
 		l, err := Open(Options{Dir: testDir, FS: m, Logger: quiet()})
@@ -349,7 +351,7 @@ func FuzzReplayRecords(f *testing.F) {
 	// A reference to a set never defined.
 	f.Add(recordSeeds(rec(recCommit, ref)))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m := NewMemFS()
+		m := durable.NewMemFS()
 		m.MkdirAll(testDir, 0o700)
 		m.WriteFile(testDir+"/"+segName(1), frameRecords(data))
 		l, err := Open(Options{Dir: testDir, FS: m, Logger: quiet()})

@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"slices"
+
+	"mnm/durable"
 )
 
 // readWindow is how much of a segment recovery reads at a time.
@@ -76,7 +78,7 @@ func (l *Log) recover(seqs []uint64) (ID, error) {
 
 // scanner reads a segment file through a window.
 type scanner struct {
-	f    File
+	f    durable.File
 	size int64
 	buf  []byte
 	base int64 // file offset of buf[0]

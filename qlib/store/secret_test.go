@@ -5,11 +5,13 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"mnm/durable"
 )
 
 // filesContaining returns the files of the store directory whose content
 // holds secret.
-func filesContaining(t *testing.T, fsys *MemFS, secret []byte) []string {
+func filesContaining(t *testing.T, fsys *durable.MemFS, secret []byte) []string {
 	t.Helper()
 	names, err := fsys.ReadDir(testDir)
 	if err != nil {

@@ -6,8 +6,12 @@
 // queue when the device acknowledges them; a message is forgotten when its last
 // entry goes.
 //
-// Store is the seam behind which another backend (a clustered one) can be put;
-// qlib depends only on this interface.
+// Log is the store; qlib uses it only through its own interface, qlib.Store,
+// which documents the contract, so that another backend (a clustered one) can
+// be put behind it. Draft, the interface a commit is made through, is defined
+// here rather than in qlib because qlib.Store's Draft method returns it, and
+// Log's method must return the very same type: qlib imports this package, so
+// the interface cannot live in qlib. Its contract is written below.
 package store
 
 import (
@@ -87,7 +91,8 @@ type Receipt struct {
 	Posted time.Time
 }
 
-// Errors a Store may return.
+// Errors of the store and its drafts (qlib.Store and Draft say which method
+// returns which).
 var (
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store: closed")
@@ -103,64 +108,19 @@ var (
 	// or every device has acknowledged it).
 	ErrNoMessage = errors.New("store: no such message")
 	// ErrFailed: an earlier I/O error left stable storage in an unknown
-	// state and the store has stopped (see Store). Errors returned after
+	// state and the store has stopped (see qlib.Store). Errors returned after
 	// that wrap both ErrFailed and the original error.
 	ErrFailed = errors.New("store: failed after an i/o error")
 )
 
-// Store is the durable message store. All methods are safe for concurrent use.
-//
-// After an I/O error that may have left stable storage in an unknown state the
-// store fails stop: every later call returns an error wrapping ErrFailed, and
-// the server shuts down rather than acknowledge anything it cannot keep.
-type Store interface {
-	// Draft starts new messages. Data written to the draft is kept with bounded
-	// memory whatever its size (large data is written through to storage), but
-	// is not durable until Commit.
-	Draft() Draft
-
-	// Head returns the first entry of dev's queue: highest priority first, then
-	// lowest id. ok is false when the queue is empty.
-	Head(dev string) (id ID, ok bool)
-
-	// WriteTo writes message id (its envelope, then its data) to w.
-	// ErrNoMessage if the store does not hold id.
-	WriteTo(w io.Writer, id ID) (int64, error)
-
-	// Ack removes id from dev's queue; ErrNotQueued if it is not there. The
-	// removal is made durable soon, but not before Ack returns: after a crash an
-	// acknowledged message may be delivered again.
-	Ack(dev string, id ID) error
-
-	// Watch registers fn to be called whenever entries are added to dev's queue
-	// (after they are durable). fn is called from the store's own goroutine and
-	// must not block: it may call Head, Len, WriteTo and Ack, but not Commit
-	// or CopyQueue, which wait for that goroutine. A nil fn removes the
-	// watcher. One watcher per device.
-	Watch(dev string, fn func())
-
-	// CopyQueue durably gives dst a queue referencing the same messages as
-	// src's queue, but for secret ones (Message.Secret), replacing what
-	// dst had.
-	CopyQueue(src, dst string) error
-
-	// Len reports the number of entries in dev's queue.
-	Len(dev string) int
-
-	// QueueBytes reports the size of dev's queue: the sum, over its
-	// entries, of the bytes WriteTo sends for each (envelope and data). A
-	// message queued for several devices counts for each. It is kept as
-	// entries come and go, so it costs no more than Len.
-	QueueBytes(dev string) int64
-
-	// Close flushes pending work and releases the store. Drafts and commits in
-	// progress fail with ErrClosed.
-	Close() error
-}
-
 // Draft accumulates the data of one or more messages before they are committed.
 // A Draft is used by one goroutine.
 type Draft interface {
+	// Write appends data to the draft. A failed Write fails the Commit: the
+	// draft keeps the first write error and Commit and CommitAsync return
+	// it (the draft is then finished), so nothing written short is ever
+	// stored. ErrFull when the disk is below its free-space watermark;
+	// ErrClosed, ErrFailed; ErrDraftDone after Commit or Abort.
 	io.Writer
 
 	// Commit durably stores msgs and returns one receipt per message. On

@@ -267,11 +267,13 @@ var long = strings.Repeat("x", MaxStringLen+1)
 
 func TestParseHeaderInvalid(t *testing.T) {
 	for _, c := range invalidHeaders {
-		h, err := ParseHeader([]byte(c.in))
-		if h != nil {
-			t.Errorf("%s: got header %+v with error %v", c.name, h, err)
-		}
-		wantReason(t, c.name, err, c.reason)
+		t.Run(c.name, func(t *testing.T) {
+			h, err := ParseHeader([]byte(c.in))
+			if h != nil {
+				t.Errorf("%s: got header %+v with error %v", c.name, h, err)
+			}
+			wantReason(t, c.name, err, c.reason)
+		})
 	}
 	// Lists over MaxRecipients, short enough elements that the header is
 	// within MaxHeaderLen, so that it is the list limit that refuses them.
@@ -377,14 +379,16 @@ func TestCheckPing(t *testing.T) {
 		{"\xed\xa0\x80", QuitNotUTF8}, // a surrogate half
 	}
 	for _, c := range cases {
-		err := CheckPing([]byte(c.data))
-		if c.reason == "" {
-			if err != nil {
-				t.Errorf("%q: %v", c.data, err)
+		t.Run(fmt.Sprintf("%.20q", c.data), func(t *testing.T) {
+			err := CheckPing([]byte(c.data))
+			if c.reason == "" {
+				if err != nil {
+					t.Errorf("%q: %v", c.data, err)
+				}
+				return
 			}
-			continue
-		}
-		wantReason(t, fmt.Sprintf("%.20q", c.data), err, c.reason)
+			wantReason(t, fmt.Sprintf("%.20q", c.data), err, c.reason)
+		})
 	}
 }
 

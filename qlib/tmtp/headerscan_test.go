@@ -329,17 +329,19 @@ func TestScanHeaderDeclines(t *testing.T) {
 			&Header{Op: OpPulse}},
 	}
 	for _, c := range cases {
-		if checkScan(t, []byte(c.in)) {
-			t.Errorf("%s: scanned", c.name)
-		}
-		h, err := ParseHeader([]byte(c.in))
-		if c.want == nil {
-			wantReason(t, c.name, err, QuitHeader)
-			continue
-		}
-		if err != nil || !reflect.DeepEqual(h, c.want) {
-			t.Errorf("%s: got %+v, %v; want %+v", c.name, h, err, c.want)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			if checkScan(t, []byte(c.in)) {
+				t.Errorf("%s: scanned", c.name)
+			}
+			h, err := ParseHeader([]byte(c.in))
+			if c.want == nil {
+				wantReason(t, c.name, err, QuitHeader)
+				return
+			}
+			if err != nil || !reflect.DeepEqual(h, c.want) {
+				t.Errorf("%s: got %+v, %v; want %+v", c.name, h, err, c.want)
+			}
+		})
 	}
 }
 

@@ -38,38 +38,40 @@ func TestReaderReleasesLargeBuffer(t *testing.T) {
 		{"big then big", frame(big.header, big.data) + frame(big.header, big.data) + small},
 	}
 	for _, c := range cases {
-		spy := &spyReader{r: strings.NewReader(c.stream)}
-		r := NewReader(spy)
-		spy.owner = r
-		for {
-			spy.withLarge = spy.withLarge[:0]
-			h, err := r.Next()
-			if err == io.EOF {
-				// Waiting for the next frame, the link held only its
-				// small buffer.
-				for i, large := range spy.withLarge {
-					if large {
-						t.Errorf("%s: read %d at the end with a large buffer", c.name, i)
+		t.Run(c.name, func(t *testing.T) {
+			spy := &spyReader{r: strings.NewReader(c.stream)}
+			r := NewReader(spy)
+			spy.owner = r
+			for {
+				spy.withLarge = spy.withLarge[:0]
+				h, err := r.Next()
+				if err == io.EOF {
+					// Waiting for the next frame, the link held only its
+					// small buffer.
+					for i, large := range spy.withLarge {
+						if large {
+							t.Errorf("%s: read %d at the end with a large buffer", c.name, i)
+						}
 					}
+					break
 				}
-				break
+				if err != nil {
+					t.Fatalf("%s: %v", c.name, err)
+				}
+				if len(r.RawHeader()) > smallBufSize && r.large == nil {
+					t.Errorf("%s: a %d-octet header without a large buffer", c.name, len(r.RawHeader()))
+				}
+				if len(r.RawHeader()) <= smallBufSize && r.Buffered() <= smallBufSize && r.large != nil {
+					t.Errorf("%s: small header %s read with a large buffer held", c.name, r.RawHeader())
+				}
+				if _, err := io.Copy(io.Discard, r.Data(h.Datalen)); err != nil {
+					t.Fatal(err)
+				}
 			}
-			if err != nil {
-				t.Fatalf("%s: %v", c.name, err)
+			if r.large != nil || len(r.buf) != smallBufSize {
+				t.Errorf("%s: idle reader holds a %d-octet buffer", c.name, len(r.buf))
 			}
-			if len(r.RawHeader()) > smallBufSize && r.large == nil {
-				t.Errorf("%s: a %d-octet header without a large buffer", c.name, len(r.RawHeader()))
-			}
-			if len(r.RawHeader()) <= smallBufSize && r.Buffered() <= smallBufSize && r.large != nil {
-				t.Errorf("%s: small header %s read with a large buffer held", c.name, r.RawHeader())
-			}
-			if _, err := io.Copy(io.Discard, r.Data(h.Datalen)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if r.large != nil || len(r.buf) != smallBufSize {
-			t.Errorf("%s: idle reader holds a %d-octet buffer", c.name, len(r.buf))
-		}
+		})
 	}
 }
 

@@ -199,27 +199,29 @@ func TestReaderBadFrames(t *testing.T) {
 		{"mid data", frame(`{"op":9,"id":"1","from":"a","to":"b","datalen":5}`, "ab"), "", io.ErrUnexpectedEOF},
 	}
 	for _, c := range cases {
-		for _, wrap := range []struct {
-			name string
-			f    func(io.Reader) io.Reader
-		}{
-			{"", func(r io.Reader) io.Reader { return r }},
-			{" one byte", iotest.OneByteReader},
-			{" data err", iotest.DataErrReader},
-		} {
-			r := NewReader(wrap.f(strings.NewReader(c.in)))
-			var err error
-			for err == nil {
-				// Skip unconsumed data: a short stream fails in Next.
-				_, err = r.Next()
+		t.Run(c.name, func(t *testing.T) {
+			for _, wrap := range []struct {
+				name string
+				f    func(io.Reader) io.Reader
+			}{
+				{"", func(r io.Reader) io.Reader { return r }},
+				{" one byte", iotest.OneByteReader},
+				{" data err", iotest.DataErrReader},
+			} {
+				r := NewReader(wrap.f(strings.NewReader(c.in)))
+				var err error
+				for err == nil {
+					// Skip unconsumed data: a short stream fails in Next.
+					_, err = r.Next()
+				}
+				name := c.name + wrap.name
+				if c.reason != "" {
+					wantReason(t, name, err, c.reason)
+				} else if err != c.err {
+					t.Errorf("%s: err = %v, want %v", name, err, c.err)
+				}
 			}
-			name := c.name + wrap.name
-			if c.reason != "" {
-				wantReason(t, name, err, c.reason)
-			} else if err != c.err {
-				t.Errorf("%s: err = %v, want %v", name, err, c.err)
-			}
-		}
+		})
 	}
 }
 

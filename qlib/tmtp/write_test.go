@@ -242,13 +242,15 @@ func TestAppendStoredGolden(t *testing.T) {
 		`{"datahead":5,"datalen":15,"datasum":1,"from":"u100002","headsum":2083947022,"id":"18a2b3c4d5e6f709","op":"delivery","posted":"2026-11-30T01:45:24.980Z"}`,
 	}}
 	for _, c := range cases {
-		got := string(AppendStored(nil, c.fields...))
-		if want := fmt.Sprintf("%04x", len(c.want)) + c.want; got != want {
-			t.Errorf("got  %s\nwant %s", got, want)
-		}
-		if !VerifyHeadsum([]byte(got[4:])) {
-			t.Errorf("VerifyHeadsum(%s) = false", got)
-		}
+		t.Run(fmt.Sprint(c.sum), func(t *testing.T) {
+			got := string(AppendStored(nil, c.fields...))
+			if want := fmt.Sprintf("%04x", len(c.want)) + c.want; got != want {
+				t.Errorf("got  %s\nwant %s", got, want)
+			}
+			if !VerifyHeadsum([]byte(got[4:])) {
+				t.Errorf("VerifyHeadsum(%s) = false", got)
+			}
+		})
 	}
 }
 

@@ -1,15 +1,15 @@
 //go:build unix
 
-package testclient
+package proc
 
 import (
 	"syscall"
 	"time"
 )
 
-// selfCPU returns this process's CPU time (user + system), precise to the
+// SelfCPU returns this process's CPU time (user + system), precise to the
 // microsecond unlike /proc's ticks.
-func selfCPU() time.Duration {
+func SelfCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0

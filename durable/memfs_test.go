@@ -1,4 +1,4 @@
-package store
+package durable
 
 import (
 	"errors"
@@ -182,5 +182,72 @@ func TestMemFSFileLimit(t *testing.T) {
 	c.Close()
 	if n := m.OpenFiles(); n != 0 {
 		t.Errorf("OpenFiles after closing all = %d", n)
+	}
+}
+
+func TestMemFSLinkLstatOpenDir(t *testing.T) {
+	m := NewMemFS()
+	m.MkdirAll("/d", 0o700)
+	f := mustOpen(t, m, "/d/a", os.O_RDWR|os.O_CREATE)
+	f.Write([]byte("abc"))
+	f.Sync()
+	if err := f.Chmod(0o640); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := m.Link("/d/a", "/d/b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Link("/d/a", "/d/b"); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("link over an existing name = %v, want ErrExist", err)
+	}
+	if err := m.Link("/d/missing", "/d/c"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("link of a missing file = %v, want ErrNotExist", err)
+	}
+	fi, err := m.Lstat("/d/b")
+	if err != nil || fi.Size() != 3 || fi.Mode() != 0o640 || fi.IsDir() || fi.Name() != "b" {
+		t.Errorf("Lstat of the link = %v, %v; want 3 bytes, 0640, a file named b", fi, err)
+	}
+	if fi, err := m.Lstat("/d"); err != nil || !fi.IsDir() {
+		t.Errorf("Lstat of a directory = %v, %v", fi, err)
+	}
+	if _, err := m.Lstat("/d/c"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Lstat of a missing file = %v", err)
+	}
+
+	// The link is durable only once the directory is synced, here through
+	// a handle opened before it was made.
+	d, err := m.OpenDir("/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := m.OpenFiles(); n != 1 {
+		t.Errorf("OpenFiles with the directory open = %d, want 1", n)
+	}
+	fileIs(t, m.Crash(nil), "/d/b", "<none>")
+	m = NewMemFS()
+	m.MkdirAll("/d", 0o700)
+	d, _ = m.OpenDir("/d")
+	m.WriteFile("/d/a", []byte("abc"))
+	m.Link("/d/a", "/d/b")
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if err := d.Sync(); !errors.Is(err, fs.ErrClosed) {
+		t.Errorf("sync of a closed directory = %v", err)
+	}
+	c := m.Crash(nil)
+	fileIs(t, c, "/d/a", "abc")
+	fileIs(t, c, "/d/b", "abc")
+
+	// A directory open counts against the file limit.
+	c.SetFileLimit(1)
+	mustOpen(t, c, "/d/a", os.O_RDONLY)
+	if _, err := c.OpenDir("/d"); !errors.Is(err, syscall.EMFILE) {
+		t.Errorf("OpenDir beyond the file limit = %v, want EMFILE", err)
+	}
+	if _, err := c.OpenDir("/missing"); err == nil {
+		t.Error("OpenDir of a missing directory succeeded")
 	}
 }

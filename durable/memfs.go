@@ -1,4 +1,4 @@
-package store
+package durable
 
 import (
 	"errors"
@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Op is a kind of file system operation, as MemFS counts and fails them.
@@ -30,6 +31,9 @@ const (
 	OpReadDir
 	OpMkdir
 	OpSyncDir
+	OpLink
+	OpLstat
+	OpChmod
 	numOps
 )
 
@@ -59,6 +63,12 @@ func (o Op) String() string {
 		return "mkdir"
 	case OpSyncDir:
 		return "syncdir"
+	case OpLink:
+		return "link"
+	case OpLstat:
+		return "lstat"
+	case OpChmod:
+		return "chmod"
 	}
 	return fmt.Sprintf("op(%d)", int(o))
 }
@@ -72,7 +82,8 @@ var ErrCrashed = errors.New("memfs: power lost")
 //
 // Each file has its current content and its durable content (as of its last
 // Sync); each directory has its current entries and its durable entries (as of
-// its last SyncDir). Crash returns a new MemFS holding only the durable state,
+// its last SyncDir, or Sync of a Dir from OpenDir): a creation, rename, link
+// or removal survives a crash only once its directory is synced. Crash returns a new MemFS holding only the durable state,
 // as a machine would find its disk after losing power. Directories themselves
 // are durable as soon as MkdirAll returns.
 //
@@ -168,7 +179,8 @@ type memDir struct {
 type memNode struct {
 	data      []byte
 	syncedLen int
-	synced    []byte // durable content when data[:syncedLen] no longer is
+	synced    []byte      // durable content when data[:syncedLen] no longer is
+	mode      fs.FileMode // permission bits; metadata is taken as durable at once
 }
 
 type memFault struct {
@@ -237,7 +249,7 @@ func (m *MemFS) Crash(tail func(name string, unsynced []byte) []byte) *MemFS {
 						data = append(data, tail(filepath.Join(dir, base), slices.Clone(old.data[old.syncedLen:]))...)
 					}
 				}
-				nn = &memNode{data: data, syncedLen: len(data)}
+				nn = &memNode{data: data, syncedLen: len(data), mode: old.mode}
 				nodes[old] = nn
 			}
 			nd.cur[base] = nn
@@ -261,7 +273,7 @@ func (m *MemFS) ReadFile(name string) ([]byte, error) {
 
 // WriteFile sets the content of file name, creating it, and makes both the
 // content and the directory entry durable. Tests use it to prepare or damage
-// a store's files.
+// the files of what they test.
 func (m *MemFS) WriteFile(name string, data []byte) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -273,7 +285,7 @@ func (m *MemFS) WriteFile(name string, data []byte) error {
 	base := filepath.Base(name)
 	nd := d.cur[base]
 	if nd == nil {
-		nd = &memNode{}
+		nd = &memNode{mode: 0o600}
 		d.cur[base] = nd
 	}
 	nd.data = slices.Clone(data)
@@ -361,7 +373,7 @@ func (m *MemFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) 
 	case nd == nil && flag&os.O_CREATE == 0:
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
 	case nd == nil:
-		nd = &memNode{}
+		nd = &memNode{mode: perm.Perm()}
 		d.cur[base] = nd
 	case flag&(os.O_CREATE|os.O_EXCL) == os.O_CREATE|os.O_EXCL:
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrExist}
@@ -415,6 +427,72 @@ func (m *MemFS) Rename(oldpath, newpath string) error {
 	}
 	delete(m.dirs[filepath.Dir(oldpath)].cur, filepath.Base(oldpath))
 	nd2.cur[filepath.Base(newpath)] = nd
+	return nil
+}
+
+// OpenDir implements FS. The handle counts as an open file, so SetFileLimit
+// and failures of OpOpen apply to it; its Sync is an OpSyncDir.
+func (m *MemFS) OpenDir(name string) (Dir, error) {
+	name = filepath.Clean(name)
+	if err := m.before(OpOpen, name); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.crashed {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: ErrCrashed}
+	}
+	if m.fileLimit > 0 && m.open >= m.fileLimit {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: syscall.EMFILE}
+	}
+	if m.dirs[name] == nil {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	}
+	m.open++
+	return &memDirFile{m: m, name: name}, nil
+}
+
+// Lstat implements FS. Directories report fs.ModeDir|0o700.
+func (m *MemFS) Lstat(name string) (fs.FileInfo, error) {
+	name = filepath.Clean(name)
+	if err := m.before(OpLstat, name); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.crashed {
+		return nil, &fs.PathError{Op: "lstat", Path: name, Err: ErrCrashed}
+	}
+	if m.dirs[name] != nil {
+		return memInfo{name: filepath.Base(name), mode: fs.ModeDir | 0o700}, nil
+	}
+	nd, err := m.lookup("lstat", name)
+	if err != nil {
+		return nil, err
+	}
+	return memInfo{name: filepath.Base(name), size: int64(len(nd.data)), mode: nd.mode}, nil
+}
+
+// Link implements FS. Only files can be linked.
+func (m *MemFS) Link(oldname, newname string) error {
+	oldname, newname = filepath.Clean(oldname), filepath.Clean(newname)
+	if err := m.before(OpLink, oldname); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	nd, err := m.lookup("link", oldname)
+	if err != nil {
+		return err
+	}
+	d := m.dirs[filepath.Dir(newname)]
+	switch {
+	case d == nil:
+		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: fs.ErrNotExist}
+	case d.cur[filepath.Base(newname)] != nil || m.dirs[newname] != nil:
+		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: fs.ErrExist}
+	}
+	d.cur[filepath.Base(newname)] = nd
 	return nil
 }
 
@@ -478,11 +556,70 @@ func (m *MemFS) SyncDir(name string) error {
 	if m.crashed {
 		return &fs.PathError{Op: "syncdir", Path: name, Err: ErrCrashed}
 	}
+	return m.syncDirLocked(name)
+}
+
+// syncDirLocked makes directory name's entries durable. m.mu is held.
+func (m *MemFS) syncDirLocked(name string) error {
 	d := m.dirs[name]
 	if d == nil {
 		return &fs.PathError{Op: "syncdir", Path: name, Err: fs.ErrNotExist}
 	}
 	d.durable = maps.Clone(d.cur)
+	return nil
+}
+
+// memInfo is what Lstat reports.
+type memInfo struct {
+	name string
+	size int64
+	mode fs.FileMode
+}
+
+func (i memInfo) Name() string       { return i.name }
+func (i memInfo) Size() int64        { return i.size }
+func (i memInfo) Mode() fs.FileMode  { return i.mode }
+func (i memInfo) ModTime() time.Time { return time.Time{} }
+func (i memInfo) IsDir() bool        { return i.mode.IsDir() }
+func (i memInfo) Sys() any           { return nil }
+
+// memDirFile is a directory opened by OpenDir.
+type memDirFile struct {
+	m    *MemFS
+	name string
+	// Guarded by m.mu.
+	closed bool
+}
+
+func (d *memDirFile) Sync() error {
+	if err := d.m.before(OpSyncDir, d.name); err != nil {
+		return err
+	}
+	d.m.mu.Lock()
+	defer d.m.mu.Unlock()
+	switch {
+	case d.m.crashed:
+		return &fs.PathError{Op: "syncdir", Path: d.name, Err: ErrCrashed}
+	case d.closed:
+		return &fs.PathError{Op: "syncdir", Path: d.name, Err: fs.ErrClosed}
+	}
+	return d.m.syncDirLocked(d.name)
+}
+
+func (d *memDirFile) Close() error {
+	if err := d.m.before(OpClose, d.name); err != nil {
+		return err
+	}
+	d.m.mu.Lock()
+	defer d.m.mu.Unlock()
+	switch {
+	case d.m.crashed:
+		return &fs.PathError{Op: "close", Path: d.name, Err: ErrCrashed}
+	case d.closed:
+		return &fs.PathError{Op: "close", Path: d.name, Err: fs.ErrClosed}
+	}
+	d.closed = true
+	d.m.open--
 	return nil
 }
 
@@ -622,6 +759,19 @@ func (f *memFile) Size() (int64, error) {
 		return 0, err
 	}
 	return int64(len(f.node.data)), nil
+}
+
+func (f *memFile) Chmod(mode fs.FileMode) error {
+	if err := f.m.before(OpChmod, f.name); err != nil {
+		return err
+	}
+	f.m.mu.Lock()
+	defer f.m.mu.Unlock()
+	if err := f.check(OpChmod); err != nil {
+		return err
+	}
+	f.node.mode = mode.Perm()
+	return nil
 }
 
 func (f *memFile) Close() error {

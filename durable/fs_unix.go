@@ -1,11 +1,11 @@
 //go:build unix
 
-package store
+package durable
 
 import "syscall"
 
 // Free implements SpaceFS: the blocks available to an unprivileged user, as
-// df reports them (root's reserved blocks are not the store's to fill).
+// df reports them (root's reserved blocks are not ours to fill).
 func (OSFS) Free(dir string) (int64, error) {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {

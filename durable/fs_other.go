@@ -1,8 +1,8 @@
 //go:build !unix
 
-package store
+package durable
 
 import "errors"
 
-// Free implements SpaceFS where the store cannot ask: no watermark.
+// Free implements SpaceFS where the system cannot be asked: no watermark.
 func (OSFS) Free(string) (int64, error) { return 0, errors.ErrUnsupported }

@@ -1,4 +1,4 @@
-package testclient
+package sim
 
 import (
 	"context"
@@ -14,17 +14,20 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"mnm/testclient"
+	"mnm/testclient/proc"
 )
 
 // These tests drive the simulation's ledger directly, without links: a
 // post is begun and settled as a member would, and deliveries are handed to
-// receive as a link would. RunSim against a real server is tested in package
+// receive as a link would. Run against a real server is tested in package
 // main (sim_test.go), where the server lives.
 
 // newTestSim returns a simulation of n members with made-up uids.
 func newTestSim(t *testing.T, n int) *simulation {
 	t.Helper()
-	cfg, err := SimConfig{Addr: "127.0.0.1:1", Members: n, Seed: 1}.withDefaults()
+	cfg, err := Config{Addr: "127.0.0.1:1", Members: n, Seed: 1}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +41,7 @@ func newTestSim(t *testing.T, n int) *simulation {
 
 // post begins a post of s to the members to and settles it with state
 // (postSending leaves it unsettled); it returns the post's seq.
-func (sim *simulation) testPost(s *simMember, state postState, to ...int32) uint64 {
+func (sim *simulation) testPost(s *member, state postState, to ...int32) uint64 {
 	seq := s.claimSeq()
 	sim.begin(s, seq, to, 100)
 	if state != postSending {
@@ -47,11 +50,11 @@ func (sim *simulation) testPost(s *simMember, state postState, to ...int32) uint
 	return seq
 }
 
-// delivery is the frame that carries post seq of s.
-func delivery(s *simMember, seq uint64) *Frame {
-	return &Frame{
+// deliveryOf is the frame that carries post seq of s.
+func deliveryOf(s *member, seq uint64) *testclient.Frame {
+	return &testclient.Frame{
 		Head: map[string]any{"op": "delivery", "from": s.uid, "id": "0000000000000001"},
-		Data: MakePayload(seq, s.uid, 100, nil),
+		Data: testclient.MakePayload(seq, s.uid, 100, nil),
 	}
 }
 
@@ -70,7 +73,7 @@ func (sim *simulation) tally() tally {
 	}
 }
 
-func TestSimLedgerChecks(t *testing.T) {
+func TestLedgerChecks(t *testing.T) {
 	sim := newTestSim(t, 3)
 	a, b, c := sim.members[0], sim.members[1], sim.members[2]
 	now := time.Now()
@@ -81,47 +84,54 @@ func TestSimLedgerChecks(t *testing.T) {
 	}{
 		{"delivery before the ack", func() {
 			seq := sim.testPost(a, postSending, 1, 2)
-			sim.receive(b, delivery(a, seq), now)
+			sim.receive(b, deliveryOf(a, seq), now)
 		}, tally{deliveries: 1}},
 		{"ack: c is owed it", func() { sim.settle(a, 0, postAcked) }, tally{deliveries: 1, owed: 1}},
-		{"c receives it", func() { sim.receive(c, delivery(a, 0), now) }, tally{deliveries: 2}},
-		{"again after every recipient had it", func() { sim.receive(b, delivery(a, 0), now) },
+		{"c receives it", func() { sim.receive(c, deliveryOf(a, 0), now) }, tally{deliveries: 2}},
+		{"again after every recipient had it", func() { sim.receive(b, deliveryOf(a, 0), now) },
 			tally{deliveries: 2, duplicates: 1}},
 		{"twice while others still wait", func() {
 			seq := sim.testPost(a, postAcked, 1, 2)
-			sim.receive(b, delivery(a, seq), now)
-			sim.receive(b, delivery(a, seq), now)
+			sim.receive(b, deliveryOf(a, seq), now)
+			sim.receive(b, deliveryOf(a, seq), now)
 		}, tally{deliveries: 3, duplicates: 2, owed: 1}},
 		{"to a member the post does not name", func() {
 			seq := sim.testPost(a, postAcked, 1)
-			sim.receive(c, delivery(a, seq), now)
+			sim.receive(c, deliveryOf(a, seq), now)
 		}, tally{deliveries: 3, duplicates: 2, misdelivered: 1, owed: 2}},
-		{"a post never made", func() { sim.receive(c, delivery(a, 99), now) },
+		{"a post never made", func() { sim.receive(c, deliveryOf(a, 99), now) },
 			tally{deliveries: 3, duplicates: 2, misdelivered: 2, owed: 2}},
 		{"a changed octet", func() {
-			f := delivery(a, 1)
+			f := deliveryOf(a, 1)
 			f.Data[len(f.Data)-1] ^= 1
 			sim.receive(c, f, now)
 		}, tally{deliveries: 3, duplicates: 2, misdelivered: 2, corrupt: 1, owed: 2}},
 		{"from another sender than the payload's", func() {
-			f := delivery(a, 1)
+			f := deliveryOf(a, 1)
 			f.Head["from"] = b.uid
 			sim.receive(c, f, now)
 		}, tally{deliveries: 3, duplicates: 2, misdelivered: 2, corrupt: 2, owed: 2}},
 		{"truncated", func() {
-			f := delivery(a, 1)
+			f := deliveryOf(a, 1)
 			f.Data = f.Data[:50]
 			sim.receive(c, f, now)
 		}, tally{deliveries: 3, duplicates: 2, misdelivered: 2, corrupt: 3, owed: 2}},
 		{"from no member", func() {
-			f := &Frame{Head: map[string]any{"op": "delivery", "from": "stranger"}, Data: MakePayload(0, "stranger", 100, nil)}
+			f := &testclient.Frame{Head: map[string]any{"op": "delivery", "from": "stranger"}, Data: testclient.MakePayload(0, "stranger", 100, nil)}
 			sim.receive(c, f, now)
 		}, tally{deliveries: 3, duplicates: 2, misdelivered: 3, corrupt: 3, owed: 2}},
 	}
+	// The steps build on each other: after a failed one, the rest would
+	// only repeat its error.
 	for _, s := range steps {
-		s.do()
-		if got := sim.tally(); got != s.want {
-			t.Fatalf("%s: %+v, want %+v", s.name, got, s.want)
+		ok := t.Run(s.name, func(t *testing.T) {
+			s.do()
+			if got := sim.tally(); got != s.want {
+				t.Fatalf("%+v, want %+v", got, s.want)
+			}
+		})
+		if !ok {
+			return
 		}
 	}
 	if sim.st.skipped.Load() != 0 {
@@ -129,18 +139,18 @@ func TestSimLedgerChecks(t *testing.T) {
 	}
 }
 
-func TestSimLedgerOrder(t *testing.T) {
+func TestLedgerOrder(t *testing.T) {
 	sim := newTestSim(t, 2)
 	a, b := sim.members[0], sim.members[1]
 	now := time.Now()
 	q := sim.testPost(a, postAcked, 1)
 	sim.testPost(a, postAcked, 1) // never delivered
 	h := sim.testPost(a, postAcked, 1)
-	sim.receive(b, delivery(a, h), now)
+	sim.receive(b, deliveryOf(a, h), now)
 	if got := sim.tally(); got != (tally{deliveries: 1, skipped: 2, owed: 2}) {
 		t.Fatalf("h before q and g: %+v", got)
 	}
-	sim.receive(b, delivery(a, q), now)
+	sim.receive(b, deliveryOf(a, q), now)
 	if got := sim.tally(); got != (tally{deliveries: 2, skipped: 2, reordered: 1, owed: 1}) {
 		t.Fatalf("then q: %+v", got)
 	}
@@ -151,7 +161,7 @@ func TestSimLedgerOrder(t *testing.T) {
 	}
 }
 
-func TestSimLedgerInFlight(t *testing.T) {
+func TestLedgerInFlight(t *testing.T) {
 	sim := newTestSim(t, 2)
 	a, b := sim.members[0], sim.members[1]
 	seq := sim.testPost(a, postAcked, 1)
@@ -168,7 +178,7 @@ func TestSimLedgerInFlight(t *testing.T) {
 	if got := b.owed.Load(); got != 1 {
 		t.Fatalf("b is owed %d, want 1", got)
 	}
-	sim.receive(b, delivery(a, seq), time.Now())
+	sim.receive(b, deliveryOf(a, seq), time.Now())
 	select {
 	case <-sim.drained:
 	default:
@@ -187,10 +197,10 @@ func TestSimLedgerInFlight(t *testing.T) {
 	}
 }
 
-// TestSimLedgerUnsettledPosts: a post whose ack never came may or may not
+// TestLedgerUnsettledPosts: a post whose ack never came may or may not
 // have been stored, and a refused one was not; neither may be taken for an
 // order error, nor be owed.
-func TestSimLedgerUnsettledPosts(t *testing.T) {
+func TestLedgerUnsettledPosts(t *testing.T) {
 	sim := newTestSim(t, 2)
 	a, b := sim.members[0], sim.members[1]
 	now := time.Now()
@@ -202,12 +212,12 @@ func TestSimLedgerUnsettledPosts(t *testing.T) {
 		t.Fatalf("owed %d, want 2 (q and h)", got.owed)
 	}
 	// h overtakes u (passed over: maybe never stored) and q (acked: an error).
-	sim.receive(b, delivery(a, h), now)
+	sim.receive(b, deliveryOf(a, h), now)
 	if got := sim.tally(); got != (tally{deliveries: 1, skipped: 1, owed: 1}) {
 		t.Fatalf("h first: %+v", got)
 	}
-	sim.receive(b, delivery(a, u), now)
-	sim.receive(b, delivery(a, q), now)
+	sim.receive(b, deliveryOf(a, u), now)
+	sim.receive(b, deliveryOf(a, q), now)
 	if got := sim.tally(); got != (tally{deliveries: 3, skipped: 1, reordered: 1}) {
 		t.Fatalf("then u and q: %+v", got)
 	}
@@ -219,76 +229,46 @@ func TestSimLedgerUnsettledPosts(t *testing.T) {
 	}
 }
 
-// TestSimDeliveryLatencyExcludesOffline: a delivery's latency runs from the
+// TestDeliveryLatencyExcludesOffline: a delivery's latency runs from the
 // post, or from the recipient's login if that came later.
-func TestSimDeliveryLatencyExcludesOffline(t *testing.T) {
+func TestDeliveryLatencyExcludesOffline(t *testing.T) {
 	sim := newTestSim(t, 3)
 	a, b, c := sim.members[0], sim.members[1], sim.members[2]
 	b.onlineSince.Store(time.Now().Add(-time.Hour).UnixNano())
 	seq := sim.testPost(a, postAcked, 1, 2)
 	sent := a.posts[seq].sent
-	sim.receive(b, delivery(a, seq), sent.Add(40*time.Millisecond))
+	sim.receive(b, deliveryOf(a, seq), sent.Add(40*time.Millisecond))
 	login := sent.Add(time.Hour)
 	c.onlineSince.Store(login.UnixNano())
-	sim.receive(c, delivery(a, seq), login.Add(40*time.Millisecond))
-	h := sim.st.deliveryLatency.counts()
-	p0, ok := h.quantile(0.01)
-	p100, _ := h.quantile(1)
+	sim.receive(c, deliveryOf(a, seq), login.Add(40*time.Millisecond))
+	h := sim.st.deliveryLatency.Counts()
+	p0, ok := h.Quantile(0.01)
+	p100, _ := h.Quantile(1)
 	if !ok || p0 < 36*time.Millisecond || p100 > 44*time.Millisecond {
 		t.Errorf("latencies from %v to %v, want both 40ms", p0, p100)
 	}
 }
 
-func TestLatencyHist(t *testing.T) {
-	var h latencyHist
-	if _, ok := h.counts().quantile(0.5); ok {
-		t.Error("quantile of no samples")
-	}
-	for ms := 1; ms <= 100; ms++ {
-		h.observe(time.Duration(ms) * time.Millisecond)
-	}
-	before := h.counts()
-	for _, c := range []struct {
-		q    float64
-		want time.Duration
-	}{{0.5, 50 * time.Millisecond}, {0.99, 99 * time.Millisecond}, {0.01, time.Millisecond}} {
-		got, ok := before.quantile(c.q)
-		// Buckets are an eighth of an octave: within 5% of the truth.
-		if !ok || got < c.want*95/100 || got > c.want*105/100 {
-			t.Errorf("q%.2f = %v, want about %v", c.q, got, c.want)
-		}
-	}
-	h.observe(10 * time.Second)
-	h.observe(0)
-	h.observe(-time.Second)     // a clock step: counted, not a crash
-	h.observe(1000 * time.Hour) // beyond the last bucket
-	d := h.counts().sub(before)
-	if got, _ := d.quantile(1); got < 18*time.Hour { // the last bucket: 2^36 µs
-		t.Errorf("max of the difference %v, want the last bucket", got)
-	}
-	if got, _ := d.quantile(0.25); got > 2*time.Microsecond {
-		t.Errorf("min of the difference %v, want the first bucket", got)
-	}
-}
-
 func TestPartition(t *testing.T) {
 	for _, n := range []int{2, 3, 99, 100, 101, 199, 250, 1000, 10001} {
-		groups := partition(n, simGroupMax)
-		if want := (n + simGroupMax - 1) / simGroupMax; len(groups) != want {
-			t.Errorf("n=%d: %d groups, want %d", n, len(groups), want)
-		}
-		lo, smallest, largest := 0, n, 0
-		for _, g := range groups {
-			if g[0] != lo {
-				t.Fatalf("n=%d: group %v does not start at %d", n, g, lo)
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			groups := partition(n, groupMax)
+			if want := (n + groupMax - 1) / groupMax; len(groups) != want {
+				t.Errorf("%d groups, want %d", len(groups), want)
 			}
-			size := g[1] - g[0]
-			smallest, largest = min(smallest, size), max(largest, size)
-			lo = g[1]
-		}
-		if lo != n || smallest < 2 || largest > simGroupMax || largest-smallest > 1 {
-			t.Errorf("n=%d: groups %v", n, groups)
-		}
+			lo, smallest, largest := 0, n, 0
+			for _, g := range groups {
+				if g[0] != lo {
+					t.Fatalf("group %v does not start at %d", g, lo)
+				}
+				size := g[1] - g[0]
+				smallest, largest = min(smallest, size), max(largest, size)
+				lo = g[1]
+			}
+			if lo != n || smallest < 2 || largest > groupMax || largest-smallest > 1 {
+				t.Errorf("groups %v", groups)
+			}
+		})
 	}
 }
 
@@ -324,21 +304,21 @@ func TestPostSize(t *testing.T) {
 	large, sum := 0, 0
 	for i := range sizes {
 		sizes[i] = postSize(rng)
-		if sizes[i] < simSizeMin || sizes[i] > simSizeMax {
+		if sizes[i] < sizeMin || sizes[i] > sizeMax {
 			t.Fatalf("size %d out of range", sizes[i])
 		}
-		if sizes[i] > simSizeSplit {
+		if sizes[i] > sizeSplit {
 			large++
 		}
 		sum += sizes[i]
 	}
 	// The sample mean has a standard error of about 70 octets (1%): the
 	// mixture's standard deviation is about 22 KB.
-	if mean := float64(sum) / samples; mean < 0.9*simSizeMean || mean > 1.1*simSizeMean {
-		t.Errorf("mean %.0f, want %d ± 10%%", mean, simSizeMean)
+	if mean := float64(sum) / samples; mean < 0.9*sizeMean || mean > 1.1*sizeMean {
+		t.Errorf("mean %.0f, want %d ± 10%%", mean, sizeMean)
 	}
 	if frac := float64(large) / samples; frac < 0.04 || frac > 0.05 {
-		t.Errorf("%.4f over %d, want about %v", frac, simSizeSplit, simSizeLargeShare)
+		t.Errorf("%.4f over %d, want about %v", frac, sizeSplit, sizeLargeShare)
 	}
 	slices.Sort(sizes)
 	// Median m: (1 − 0.045)·ln(m/80)/ln(200) = 0.5, so m ≈ 1282.
@@ -350,25 +330,25 @@ func TestPostSize(t *testing.T) {
 	}
 }
 
-// TestPostSizeMean checks the derivation of simSizeLargeShare: the exact
-// mean of the mixture is simSizeMean.
+// TestPostSizeMean checks the derivation of sizeLargeShare: the exact
+// mean of the mixture is sizeMean.
 func TestPostSizeMean(t *testing.T) {
 	logUniformMean := func(a, b float64) float64 { return (b - a) / math.Log(b/a) }
-	small := logUniformMean(simSizeMin, simSizeSplit)
-	large := logUniformMean(simSizeSplit, simSizeMax)
-	mean := (1-simSizeLargeShare)*small + simSizeLargeShare*large
-	if math.Abs(mean-simSizeMean) > 0.01*simSizeMean {
-		t.Errorf("mixture mean %.0f (small %.0f, large %.0f), want %d", mean, small, large, simSizeMean)
+	small := logUniformMean(sizeMin, sizeSplit)
+	large := logUniformMean(sizeSplit, sizeMax)
+	mean := (1-sizeLargeShare)*small + sizeLargeShare*large
+	if math.Abs(mean-sizeMean) > 0.01*sizeMean {
+		t.Errorf("mixture mean %.0f (small %.0f, large %.0f), want %d", mean, small, large, sizeMean)
 	}
 }
 
-// TestSimStatusLine: the status line names whose memory and CPU it shows,
+// TestStatusLine: the status line names whose memory and CPU it shows,
 // and turns CPU time into a share of a core over the interval.
-func TestSimStatusLine(t *testing.T) {
+func TestStatusLine(t *testing.T) {
 	var calls int
-	cfg, err := SimConfig{Addr: "x:1", Members: 2, ProcName: "server+members", Proc: func() (ProcStats, error) {
+	cfg, err := Config{Addr: "x:1", Members: 2, ProcName: "server+members", Proc: func() (proc.Stats, error) {
 		calls++
-		return ProcStats{RSS: 45e6, HWM: 60e6, CPU: time.Duration(calls) * 1500 * time.Millisecond}, nil
+		return proc.Stats{RSS: 45e6, HWM: 60e6, CPU: time.Duration(calls) * 1500 * time.Millisecond}, nil
 	}}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
@@ -390,7 +370,7 @@ func TestSimStatusLine(t *testing.T) {
 		t.Errorf("summary rss %d, peak %d", sum.RSS, sum.PeakRSS)
 	}
 	// The default names the server.
-	if c, _ := (SimConfig{Addr: "x:1", Members: 2}).withDefaults(); c.ProcName != "server" {
+	if c, _ := (Config{Addr: "x:1", Members: 2}).withDefaults(); c.ProcName != "server" {
 		t.Errorf("default ProcName %q", c.ProcName)
 	}
 	if got := cores(3*time.Second, 2*time.Second); got != "150% of a core" {
@@ -401,30 +381,35 @@ func TestSimStatusLine(t *testing.T) {
 	}
 }
 
-func TestSimConfig(t *testing.T) {
-	bad := []SimConfig{
-		{Members: 5},
-		{Addr: "x:1", Members: 1},
-		{Addr: "x:1", Members: 5, Timescale: -1},
-		{Addr: "x:1", Members: 5, Drain: -time.Second},
+func TestConfig(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"no address", Config{Members: 5}},
+		{"one member", Config{Addr: "x:1", Members: 1}},
+		{"negative timescale", Config{Addr: "x:1", Members: 5, Timescale: -1}},
+		{"NaN timescale", Config{Addr: "x:1", Members: 5, Timescale: math.NaN()}},
+		{"negative drain", Config{Addr: "x:1", Members: 5, Drain: -time.Second}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := c.cfg.withDefaults(); err == nil {
+				t.Errorf("%+v accepted", c.cfg)
+			}
+			if _, err := Run(context.Background(), c.cfg, io.Discard); err == nil {
+				t.Errorf("Run ran %+v", c.cfg)
+			}
+		})
 	}
-	for _, c := range bad {
-		if _, err := c.withDefaults(); err == nil {
-			t.Errorf("%+v accepted", c)
-		}
-		if _, err := RunSim(context.Background(), c, io.Discard); err == nil {
-			t.Errorf("RunSim ran %+v", c)
-		}
-	}
-	c, err := SimConfig{Addr: "x:1", Members: 2}.withDefaults()
-	if err != nil || c.Timescale != 1 || c.Interval != DefaultSimInterval || c.Drain != DefaultSimDrain || c.Seed == 0 {
+	c, err := Config{Addr: "x:1", Members: 2}.withDefaults()
+	if err != nil || c.Timescale != 1 || c.Interval != DefaultInterval || c.Drain != DefaultDrain || c.Seed == 0 {
 		t.Errorf("defaults %+v, %v", c, err)
 	}
 }
 
-// TestRunSimSetupFails: a server that cannot be reached fails setup with an
+// TestRunSetupFails: a server that cannot be reached fails setup with an
 // error, promptly.
-func TestRunSimSetupFails(t *testing.T) {
+func TestRunSetupFails(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -432,46 +417,49 @@ func TestRunSimSetupFails(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	var out strings.Builder
-	_, err = RunSim(context.Background(), SimConfig{Addr: addr, Members: 3}, &out)
+	_, err = Run(context.Background(), Config{Addr: addr, Members: 3}, &out)
 	if err == nil || !strings.Contains(err.Error(), "register") {
-		t.Fatalf("RunSim against a closed port: %v", err)
+		t.Fatalf("Run against a closed port: %v", err)
 	}
 }
 
-func TestSimLinkEnded(t *testing.T) {
+func TestLinkEnded(t *testing.T) {
 	sim := newTestSim(t, 2)
 	m := sim.members[0]
 	for _, c := range []struct {
+		name                 string
 		err                  error
 		wantErrs, wantIntegr uint64
 	}{
-		{nil, 0, 0},
-		{ErrClosed, 0, 0},
-		{&QuitError{Reason: "idle"}, 1, 0},
-		{fmt.Errorf("testclient: link ended: %w", fmt.Errorf("%w: bad headsum", ErrProtocol)), 1, 1},
+		{"logout", nil, 0, 0},
+		{"closed", testclient.ErrClosed, 0, 0},
+		{"quit by the server", &testclient.QuitError{Reason: "idle"}, 1, 0},
+		{"protocol broken", fmt.Errorf("testclient: link ended: %w", fmt.Errorf("%w: bad headsum", testclient.ErrProtocol)), 1, 1},
 	} {
-		l := &simLink{sim: sim, m: m}
-		m.onlineSince.Store(1)
-		sim.st.online.Add(1)
-		sim.ended(l, c.err)
-		sim.ended(l, errors.New("accounted once"))
-		if m.onlineSince.Load() != 0 || sim.st.online.Load() != 0 {
-			t.Errorf("%v: still online", c.err)
-		}
-		if got := sim.st.errors.Load() + sim.st.corrupt.Load(); got != c.wantErrs {
-			t.Errorf("%v: %d errors, want %d", c.err, got, c.wantErrs)
-		}
-		if got := sim.st.corrupt.Load(); got != c.wantIntegr {
-			t.Errorf("%v: %d integrity errors, want %d", c.err, got, c.wantIntegr)
-		}
-		sim.st.errors.Store(0)
-		sim.st.corrupt.Store(0)
+		t.Run(c.name, func(t *testing.T) {
+			l := &link{sim: sim, m: m}
+			m.onlineSince.Store(1)
+			sim.st.online.Add(1)
+			sim.ended(l, c.err)
+			sim.ended(l, errors.New("accounted once"))
+			if m.onlineSince.Load() != 0 || sim.st.online.Load() != 0 {
+				t.Errorf("%v: still online", c.err)
+			}
+			if got := sim.st.errors.Load() + sim.st.corrupt.Load(); got != c.wantErrs {
+				t.Errorf("%v: %d errors, want %d", c.err, got, c.wantErrs)
+			}
+			if got := sim.st.corrupt.Load(); got != c.wantIntegr {
+				t.Errorf("%v: %d integrity errors, want %d", c.err, got, c.wantIntegr)
+			}
+			sim.st.errors.Store(0)
+			sim.st.corrupt.Store(0)
+		})
 	}
 }
 
-// TestSimLedgerConcurrent has members post to every other and receive on
+// TestLedgerConcurrent has members post to every other and receive on
 // their own goroutines, as links do (run with -race).
-func TestSimLedgerConcurrent(t *testing.T) {
+func TestLedgerConcurrent(t *testing.T) {
 	const members, posts = 8, 200
 	sim := newTestSim(t, members)
 	var others [members][]int32
@@ -484,9 +472,9 @@ func TestSimLedgerConcurrent(t *testing.T) {
 	}
 	// Each receiver gets every sender's posts in order, interleaved across
 	// senders by the scheduler.
-	inbox := make([]chan *Frame, members)
+	inbox := make([]chan *testclient.Frame, members)
 	for i := range inbox {
-		inbox[i] = make(chan *Frame, members*posts)
+		inbox[i] = make(chan *testclient.Frame, members*posts)
 	}
 	var senders, receivers sync.WaitGroup
 	for i, s := range sim.members {
@@ -495,7 +483,7 @@ func TestSimLedgerConcurrent(t *testing.T) {
 				seq := s.claimSeq()
 				sim.begin(s, seq, others[i], 100)
 				for _, r := range others[i] {
-					inbox[r] <- delivery(s, seq)
+					inbox[r] <- deliveryOf(s, seq)
 				}
 				sim.settle(s, seq, postAcked)
 			}
@@ -535,24 +523,26 @@ func TestFmtLatency(t *testing.T) {
 		{37345 * time.Microsecond, true, "37.3ms"},
 		{2500 * time.Millisecond, true, "2.50s"},
 	} {
-		if got := fmtLatency(c.d, c.ok); got != c.want {
-			t.Errorf("fmtLatency(%v) = %q, want %q", c.d, got, c.want)
-		}
+		t.Run(c.want, func(t *testing.T) {
+			if got := fmtLatency(c.d, c.ok); got != c.want {
+				t.Errorf("fmtLatency(%v) = %q, want %q", c.d, got, c.want)
+			}
+		})
 	}
 }
 
-// FuzzSimReceive hands receive arbitrary delivery data: it must classify
+// FuzzReceive hands receive arbitrary delivery data: it must classify
 // every one (a delivery or an integrity error), never panic.
-func FuzzSimReceive(f *testing.F) {
-	f.Add(MakePayload(0, "uid-of-member-0", 100, nil), "uid-of-member-0") // a real delivery
-	f.Add(MakePayload(7, "uid-of-member-0", 100, nil), "uid-of-member-0") // a post never made
-	f.Add(MakePayload(0, "uid-of-member-1", 90, nil), "uid-of-member-0")  // payload of another sender
-	f.Add([]byte{}, "")                                                   // empty
-	f.Add([]byte("m\x01\x00\x00\x00\x00\x00\x1c"), "uid-of-member-0")     // a fixed part, cut short
+func FuzzReceive(f *testing.F) {
+	f.Add(testclient.MakePayload(0, "uid-of-member-0", 100, nil), "uid-of-member-0") // a real delivery
+	f.Add(testclient.MakePayload(7, "uid-of-member-0", 100, nil), "uid-of-member-0") // a post never made
+	f.Add(testclient.MakePayload(0, "uid-of-member-1", 90, nil), "uid-of-member-0")  // payload of another sender
+	f.Add([]byte{}, "")                                                              // empty
+	f.Add([]byte("m\x01\x00\x00\x00\x00\x00\x1c"), "uid-of-member-0")                // a fixed part, cut short
 	f.Fuzz(func(t *testing.T, data []byte, from string) {
 		sim := newTestSim(t, 2)
 		sim.testPost(sim.members[0], postAcked, 1)
-		frame := &Frame{Head: map[string]any{"op": "delivery", "from": from}, Data: data}
+		frame := &testclient.Frame{Head: map[string]any{"op": "delivery", "from": from}, Data: data}
 		sim.receive(sim.members[1], frame, time.Now())
 		got := sim.tally()
 		if n := got.deliveries + got.corrupt + got.duplicates + got.misdelivered; n != 1 {
@@ -561,15 +551,15 @@ func FuzzSimReceive(f *testing.F) {
 	})
 }
 
-func TestSimDeliverySize(t *testing.T) {
+func TestDeliverySize(t *testing.T) {
 	// The ledger holds one per recipient of every post in flight.
-	if got := unsafe.Sizeof(simDelivery{}); got != 16 {
-		t.Errorf("simDelivery is %d octets, want 16", got)
+	if got := unsafe.Sizeof(delivery{}); got != 16 {
+		t.Errorf("delivery is %d octets, want 16", got)
 	}
 }
 
-func TestSimOnlineSlots(t *testing.T) {
-	cfg, err := SimConfig{Addr: "x:1", Members: 3, MaxOnline: 1}.withDefaults()
+func TestOnlineSlots(t *testing.T) {
+	cfg, err := Config{Addr: "x:1", Members: 3, MaxOnline: 1}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -588,7 +578,7 @@ func TestSimOnlineSlots(t *testing.T) {
 	if !sim.acquire(context.Background()) {
 		t.Fatal("slot not reusable after release")
 	}
-	if _, err := (SimConfig{Addr: "x:1", Members: 3, MaxOnline: -1}).withDefaults(); err == nil {
+	if _, err := (Config{Addr: "x:1", Members: 3, MaxOnline: -1}).withDefaults(); err == nil {
 		t.Error("negative MaxOnline accepted")
 	}
 }

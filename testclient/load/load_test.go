@@ -1,4 +1,4 @@
-package testclient
+package load
 
 import (
 	"context"
@@ -9,18 +9,21 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"mnm/testclient"
+	"mnm/testclient/internal/fakeserver"
 )
 
 // The load engine is tested against fakeRelay, a minimal relay on the fake
 // server whose deliveries a test can drop, repeat, reorder or corrupt; that
-// RunLoad finds nothing wrong with the real server is tested in package main
+// Run finds nothing wrong with the real server is tested in package main
 // (load_test.go there), which can start one.
 
 // fakeRelay registers anyone, acks every post at once and writes its data to
 // each recipient's link as a delivery. It does not wait for the recipients'
-// acks: RunLoad must cope with messages arriving back to back.
+// acks: Run must cope with messages arriving back to back.
 type fakeRelay struct {
-	s *fakeServer
+	s *fakeserver.Server
 
 	// deliver, if set, decides what recipient to gets for the k-th (from 0)
 	// post that from sent it: the payloads to write, in order (none drops it).
@@ -37,21 +40,21 @@ type fakeRelay struct {
 }
 
 // relayLink is a link of the relay; wmu serialises its writers (its own
-// request loop and the senders' deliveries).
+// request loop and the senders' deliveries): its Write hides the Link's.
 type relayLink struct {
-	*fakeLink
+	*fakeserver.Link
 	wmu sync.Mutex
 }
 
-func (l *relayLink) write(head map[string]any, data []byte) error {
+func (l *relayLink) Write(head map[string]any, data []byte) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	return l.fakeLink.write(head, data)
+	return l.Link.Write(head, data)
 }
 
 func newFakeRelay(t *testing.T) *fakeRelay {
 	r := &fakeRelay{
-		s:     newFakeServer(t),
+		s:     fakeserver.New(t),
 		links: make(map[string]*relayLink),
 		nodes: make(map[string]string),
 		posts: make(map[[2]string]int),
@@ -61,8 +64,8 @@ func newFakeRelay(t *testing.T) *fakeRelay {
 	go func() {
 		for {
 			select {
-			case l := <-r.s.links:
-				go r.serve(&relayLink{fakeLink: l})
+			case l := <-r.s.Links:
+				go r.serve(&relayLink{Link: l})
 			case <-stop:
 				return
 			}
@@ -71,31 +74,31 @@ func newFakeRelay(t *testing.T) *fakeRelay {
 	return r
 }
 
-func (r *fakeRelay) addr() string { return r.s.addr() }
+func (r *fakeRelay) addr() string { return r.s.Addr() }
 
 // serve runs one link: TmtpRev, Register or Login, then posts until the
 // client closes it.
 func (r *fakeRelay) serve(l *relayLink) {
-	defer l.c.Close()
-	if err := l.tmtprev(); err != nil {
+	defer l.Conn.Close()
+	if err := l.TmtpRev(); err != nil {
 		return
 	}
-	req, err := l.read()
+	req, err := l.Read()
 	if err != nil {
 		return
 	}
 	r.mu.Lock()
 	var uid string
-	switch req.num("op") {
+	switch req.Num("op") {
 	case 1:
 		r.nextID++
 		uid = fmt.Sprintf("uid%d", r.nextID)
 		r.nodes[uid] = "node-" + uid
 	case 2:
-		uid = req.str("uid")
-		if r.nodes[uid] != req.str("node") || r.links[uid] != nil {
+		uid = req.Str("uid")
+		if r.nodes[uid] != req.Str("node") || r.links[uid] != nil {
 			r.mu.Unlock()
-			l.quit("login failed")
+			l.Quit("login failed")
 			return
 		}
 	}
@@ -106,25 +109,25 @@ func (r *fakeRelay) serve(l *relayLink) {
 		delete(r.links, uid)
 		r.mu.Unlock()
 	}()
-	if req.num("op") == 1 {
-		if l.write(map[string]any{"nodeid": "node-" + uid, "op": "registered", "uid": uid}, nil) != nil {
+	if req.Num("op") == 1 {
+		if l.Write(map[string]any{"nodeid": "node-" + uid, "op": "registered", "uid": uid}, nil) != nil {
 			return
 		}
 	}
-	if l.write(map[string]any{"info": "login ok", "op": "info"}, nil) != nil {
+	if l.Write(map[string]any{"info": "login ok", "op": "info"}, nil) != nil {
 		return
 	}
-	if req.num("op") == 2 {
-		if l.write(storedHead(map[string]any{"op": "login", "from": uid, "id": r.msgID(), "node": "tbd"}, nil), nil) != nil {
+	if req.Num("op") == 2 {
+		if l.Write(fakeserver.StoredHead(map[string]any{"op": "login", "from": uid, "id": r.msgID(), "node": "tbd"}, nil), nil) != nil {
 			return
 		}
 	}
 	for {
-		req, err := l.read()
+		req, err := l.Read()
 		if err != nil {
 			return
 		}
-		if req.num("op") != 7 {
+		if req.Num("op") != 7 {
 			continue // acks (op 10) and pulses need no answer
 		}
 		if err := r.post(l, uid, req); err != nil {
@@ -141,22 +144,22 @@ func (r *fakeRelay) msgID() string {
 }
 
 // post acks a post and delivers it.
-func (r *fakeRelay) post(l *relayLink, from string, req *req) error {
+func (r *fakeRelay) post(l *relayLink, from string, req *fakeserver.Req) error {
 	r.mu.Lock()
 	k := r.posts[[2]string{from, ""}]
 	r.posts[[2]string{from, ""}]++
 	r.mu.Unlock()
 	if r.refuse != nil && r.refuse(from, k) {
-		return l.write(map[string]any{"error": "refused by the test", "id": req.str("id"), "op": "ack"}, nil)
+		return l.Write(map[string]any{"error": "refused by the test", "id": req.Str("id"), "op": "ack"}, nil)
 	}
 	id := r.msgID()
-	err := l.write(map[string]any{
-		"id": req.str("id"), "msgid": id, "op": "ack", "posted": "2026-11-30T01:45:24.979Z",
+	err := l.Write(map[string]any{
+		"id": req.Str("id"), "msgid": id, "op": "ack", "posted": "2026-11-30T01:45:24.979Z",
 	}, nil)
 	if err != nil {
 		return err
 	}
-	list, _ := req.head["for"].([]any)
+	list, _ := req.Head["for"].([]any)
 	for _, e := range list {
 		to, _ := e.(map[string]any)["Id"].(string)
 		r.mu.Lock()
@@ -164,16 +167,16 @@ func (r *fakeRelay) post(l *relayLink, from string, req *req) error {
 		k := r.posts[[2]string{from, to}]
 		r.posts[[2]string{from, to}]++
 		r.mu.Unlock()
-		out := [][]byte{req.data}
+		out := [][]byte{req.Data}
 		if r.deliver != nil {
-			out = r.deliver(from, to, k, req.data)
+			out = r.deliver(from, to, k, req.Data)
 		}
 		for _, data := range out {
 			if dst == nil {
 				break
 			}
-			head := storedHead(map[string]any{"op": "delivery", "from": from, "id": r.msgID()}, data)
-			if err := dst.write(head, data); err != nil {
+			head := fakeserver.StoredHead(map[string]any{"op": "delivery", "from": from, "id": r.msgID()}, data)
+			if err := dst.Write(head, data); err != nil {
 				break // that recipient is gone; the sender's link is fine
 			}
 		}
@@ -182,13 +185,13 @@ func (r *fakeRelay) post(l *relayLink, from string, req *req) error {
 }
 
 // smallLoad is a run quick enough for unit tests.
-func smallLoad(addr string) LoadConfig {
-	return LoadConfig{Addr: addr, Users: 4, Posts: 20, Size: 200, Recipients: 2, Window: 4, Timeout: 20 * time.Second}
+func smallLoad(addr string) Config {
+	return Config{Addr: addr, Users: 4, Posts: 20, Size: 200, Recipients: 2, Window: 4, Timeout: 20 * time.Second}
 }
 
-func runLoad(t *testing.T, cfg LoadConfig) LoadResult {
+func runLoad(t *testing.T, cfg Config) Result {
 	t.Helper()
-	res, err := RunLoad(context.Background(), cfg)
+	res, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +199,7 @@ func runLoad(t *testing.T, cfg LoadConfig) LoadResult {
 	return res
 }
 
-func TestRunLoadClean(t *testing.T) {
+func TestRunClean(t *testing.T) {
 	r := newFakeRelay(t)
 	cfg := smallLoad(r.addr())
 	cfg.Strict = true // the fake writes frames as the contract says
@@ -228,9 +231,9 @@ func TestRunLoadClean(t *testing.T) {
 	}
 }
 
-// TestRunLoadWindowOne: with one post in flight, every member's posts are
+// TestRunWindowOne: with one post in flight, every member's posts are
 // strictly sequential; the run must still complete.
-func TestRunLoadWindowOne(t *testing.T) {
+func TestRunWindowOne(t *testing.T) {
 	r := newFakeRelay(t)
 	cfg := smallLoad(r.addr())
 	cfg.Window, cfg.Recipients = 1, 3
@@ -240,8 +243,8 @@ func TestRunLoadWindowOne(t *testing.T) {
 	}
 }
 
-// TestRunLoadOneSender: with Senders 1 only the first member posts.
-func TestRunLoadOneSender(t *testing.T) {
+// TestRunOneSender: with Senders 1 only the first member posts.
+func TestRunOneSender(t *testing.T) {
 	r := newFakeRelay(t)
 	cfg := smallLoad(r.addr())
 	cfg.Users, cfg.Senders, cfg.Recipients = 2, 1, 1
@@ -257,10 +260,10 @@ func TestRunLoadOneSender(t *testing.T) {
 	}
 }
 
-// TestRunLoadDetectsLoss: a relay that drops one delivery and corrupts
+// TestRunDetectsLoss: a relay that drops one delivery and corrupts
 // another is caught: the run times out with both counted lost, the
 // corruption counted, and nothing else blamed.
-func TestRunLoadDetectsLoss(t *testing.T) {
+func TestRunDetectsLoss(t *testing.T) {
 	r := newFakeRelay(t)
 	var victim string
 	var once sync.Once
@@ -294,9 +297,9 @@ func TestRunLoadDetectsLoss(t *testing.T) {
 	}
 }
 
-// TestRunLoadDetectsDuplicateAndReorder: a repeated delivery and two swapped
+// TestRunDetectsDuplicateAndReorder: a repeated delivery and two swapped
 // ones are counted, and the run still completes without a timeout.
-func TestRunLoadDetectsDuplicateAndReorder(t *testing.T) {
+func TestRunDetectsDuplicateAndReorder(t *testing.T) {
 	r := newFakeRelay(t)
 	var (
 		mu   sync.Mutex
@@ -331,9 +334,9 @@ func TestRunLoadDetectsDuplicateAndReorder(t *testing.T) {
 	}
 }
 
-// TestRunLoadPostRefused: a refused post is a post error, not a loss, and
+// TestRunPostRefused: a refused post is a post error, not a loss, and
 // the run does not wait for its deliveries.
-func TestRunLoadPostRefused(t *testing.T) {
+func TestRunPostRefused(t *testing.T) {
 	r := newFakeRelay(t)
 	r.refuse = func(from string, k int) bool { return from == "uid2" && k == 4 }
 	cfg := smallLoad(r.addr())
@@ -347,9 +350,9 @@ func TestRunLoadPostRefused(t *testing.T) {
 	}
 }
 
-// TestRunLoadLinkLost: a recipient's link that dies ends the run at once
+// TestRunLinkLost: a recipient's link that dies ends the run at once
 // with the reason, instead of waiting for the timeout.
-func TestRunLoadLinkLost(t *testing.T) {
+func TestRunLinkLost(t *testing.T) {
 	r := newFakeRelay(t)
 	var once sync.Once
 	r.deliver = func(from, to string, k int, data []byte) [][]byte {
@@ -360,7 +363,7 @@ func TestRunLoadLinkLost(t *testing.T) {
 			r.mu.Lock()
 			l := r.links[to]
 			r.mu.Unlock()
-			l.c.Close()
+			l.Conn.Close()
 		})
 		return [][]byte{data}
 	}
@@ -379,35 +382,52 @@ func TestRunLoadLinkLost(t *testing.T) {
 	}
 }
 
-func TestRunLoadConfig(t *testing.T) {
-	ok := LoadConfig{Addr: "127.0.0.1:1", Users: 3, Posts: 1, Size: 100, Recipients: 2, Window: 1}
-	for name, edit := range map[string]func(*LoadConfig){
-		"no address":       func(c *LoadConfig) { c.Addr = "" },
-		"one user":         func(c *LoadConfig) { c.Users, c.Recipients = 1, 1 },
-		"no posts":         func(c *LoadConfig) { c.Posts = 0 },
-		"no recipients":    func(c *LoadConfig) { c.Recipients = 0 },
-		"too many recip":   func(c *LoadConfig) { c.Recipients = 3 },
-		"no window":        func(c *LoadConfig) { c.Window = 0 },
-		"senders > users":  func(c *LoadConfig) { c.Senders = 4 },
-		"negative senders": func(c *LoadConfig) { c.Senders = -1 },
-		"tiny payload":     func(c *LoadConfig) { c.Size = PayloadMin("m2") - 1 },
+func TestRunConfig(t *testing.T) {
+	ok := Config{Addr: "127.0.0.1:1", Users: 3, Posts: 1, Size: 100, Recipients: 2, Window: 1}
+	for name, edit := range map[string]func(*Config){
+		"no address":       func(c *Config) { c.Addr = "" },
+		"one user":         func(c *Config) { c.Users, c.Recipients = 1, 1 },
+		"no posts":         func(c *Config) { c.Posts = 0 },
+		"no recipients":    func(c *Config) { c.Recipients = 0 },
+		"too many recip":   func(c *Config) { c.Recipients = 3 },
+		"no window":        func(c *Config) { c.Window = 0 },
+		"senders > users":  func(c *Config) { c.Senders = 4 },
+		"negative senders": func(c *Config) { c.Senders = -1 },
+		"tiny payload":     func(c *Config) { c.Size = testclient.PayloadMin("m2") - 1 },
 	} {
-		c := ok
-		edit(&c)
-		if _, err := RunLoad(context.Background(), c); !errors.Is(err, ErrLoadConfig) {
-			t.Errorf("%s: err %v, want ErrLoadConfig", name, err)
-		}
+		t.Run(name, func(t *testing.T) {
+			c := ok
+			edit(&c)
+			if _, err := Run(context.Background(), c); !errors.Is(err, ErrConfig) {
+				t.Errorf("err %v, want ErrConfig", err)
+			}
+		})
 	}
 	// The valid configuration gets past the check and fails on the dial.
 	ok.Timeout = 5 * time.Second
-	if _, err := RunLoad(context.Background(), ok); err == nil || errors.Is(err, ErrLoadConfig) {
+	if _, err := Run(context.Background(), ok); err == nil || errors.Is(err, ErrConfig) {
 		t.Errorf("valid config against a closed port: err %v, want a dial error", err)
 	}
 }
 
-func TestRunIdle(t *testing.T) {
+// TestSetupStopped: a setup that ctx stops says so, and a call's own error
+// is passed on as it is.
+func TestSetupStopped(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := setup(ctx, 10, func(int) error { return nil })
+	if !errors.Is(err, context.Canceled) || !strings.HasPrefix(err.Error(), "load: setup: ") {
+		t.Errorf("stopped setup: err %v", err)
+	}
+	boom := errors.New("boom")
+	if err := setup(context.Background(), 10, func(int) error { return boom }); err != boom {
+		t.Errorf("failed call: err %v, want %v", err, boom)
+	}
+}
+
+func TestIdle(t *testing.T) {
 	r := newFakeRelay(t)
-	res, err := RunIdle(context.Background(), IdleConfig{
+	res, err := Idle(context.Background(), IdleConfig{
 		Addr: r.addr(), Links: 5, ServerPID: os.Getpid(), Settle: time.Millisecond, Hold: time.Millisecond, Timeout: 20 * time.Second,
 	})
 	if err != nil {
@@ -430,31 +450,13 @@ func TestRunIdle(t *testing.T) {
 	if n != 5 {
 		t.Errorf("relay registered %d accounts, want 5", n)
 	}
-	if _, err := RunIdle(context.Background(), IdleConfig{Addr: r.addr(), Links: 1}); !errors.Is(err, ErrLoadConfig) {
-		t.Errorf("idle without a pid: err %v, want ErrLoadConfig", err)
+	if _, err := Idle(context.Background(), IdleConfig{Addr: r.addr(), Links: 1}); !errors.Is(err, ErrConfig) {
+		t.Errorf("idle without a pid: err %v, want ErrConfig", err)
 	}
 }
 
-func TestPercentile(t *testing.T) {
-	if percentile(nil, 50) != 0 {
-		t.Error("percentile of nothing not 0")
-	}
-	var d []time.Duration
-	for i := 100; i >= 1; i-- {
-		d = append(d, time.Duration(i))
-	}
-	for p, want := range map[int]time.Duration{50: 50, 99: 99, 100: 100, 1: 1} {
-		if got := percentile(d, p); got != want {
-			t.Errorf("p%d of 1…100 = %d, want %d", p, got, want)
-		}
-	}
-	if got := percentile([]time.Duration{7}, 99); got != 7 {
-		t.Errorf("p99 of one = %d", got)
-	}
-}
-
-func TestLoadResultJSON(t *testing.T) {
-	b, err := LoadResult{Users: 2, AckP99: 1500 * time.Microsecond, DeliveryRate: 1234.5678}.MarshalJSON()
+func TestResultJSON(t *testing.T) {
+	b, err := Result{Users: 2, AckP99: 1500 * time.Microsecond, DeliveryRate: 1234.5678}.MarshalJSON()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -463,68 +465,4 @@ func TestLoadResultJSON(t *testing.T) {
 			t.Errorf("%s lacks %s", b, want)
 		}
 	}
-}
-
-func TestReadProcStats(t *testing.T) {
-	ps, err := ReadProcStats(os.Getpid())
-	if err != nil {
-		t.Skip("no /proc:", err)
-	}
-	if ps.RSS <= 0 || ps.HWM < ps.RSS || ps.CPU < 0 {
-		t.Errorf("%+v", ps)
-	}
-	if _, err := ReadProcStats(-1); err == nil {
-		t.Error("stats of pid -1")
-	}
-}
-
-func TestParseProc(t *testing.T) {
-	rss, hwm, err := parseProcStatus([]byte("Name:\tmnm\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\nThreads:\t5\n"))
-	if err != nil || rss != 1<<20 || hwm != 2<<20 {
-		t.Errorf("status: %d %d %v", rss, hwm, err)
-	}
-	cpu, err := parseProcStat([]byte("42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 9 0 1 2 3"))
-	if err != nil || cpu != 2*time.Second {
-		t.Errorf("stat: %v %v", cpu, err)
-	}
-	for _, bad := range []string{
-		"VmRSS:\t1024 kB\n",                // no VmHWM
-		"VmRSS:\tx kB\nVmHWM:\t1 kB\n",     // not a number
-		"VmRSS:\t1 MB\nVmHWM:\t1 kB\n",     // unknown unit
-		"VmRSS:\t-1 kB\nVmHWM:\t1 kB\n",    // negative
-		"VmRSS:\t1 kB 2\nVmHWM:\t1 kB\n",   // extra field
-		"VmRSS:\t1kB\nVmHWM:\t1 kB\n",      // no space
-		"VmRSS:\t99999999999999 kB\nVmHWM", // beyond any memory
-	} {
-		if _, _, err := parseProcStatus([]byte(bad)); !errors.Is(err, ErrProc) {
-			t.Errorf("status %q: err %v, want ErrProc", bad, err)
-		}
-	}
-	for _, bad := range []string{
-		"42 mnm S 1",                             // no parentheses
-		"42 (mnm) S 1 2 3",                       // too few fields
-		"42 (mnm) S 1 2 3 4 5 6 7 8 9 10 x 1 2",  // utime not a number
-		"42 (mnm) S 1 2 3 4 5 6 7 8 9 10 -5 1 2", // negative
-	} {
-		if _, err := parseProcStat([]byte(bad)); !errors.Is(err, ErrProc) {
-			t.Errorf("stat %q: err %v, want ErrProc", bad, err)
-		}
-	}
-}
-
-// FuzzParseProc: the /proc parsers return a value or an error, never panic,
-// whatever the file holds.
-func FuzzParseProc(f *testing.F) {
-	f.Add([]byte("VmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n"))                    // a real status excerpt
-	f.Add([]byte("42 (mnm) S 1 42 42 0 -1 4194560 100 0 0 0 150 50 0 0 20 0 9 0")) // a real stat
-	f.Add([]byte("42 (a) b) c) S"))                                                // a command name with ')'
-	f.Add([]byte("VmRSS:"))                                                        // a key without a value
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if rss, hwm, err := parseProcStatus(b); err == nil && (rss < 0 || hwm < 0) {
-			t.Errorf("negative memory %d %d", rss, hwm)
-		}
-		if cpu, err := parseProcStat(b); err == nil && cpu < 0 {
-			t.Errorf("negative cpu %v", cpu)
-		}
-	})
 }
