@@ -38,7 +38,11 @@ package main
 //	recordState.wmu  one per user and per group: serialises the writers of
 //	                 that record and is held across its file write, so only
 //	                 writers of the same record wait. A goroutine holds at
-//	                 most one wmu at a time.
+//	                 most one wmu at a time, with one exception: an
+//	                 invitation through a single-use alias spends it (the
+//	                 invitee's user wmu) while holding the group's wmu.
+//	                 So group wmu → user wmu, never the reverse: no user
+//	                 wmu holder takes a group's.
 //	UserDB.mu        guards the maps (users, groups, names, identities) and
 //	                 the failed/closed state. Held only for map operations,
 //	                 never across file I/O, and never while taking a wmu:

@@ -58,21 +58,33 @@ func (db *UserDB) GroupInvite(uid, gid, from, to string) (qlib.GroupChange, erro
 	if !db.ownsAlias(uid, from) {
 		return qlib.GroupChange{}, qlib.ErrFromNotSender
 	}
-	invitee, ok := db.AliasUID(to)
+	invitee, once, ok := db.RecipientUID(to)
 	if !ok {
 		return qlib.GroupChange{}, qlib.ErrAliasUnknown
 	}
+	// A single-use to is consumed once every check has passed, right
+	// before the group's record is written (with the group's write lock
+	// held, then the invitee's: the one place two write locks nest).
+	// Consumed first, so that a crash between the two writes leaves the
+	// alias spent and no invitation, never an invitation through an alias
+	// that is still usable.
+	consume := func() error { return nil }
+	if once {
+		consume = func() error { return db.spendOnce(invitee, to) }
+	}
 	for {
 		if g := db.lockGroup(gid); g != nil {
-			change, err := db.invite(g, uid, invitee, to)
+			change, err := db.invite(g, uid, invitee, to, consume)
 			g.wmu.Unlock()
+			change.Once = once && err == nil
 			if err == nil {
 				db.logger.Info("group invite", "gid", gid, "uid", uid, "invitee", invitee)
 			}
 			return change, err
 		}
-		change, err := db.createGroup(uid, gid, from, invitee, to)
+		change, err := db.createGroup(uid, gid, from, invitee, to, consume)
 		if err != ErrGroupExists {
+			change.Once = once && err == nil
 			return change, err
 		}
 		// Another invite created gid after lockGroup looked; invite into
@@ -80,9 +92,9 @@ func (db *UserDB) GroupInvite(uid, gid, from, to string) (qlib.GroupChange, erro
 	}
 }
 
-// invite adds invitee to the existing group g, as GroupInvite's sender uid.
-// g.wmu is held.
-func (db *UserDB) invite(g *groupState, uid, invitee, to string) (qlib.GroupChange, error) {
+// invite adds invitee to the existing group g, as GroupInvite's sender uid,
+// calling consume once the invitation is sure to be accepted. g.wmu is held.
+func (db *UserDB) invite(g *groupState, uid, invitee, to string, consume func() error) (qlib.GroupChange, error) {
 	if err := db.writable(); err != nil {
 		return qlib.GroupChange{}, err
 	}
@@ -101,6 +113,9 @@ func (db *UserDB) invite(g *groupState, uid, invitee, to string) (qlib.GroupChan
 	default: // invited or barred: invited again, under to
 		rec.Members[i].Alias, rec.Members[i].Status = to, memberInvited
 	}
+	if err := consume(); err != nil {
+		return qlib.GroupChange{}, err
+	}
 	if err := db.saveGroup(g, rec); err != nil {
 		return qlib.GroupChange{}, err
 	}
@@ -108,8 +123,9 @@ func (db *UserDB) invite(g *groupState, uid, invitee, to string) (qlib.GroupChan
 }
 
 // createGroup creates gid with uid joined under from and invitee invited
-// under to. ErrGroupExists if gid became a group meanwhile.
-func (db *UserDB) createGroup(uid, gid, from, invitee, to string) (qlib.GroupChange, error) {
+// under to, calling consume once the creation is sure to be accepted.
+// ErrGroupExists if gid became a group meanwhile.
+func (db *UserDB) createGroup(uid, gid, from, invitee, to string, consume func() error) (qlib.GroupChange, error) {
 	if err := checkGid(gid, minGidChars); err != nil {
 		return qlib.GroupChange{}, err
 	}
@@ -121,7 +137,7 @@ func (db *UserDB) createGroup(uid, gid, from, invitee, to string) (qlib.GroupCha
 		{UID: uid, Alias: from, Status: memberJoined},
 		{UID: invitee, Alias: to, Status: memberInvited},
 	}}
-	if err := db.createGroupRecord(rec); err != nil {
+	if err := db.createGroupRecord(rec, consume); err != nil {
 		return qlib.GroupChange{}, err
 	}
 	db.logger.Info("group created", "gid", gid, "uid", uid, "invitee", invitee)
@@ -131,8 +147,10 @@ func (db *UserDB) createGroup(uid, gid, from, invitee, to string) (qlib.GroupCha
 // createGroupRecord writes the record of a new group. The gid is reserved in
 // the shared namespace first, as a pending name, and the group listed with
 // its write lock held, so that neither an alias nor another creation can
-// take it, and edits wait, while the record is written.
-func (db *UserDB) createGroupRecord(rec *groupRecord) error {
+// take it, and edits wait, while the record is written. before, if not nil,
+// runs once the gid is reserved, right before the write; its error undoes
+// the reservation and is returned.
+func (db *UserDB) createGroupRecord(rec *groupRecord, before func() error) error {
 	gid := rec.GID
 	g := &groupState{}
 	g.wmu.Lock()
@@ -155,7 +173,13 @@ func (db *UserDB) createGroupRecord(rec *groupRecord) error {
 	db.groups[gid] = g
 	db.mu.Unlock()
 
-	err := writeRecord(db, rec)
+	var err error
+	if before != nil {
+		err = before()
+	}
+	if err == nil {
+		err = writeRecord(db, rec)
+	}
 
 	db.mu.Lock()
 	defer db.mu.Unlock()
@@ -322,7 +346,7 @@ func (db *UserDB) CreateGroupFixture(gid string, members map[string]string, join
 		}
 		rec.Members = append(rec.Members, memberRecord{UID: uid, Alias: alias, Status: status})
 	}
-	if err := db.createGroupRecord(rec); err != nil {
+	if err := db.createGroupRecord(rec, nil); err != nil {
 		return err
 	}
 	db.logger.Info("fixture group created", "gid", gid, "members", len(members))

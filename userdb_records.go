@@ -63,6 +63,12 @@ const (
 	// keep them: only adding is refused.
 	maxAliases = 100
 
+	// maxOnceAliases bounds a user's unused single-use aliases, and
+	// maxReservedAliases its retired and unused single-use ones together;
+	// qlib's, whose errors state them and say why.
+	maxOnceAliases     = qlib.MaxOnceAliases
+	maxReservedAliases = qlib.MaxReservedAliases
+
 	// DefaultAccountsPerIdentity is how many accounts one third-party
 	// identity (issuer and subject of a sign-up token) may create unless
 	// the operator says otherwise: one. A site that requires a provider's
@@ -98,8 +104,14 @@ type userRecord struct {
 	Aliases    []string       `json:"aliases,omitempty"`
 	// RetiredAliases no longer reach the user but stay reserved, so that
 	// nobody else can claim them and receive what was meant for the user:
-	// aliases that were defunct on the deployed server when it was imported.
+	// aliases that were defunct on the deployed server when it was
+	// imported, and single-use aliases once used or withdrawn.
 	RetiredAliases []string `json:"retiredAliases,omitempty"`
+	// OnceAliases are the unused single-use aliases (the "aliasonce"
+	// extension), in the order they were added: each reaches the user
+	// once, as the to of a Ping or GroupInvite, and then moves to
+	// RetiredAliases.
+	OnceAliases []string `json:"onceAliases,omitempty"`
 	// Claims holds the OpenID Connect claims of a third-party sign-up. It is
 	// never modified in place once stored, so clones share it.
 	Claims map[string]any `json:"claims,omitempty"`
@@ -124,6 +136,7 @@ func (r *userRecord) clone() *userRecord {
 	c.Devices = slices.Clone(r.Devices)
 	c.Aliases = slices.Clone(r.Aliases)
 	c.RetiredAliases = slices.Clone(r.RetiredAliases)
+	c.OnceAliases = slices.Clone(r.OnceAliases)
 	return &c
 }
 
@@ -134,6 +147,9 @@ func (r *userRecord) eachName(fn func(name string, kind nameKind)) {
 	}
 	for _, a := range r.RetiredAliases {
 		fn(a, nameRetired)
+	}
+	for _, a := range r.OnceAliases {
+		fn(a, nameOnce)
 	}
 }
 
@@ -156,6 +172,7 @@ const (
 	nameAlias   nameKind = iota // owner is a uid
 	nameGroup                   // owner is the gid itself
 	nameRetired                 // a retired alias of the uid owner: reserved, never resolves
+	nameOnce                    // an unused single-use alias of the uid owner: resolves only as a recipient (RecipientUID)
 )
 
 // nameEntry is one claimed name. A pending entry is reserved by a write in
@@ -255,7 +272,7 @@ func (r *userRecord) check(uid string) error {
 			return fmt.Errorf("device %d: bad label", d.Num)
 		}
 	}
-	seen := make(map[string]bool, len(r.Aliases)+len(r.RetiredAliases))
+	seen := make(map[string]bool, len(r.Aliases)+len(r.RetiredAliases)+len(r.OnceAliases))
 	var err error
 	r.eachName(func(a string, _ nameKind) {
 		if (checkAlias(a, 1) != nil || seen[a]) && err == nil {

@@ -435,18 +435,7 @@ func (db *UserDB) AddAlias(uid, alias string) error {
 		rec.Aliases = append(rec.Aliases, alias)
 		return nil
 	})
-	if reserved {
-		db.mu.Lock()
-		if err != nil {
-			db.releaseLocked([]string{alias})
-		} else {
-			db.commitLocked([]string{alias})
-		}
-		db.mu.Unlock()
-	}
-	if err == nil && reserved {
-		db.logger.Info("alias added", "uid", uid)
-	}
+	db.settleReservation(uid, alias, reserved, err, "alias added")
 	return err
 }
 
@@ -504,4 +493,150 @@ func (db *UserDB) RetireDevice(dev string) error {
 		db.logger.Info("device retired", "dev", dev)
 	}
 	return err
+}
+
+// The single-use aliases of the "aliasonce" extension (Protocol.md,
+// Extensions). An unused one is in the record's OnceAliases and the name
+// index as nameOnce; using or withdrawing it moves it to RetiredAliases
+// (nameRetired), in one write of the owner's record, so that a crash leaves
+// it either unused or spent, never both nor free.
+
+// AddOnceAlias gives uid the single-use alias; see qlib.Directory.
+func (db *UserDB) AddOnceAlias(uid, alias string) error {
+	if err := checkAlias(alias, minAliasChars); err != nil {
+		return err
+	}
+	reserved := false
+	err := db.update(uid, func(rec *userRecord) error {
+		db.mu.Lock()
+		defer db.mu.Unlock()
+		// Under the user's write lock, a name this user owns is never pending.
+		if e, ok := db.names[alias]; ok && e.kind == nameOnce && e.owner == uid {
+			return errDone
+		}
+		if len(rec.OnceAliases) >= maxOnceAliases {
+			return qlib.ErrTooManyOnceAliases
+		}
+		if len(rec.OnceAliases)+len(rec.RetiredAliases) >= maxReservedAliases {
+			return qlib.ErrOnceAliasesUsedUp
+		}
+		if err := db.reserveLocked(uid, []string{alias}); err != nil {
+			return err
+		}
+		db.names[alias].kind = nameOnce
+		reserved = true
+		rec.OnceAliases = append(rec.OnceAliases, alias)
+		return nil
+	})
+	db.settleReservation(uid, alias, reserved, err, "single-use alias added")
+	return err
+}
+
+// OnceAliases returns uid's unused single-use aliases, sorted.
+func (db *UserDB) OnceAliases(uid string) ([]string, error) {
+	_, rec := db.lookup(uid)
+	if rec == nil {
+		return nil, qlib.ErrNoUser
+	}
+	return slices.Sorted(slices.Values(rec.OnceAliases)), nil
+}
+
+// RecipientUID resolves the to of a Ping or GroupInvite: an alias, or an
+// unused single-use alias (once).
+func (db *UserDB) RecipientUID(alias string) (uid string, once, ok bool) {
+	db.mu.RLock()
+	defer db.mu.RUnlock()
+	e, ok := db.names[alias]
+	if !ok || e.pending || e.kind != nameAlias && e.kind != nameOnce {
+		return "", false, false
+	}
+	return e.owner, e.kind == nameOnce, true
+}
+
+// UseAlias consumes the unused single-use alias and returns its owner; see
+// qlib.Directory.
+func (db *UserDB) UseAlias(alias string) (string, error) {
+	db.mu.RLock()
+	e := db.names[alias]
+	var uid string
+	if e != nil && !e.pending && e.kind == nameOnce {
+		uid = e.owner
+	}
+	db.mu.RUnlock()
+	if uid == "" {
+		return "", qlib.ErrAliasUnknown
+	}
+	if err := db.spendOnce(uid, alias); err != nil {
+		return "", err
+	}
+	db.logger.Info("single-use alias used", "uid", uid)
+	return uid, nil
+}
+
+// DropOnceAlias withdraws uid's unused single-use alias; see qlib.Directory.
+func (db *UserDB) DropOnceAlias(uid, alias string) error {
+	_, rec := db.lookup(uid)
+	if rec == nil {
+		return qlib.ErrAliasUnknown
+	}
+	// Aliases are never removed, so one of uid's now is one still.
+	if slices.Contains(rec.Aliases, alias) {
+		return qlib.ErrNotOnceAlias
+	}
+	if err := db.spendOnce(uid, alias); err != nil {
+		return err
+	}
+	db.logger.Info("single-use alias withdrawn", "uid", uid)
+	return nil
+}
+
+// spendOnce moves alias from uid's unused single-use aliases to its retired
+// ones, durably. qlib.ErrAliasUnknown if it is not unused (any more): the
+// user's write lock orders concurrent spenders, and only the first finds
+// it. The name stops resolving before the write starts, so that nobody
+// is sent to it while it is being spent; a failed write restores it (and
+// one that leaves the disk in doubt stops all writes until a restart).
+func (db *UserDB) spendOnce(uid, alias string) error {
+	spent := false
+	err := db.update(uid, func(rec *userRecord) error {
+		i := slices.Index(rec.OnceAliases, alias)
+		if i < 0 {
+			return qlib.ErrAliasUnknown
+		}
+		rec.OnceAliases = slices.Delete(rec.OnceAliases, i, i+1)
+		rec.RetiredAliases = append(rec.RetiredAliases, alias)
+		db.mu.Lock()
+		db.names[alias].kind = nameRetired
+		db.mu.Unlock()
+		spent = true
+		return nil
+	})
+	if errors.Is(err, qlib.ErrNoUser) {
+		return qlib.ErrAliasUnknown
+	}
+	if err != nil && spent {
+		db.mu.Lock()
+		db.names[alias].kind = nameOnce
+		db.mu.Unlock()
+	}
+	return err
+}
+
+// settleReservation ends the reservation of alias made by an update of uid's
+// record, if it made one: the name is committed if the update succeeded,
+// released if it failed, and the addition logged as event.
+func (db *UserDB) settleReservation(uid, alias string, reserved bool, err error, event string) {
+	if !reserved {
+		return
+	}
+	db.mu.Lock()
+	if err != nil {
+		db.releaseLocked([]string{alias})
+	} else {
+		db.commitLocked([]string{alias})
+	}
+	db.mu.Unlock()
+	if err == nil {
+		db.logger.Info(event, "uid", uid)
+	}
 }

@@ -47,12 +47,56 @@ type Directory interface {
 	// (the directory's bound on aliases per user is reached).
 	AddAlias(uid, alias string) error
 
-	// AliasUID resolves a user's alias (not a group id).
+	// AliasUID resolves a user's alias (not a group id). A single-use alias
+	// is not one: it is only an address to reach its owner by (see
+	// RecipientUID), never an alias the owner sends from or is listed under.
 	AliasUID(alias string) (uid string, ok bool)
+
+	// AddOnceAlias gives uid the single-use alias (the "aliasonce"
+	// extension, Protocol.md): an alias that resolves, through
+	// RecipientUID, until UseAlias consumes it, and then for nobody, while
+	// staying reserved for ever. Adding one uid already has unused is a
+	// no-op. The name rules and errors of AddAlias apply (a name that is
+	// one of uid's regular aliases is ErrAliasTaken), plus
+	// ErrTooManyOnceAliases (the bound on unused single-use aliases per
+	// user is reached) and ErrOnceAliasesUsedUp (the bound on the aliases a
+	// user's record keeps reserved is reached).
+	AddOnceAlias(uid, alias string) error
+
+	// OnceAliases returns uid's unused single-use aliases, sorted.
+	// ErrNoUser.
+	OnceAliases(uid string) ([]string, error)
+
+	// RecipientUID resolves the to of a Ping or GroupInvite: a user's alias
+	// (once false), or an unused single-use alias (once true), which the
+	// request must consume with UseAlias (a Ping) or GroupInvite before it
+	// stores anything. ok is false for anything else: an unknown, retired
+	// or used alias, or a group id.
+	RecipientUID(alias string) (uid string, once, ok bool)
+
+	// UseAlias consumes the unused single-use alias and returns its owner:
+	// from then on it resolves for nobody and stays reserved. Of concurrent
+	// calls for one alias exactly one succeeds; the others, and a call for
+	// anything that is not an unused single-use alias, get ErrAliasUnknown.
+	// The change is durable when it returns, whatever the caller then
+	// manages to store.
+	UseAlias(alias string) (uid string, err error)
+
+	// DropOnceAlias withdraws uid's unused single-use alias: it becomes
+	// reserved for ever and resolves for nobody, as if used.
+	// ErrNotOnceAlias when alias is one of uid's regular aliases;
+	// ErrAliasUnknown for any other name that is not uid's unused
+	// single-use alias (another user's, a used or withdrawn one, an unknown
+	// name), so that the answer reveals nothing about others.
+	DropOnceAlias(uid, alias string) error
 
 	// GroupInvite has uid, under its alias from, invite the user with alias to
 	// into group gid, creating the group (with uid joined under from) when it
-	// does not exist. The invitee is listed under to until it joins.
+	// does not exist. The invitee is listed under to until it joins. to may
+	// be an unused single-use alias (RecipientUID): once every check has
+	// passed, GroupInvite consumes it (as UseAlias) before the group
+	// changes, and says so in GroupChange.Once; a refused invitation leaves
+	// it unused.
 	// ErrFromNotSender, ErrAliasUnknown (to), ErrGidShort, ErrGidInvalid,
 	// ErrGidTaken (a new gid equal to an alias), ErrNotMember (uid is not a
 	// joined member of an existing group), ErrAlreadyMember (to is joined),
@@ -97,6 +141,9 @@ type GroupChange struct {
 	NewAlias string
 	// Invitee is the invited user's uid (GroupInvite only).
 	Invitee string
+	// Once is set when GroupInvite's to was a single-use alias, which the
+	// invitation has consumed.
+	Once bool
 	// Notify are the uids that receive the member notice: the joined
 	// members after the change, plus the dropped user for GroupDrop.
 	Notify []string
@@ -117,6 +164,20 @@ const (
 	// characters, not bytes.
 	MinAliasChars = 8
 	MinGidChars   = 8
+
+	// MaxOnceAliases bounds a member's unused single-use aliases. Each is
+	// kept in the member's record, which is rewritten whole on every
+	// change, and each holds a name nobody else may claim; a member hands
+	// them out a few at a time, so 100 waiting is plenty. Separate from the
+	// 100 regular aliases.
+	MaxOnceAliases = 100
+	// MaxReservedAliases bounds the used and withdrawn single-use aliases
+	// (and other retired aliases) a member's record keeps reserved, together
+	// with the unused ones: each used alias stays in the record for ever,
+	// so without it a member could grow its record without end by creating
+	// and withdrawing aliases. At 200 octets each the record stays near
+	// 200 KB; a member who reaches it creates no more single-use aliases.
+	MaxReservedAliases = 1000
 )
 
 // Client-visible errors of a Directory; their text goes into ack errors and
@@ -141,6 +202,10 @@ var (
 	ErrAlreadyMember  = errors.New("already a member of the group")
 	ErrNotInvited     = errors.New("not invited to the group")
 	ErrGroupFull      = errors.New("group is full")
+	// The "aliasonce" extension's (Protocol.md, Extensions).
+	ErrTooManyOnceAliases = errors.New("too many single-use aliases")
+	ErrOnceAliasesUsedUp  = fmt.Errorf("single-use aliases used up: %d reserved", MaxReservedAliases)
+	ErrNotOnceAlias       = errors.New("dropalias: not a single-use alias")
 	// ErrIdentityUsed is logged, not sent: a refused Register gets the
 	// quit "register failure" (SPEC §2, whose quit reasons are exact
 	// strings that clients match).
@@ -154,6 +219,7 @@ var clientErrors = []error{
 	ErrFromNotSender, ErrNewAliasNotOwn, ErrGidShort, ErrGidInvalid,
 	ErrGidTaken, ErrNoGroup, ErrNotMember, ErrAlreadyMember, ErrNotInvited,
 	ErrGroupFull, ErrTooManyAliases,
+	ErrTooManyOnceAliases, ErrOnceAliasesUsedUp, ErrNotOnceAlias,
 }
 
 // TokenVerifier checks a third-party sign-up token: an OpenID Connect

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -36,11 +37,13 @@ type fakeDir struct {
 	devices map[string][]string // uid → device keys
 	nodes   map[string]string   // device key → nodeid
 	aliases map[string]string   // alias → uid
+	once    map[string]string   // unused single-use alias → uid
+	spent   map[string]bool     // used or withdrawn single-use aliases: reserved
 	claims  map[string]map[string]any
 }
 
 func newFakeDir() *fakeDir {
-	return &fakeDir{devices: map[string][]string{}, nodes: map[string]string{}, aliases: map[string]string{}, claims: map[string]map[string]any{}}
+	return &fakeDir{devices: map[string][]string{}, nodes: map[string]string{}, aliases: map[string]string{}, once: map[string]string{}, spent: map[string]bool{}, claims: map[string]map[string]any{}}
 }
 
 func (d *fakeDir) Register(label string, claims map[string]any) (uid, nodeid, dev string, err error) {
@@ -134,10 +137,75 @@ func (d *fakeDir) AddAlias(uid, alias string) error {
 	if len([]rune(alias)) < 8 {
 		return ErrAliasShort
 	}
-	if owner, ok := d.aliases[alias]; ok && owner != uid {
+	if owner, ok := d.aliases[alias]; ok && owner != uid || d.once[alias] != "" || d.spent[alias] {
 		return ErrAliasTaken
 	}
 	d.aliases[alias] = uid
+	return nil
+}
+
+func (d *fakeDir) AddOnceAlias(uid, alias string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len([]rune(alias)) < 8 {
+		return ErrAliasShort
+	}
+	if owner, ok := d.once[alias]; ok && owner == uid {
+		return nil
+	}
+	if _, ok := d.aliases[alias]; ok || d.once[alias] != "" || d.spent[alias] {
+		return ErrAliasTaken
+	}
+	d.once[alias] = uid
+	return nil
+}
+
+func (d *fakeDir) OnceAliases(uid string) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for a, owner := range d.once {
+		if owner == uid {
+			out = append(out, a)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func (d *fakeDir) RecipientUID(alias string) (string, bool, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if uid, ok := d.aliases[alias]; ok {
+		return uid, false, true
+	}
+	uid, ok := d.once[alias]
+	return uid, ok, ok
+}
+
+func (d *fakeDir) UseAlias(alias string) (string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	uid, ok := d.once[alias]
+	if !ok {
+		return "", ErrAliasUnknown
+	}
+	delete(d.once, alias)
+	d.spent[alias] = true
+	return uid, nil
+}
+
+func (d *fakeDir) DropOnceAlias(uid, alias string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.aliases[alias] == uid {
+		return ErrNotOnceAlias
+	}
+	if d.once[alias] != uid {
+		return ErrAliasUnknown
+	}
+	delete(d.once, alias)
+	d.spent[alias] = true
 	return nil
 }
 

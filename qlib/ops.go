@@ -64,7 +64,27 @@ func (l *link) opTmtpRev(h *tmtp.Header) error {
 	if l.srv.cfg.Auth > 0 {
 		f = append(f, tmtp.Int("auth", int64(l.srv.cfg.Auth)), tmtp.Raw("authby", l.srv.cfg.AuthBy))
 	}
+	// Only a client that asks learns of the extensions: the deployed
+	// client does not ask, and its reply must not change (the conformance
+	// transcript refuses unknown keys).
+	if h.Ext {
+		f = append(f, tmtp.Strings("ext", extensions()))
+	}
 	return l.write(tmtp.AppendFrame(nil, f...))
+}
+
+// Extension names, as the tmtprev reply lists them (Protocol.md,
+// Extensions).
+const (
+	// extAliasOnce: single-use aliases (UserEdit once, listonce and
+	// dropalias; Ping and GroupInvite consume them).
+	extAliasOnce = "aliasonce"
+)
+
+// extensions returns the protocol extensions this server offers, in the
+// order they were added: the one list a new extension joins.
+func extensions() []string {
+	return []string{extAliasOnce}
 }
 
 func (l *link) opRegister(h *tmtp.Header) error {

@@ -37,7 +37,7 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 	// changes nothing. The member notices are not: they are small, and
 	// one full queue among a group's members must not stop its
 	// invitations.
-	if invitee, ok := dir.AliasUID(h.To); ok {
+	if invitee, _, ok := dir.RecipientUID(h.To); ok {
 		// Counted by uid, so that the invitee's many aliases do not
 		// multiply the allowance.
 		if err := l.srv.limits.allowInvitee(l.uid, invitee); err != nil {
@@ -59,9 +59,10 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 	if err != nil {
 		return l.ackError(h.ID, l.clientError(err))
 	}
-	inviteTo, err := dir.Devices(ch.Invitee)
+	inviteeDevs, err := dir.Devices(ch.Invitee)
+	var inviteTo []string
 	if err == nil {
-		inviteTo, err = l.keepSent(inviteTo)
+		inviteTo, err = l.keepSent(inviteeDevs)
 	}
 	if err != nil {
 		return fmt.Errorf("groupinvite: %w", err)
@@ -74,10 +75,16 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 		tmtp.String("op", "invite"), tmtp.String("to", h.To))
 	notice := l.envelope(0, tmtp.String("act", "invite"), tmtp.String("alias", ch.Alias),
 		tmtp.String("gid", h.Gid), tmtp.String("op", "member"))
-	rs, err := l.commitText(text,
-		store.Message{To: inviteTo, Len: int64(len(text)), Envelope: invite},
-		store.Message{To: noticeTo, Envelope: notice},
-	)
+	msgs := []store.Message{
+		{To: inviteTo, Len: int64(len(text)), Envelope: invite},
+		{To: noticeTo, Envelope: notice},
+	}
+	if ch.Once {
+		// GroupInvite consumed the single-use alias to, after every check
+		// that could refuse the invitation.
+		msgs = append(msgs, l.aliasUsed(ch.Invitee, inviteeDevs, h.To, h.From))
+	}
+	rs, err := l.commitText(text, msgs...)
 	if err != nil {
 		return fmt.Errorf("groupinvite: %w", err)
 	}

@@ -173,7 +173,11 @@ func (l *link) refuse(h *tmtp.Header, err error) error {
 // (tmtp.MaxStringLen), so the stored header of every message fits a frame;
 // the one exception, OhiEdit's echo of its list, is checked by fitsFrame.
 func (l *link) envelope(datalen int64, fields ...tmtp.Field) store.Envelope {
-	uid := l.uid
+	return envelopeFrom(l.uid, datalen, fields...)
+}
+
+// envelopeFrom is envelope for a message from uid, whoever sends it.
+func envelopeFrom(uid string, datalen int64, fields ...tmtp.Field) store.Envelope {
 	fields = slices.Clip(fields)
 	return func(id store.ID, posted time.Time, _ []store.ID) []byte {
 		return tmtp.AppendStored(nil, std(uid, id, posted, datalen, fields...)...)

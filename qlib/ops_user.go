@@ -1,6 +1,7 @@
 package qlib
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -23,15 +24,24 @@ import (
 func (l *link) opUserEdit(h *tmtp.Header) error {
 	dir := l.srv.cfg.Directory
 	op := tmtp.String("op", "user")
-	if h.NewAlias != "" {
-		if err := dir.AddAlias(l.uid, h.NewAlias); err != nil {
+	switch {
+	case h.ListOnce:
+		return l.listOnce(h)
+	case h.DropAlias != "":
+		return l.dropAlias(h)
+	case h.NewAlias != "":
+		fields := []tmtp.Field{tmtp.String("newalias", h.NewAlias), op}
+		var err error
+		if h.Once {
+			err = dir.AddOnceAlias(l.uid, h.NewAlias)
+			fields = append(fields, tmtp.Int("once", 1))
+		} else {
+			err = dir.AddAlias(l.uid, h.NewAlias)
+		}
+		if err != nil {
 			return l.ackError(h.ID, l.clientError(err))
 		}
-		devs, err := dir.Devices(l.uid)
-		if err != nil {
-			return fmt.Errorf("useredit: %w", err)
-		}
-		if _, err := l.storeNotice(store.High, devs, tmtp.String("newalias", h.NewAlias), op); err != nil {
+		if err := l.announce(fields...); err != nil {
 			return fmt.Errorf("useredit: %w", err)
 		}
 		return l.ackOK(h.ID)
@@ -62,6 +72,54 @@ func (l *link) opUserEdit(h *tmtp.Header) error {
 	return l.ackOK(h.ID)
 }
 
+// announce stores an account change, a "user" message with fields, for
+// every device of the link's user, ahead of everything else in their queues.
+func (l *link) announce(fields ...tmtp.Field) error {
+	devs, err := l.srv.cfg.Directory.Devices(l.uid)
+	if err != nil {
+		return err
+	}
+	_, err = l.storeNotice(store.High, devs, fields...)
+	return err
+}
+
+// listOnce answers UserEdit listonce (the "aliasonce" extension) with the
+// member's unused single-use aliases, in the ack: nothing is stored.
+func (l *link) listOnce(h *tmtp.Header) error {
+	aliases, err := l.srv.cfg.Directory.OnceAliases(l.uid)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	if aliases == nil {
+		aliases = []string{} // "once":[], not null
+	}
+	return l.write(tmtp.AppendFrame(nil,
+		tmtp.String("id", h.ID), tmtp.Strings("once", aliases), tmtp.String("op", "ack")))
+}
+
+// dropAlias withdraws one of the member's unused single-use aliases
+// (UserEdit dropalias, the "aliasonce" extension) and tells all of the
+// member's devices. Any name that is not one, but for the member's regular
+// aliases, gets what an unknown alias gets.
+func (l *link) dropAlias(h *tmtp.Header) error {
+	if err := l.srv.cfg.Directory.DropOnceAlias(l.uid, h.DropAlias); err != nil {
+		if errors.Is(err, ErrAliasUnknown) {
+			return l.ackError(h.ID, unknownAlias(h.DropAlias))
+		}
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	if err := l.announce(tmtp.String("dropalias", h.DropAlias), tmtp.String("op", "user")); err != nil {
+		return fmt.Errorf("useredit: %w", err)
+	}
+	return l.ackOK(h.ID)
+}
+
+// unknownAlias is the ack error of a Ping to an alias that resolves for
+// nobody, which a used single-use alias and a withdrawn one get too.
+func unknownAlias(alias string) error {
+	return fmt.Errorf("%w: %s", ErrAliasUnknown, alias)
+}
+
 // storeNotice durably stores a message without data for devs.
 func (l *link) storeNotice(prio store.Priority, devs []string, fields ...tmtp.Field) (store.Receipt, error) {
 	rs, err := l.srv.cfg.Store.Draft().Commit(store.Message{Prio: prio, To: devs, Envelope: l.envelope(0, fields...)})
@@ -87,9 +145,9 @@ func (l *link) opPing(h *tmtp.Header) error {
 	if uid, ok := dir.AliasUID(h.From); !ok || uid != l.uid {
 		return l.ackError(h.ID, ErrFromNotSender)
 	}
-	to, ok := dir.AliasUID(h.To)
+	to, once, ok := dir.RecipientUID(h.To)
 	if !ok {
-		return l.ackError(h.ID, fmt.Errorf("%w: %s", ErrAliasUnknown, h.To))
+		return l.ackError(h.ID, unknownAlias(h.To))
 	}
 	toDevs, err := dir.Devices(to)
 	var devs []string
@@ -104,11 +162,35 @@ func (l *link) opPing(h *tmtp.Header) error {
 	}
 	env := l.envelope(int64(len(text)),
 		tmtp.String("alias", h.From), tmtp.String("op", "ping"), tmtp.String("to", h.To))
-	rs, err := l.commitText(text, store.Message{To: devs, Len: int64(len(text)), Envelope: env})
+	msgs := []store.Message{{To: devs, Len: int64(len(text)), Envelope: env}}
+	if once {
+		// Every check that can refuse the ping is behind us: a refused
+		// ping leaves the alias unused. Of two senders racing, UseAlias
+		// lets one through; the other is told what an unknown alias gets.
+		if _, err := dir.UseAlias(h.To); err != nil {
+			if errors.Is(err, ErrAliasUnknown) {
+				return l.ackError(h.ID, unknownAlias(h.To))
+			}
+			return l.ackError(h.ID, l.clientError(err))
+		}
+		msgs = append(msgs, l.aliasUsed(to, toDevs, h.To, h.From))
+	}
+	rs, err := l.commitText(text, msgs...)
 	if err != nil {
 		return fmt.Errorf("ping: %w", err)
 	}
 	return l.ackStored(h.ID, rs[0])
+}
+
+// aliasUsed is the notice that tells the owner's devices (owner, devs) that
+// the request of the link's user, from its alias byAlias, has consumed their
+// single-use alias: a "user" message, high priority, from the owner, whose
+// account it changes, like every "user" message. It is stored in the commit
+// of the ping or invitation that used the alias.
+func (l *link) aliasUsed(owner string, devs []string, alias, byAlias string) store.Message {
+	return store.Message{Prio: store.High, To: devs, Envelope: envelopeFrom(owner, 0,
+		tmtp.String("aliasused", alias), tmtp.String("by", l.uid),
+		tmtp.String("byalias", byAlias), tmtp.String("op", "user"))}
 }
 
 // readText reads the short text of a Ping or GroupInvite and checks it

@@ -78,6 +78,10 @@ type Options struct {
 	// breaks the contract ends the link with an error wrapping ErrProtocol,
 	// so that tests notice server bugs they did not look for.
 	Lax bool
+	// Ext asks the server, in TmtpRev, for the protocol extensions it
+	// offers ("ext":1); Client.Extensions returns them. Without it the
+	// TmtpRev is the deployed client's.
+	Ext bool
 }
 
 func (o Options) withDefaults() Options {
@@ -204,7 +208,11 @@ func handshake(addr string, req map[string]any, o Options) (*Client, error) {
 		pending: make(map[string]chan AckResult),
 	}
 	// Pipelined, as SPEC §1 allows: the server must parse both from one read.
-	if err := conn.WriteFrame(map[string]any{"Op": 0, "Id": "1"}, nil); err != nil {
+	rev := map[string]any{"Op": 0, "Id": "1"}
+	if o.Ext {
+		rev["Ext"] = 1
+	}
+	if err := conn.WriteFrame(rev, nil); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -373,6 +381,10 @@ func (c *Client) finish(err error) {
 
 // UID returns the user's uid.
 func (c *Client) UID() string { return c.uid }
+
+// Extensions returns the protocol extensions the server listed in its
+// tmtprev reply ("ext"), which it does when Options.Ext asked; nil if none.
+func (c *Client) Extensions() []string { return c.site.Strings("ext") }
 
 // Site returns the tmtprev reply (site "name", "auth", "authby").
 func (c *Client) Site() *Frame { return c.site }

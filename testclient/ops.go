@@ -109,3 +109,34 @@ func (c *Client) Ping(from, to, text string) (Ack, error) {
 	head := map[string]any{"Op": 9, "From": from, "To": to, "Datalen": len(text)}
 	return c.Do(head, []byte(text))
 }
+
+// The "aliasonce" extension: single-use aliases (the server lists it in
+// Extensions when Options.Ext asks).
+
+// NewOnceAlias adds a single-use alias to the user (op 3 with newalias and
+// once): the first Ping or GroupInvite to it reaches the user, and then it
+// resolves for nobody.
+func (c *Client) NewOnceAlias(alias string) (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "NewAlias": alias, "Once": 1}, nil)
+}
+
+// ListOnceAliases asks for the user's unused single-use aliases (op 3 with
+// listonce); they are in the ack's "once" list, which OnceList reads.
+func (c *Client) ListOnceAliases() (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "ListOnce": 1}, nil)
+}
+
+// OnceList returns the single-use aliases listed in the ack of
+// ListOnceAliases; nil when the ack has no list (an error).
+func (a Ack) OnceList() []string {
+	if a.Frame == nil {
+		return nil
+	}
+	return a.Frame.Strings("once")
+}
+
+// DropAlias withdraws one of the user's unused single-use aliases (op 3 with
+// dropalias).
+func (c *Client) DropAlias(alias string) (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "DropAlias": alias}, nil)
+}

@@ -84,6 +84,20 @@ type Header struct {
 	From     string `json:"from"`
 	To       string `json:"to"`
 	Oidc     string `json:"oidc"` // third-party id_token on Register
+
+	// The fields of the protocol extensions (Protocol.md, Extensions).
+	// Ext asks TmtpRev for the list of extensions the site offers: any
+	// value but null asks, so that a later client may send more there
+	// (the extensions it knows, say) without an older server refusing it.
+	Ext bool `json:"ext"`
+	// Once makes UserEdit's newalias a single-use alias; ListOnce asks
+	// UserEdit for the member's unused single-use aliases. Both are flags:
+	// 1 or true set them, 0, false and null leave them unset, and any
+	// other value is the wrong type.
+	Once     bool `json:"once"`
+	ListOnce bool `json:"listonce"`
+	// DropAlias names an alias UserEdit withdraws.
+	DropAlias string `json:"dropalias"`
 }
 
 // headerJSON is Header without its methods, embedded in wireHeader so that
@@ -94,7 +108,40 @@ type headerJSON Header
 // accepts a string or a number.
 type wireHeader struct {
 	headerJSON
-	Type flexText `json:"type"`
+	Type     flexText `json:"type"`
+	Ext      anyValue `json:"ext"`
+	Once     flag     `json:"once"`
+	ListOnce flag     `json:"listonce"`
+}
+
+// anyValue is set by any JSON value but null (Header.Ext).
+type anyValue bool
+
+func (v *anyValue) UnmarshalJSON(b []byte) error {
+	if string(b) != "null" {
+		*v = true
+	}
+	return nil
+}
+
+// flag is a JSON flag (Header.Once, Header.ListOnce): 1 or true set it, 0
+// or false clear it, null leaves it as it is. Anything else, 2 or "1"
+// included, is refused, so that what a client meant is never guessed.
+type flag bool
+
+var errFlag = errors.New("want 0, 1, false or true")
+
+func (f *flag) UnmarshalJSON(b []byte) error {
+	switch string(b) {
+	case "1", "true":
+		*f = true
+	case "0", "false":
+		*f = false
+	case "null":
+	default:
+		return errFlag
+	}
+	return nil
 }
 
 // flexText is a JSON string or number, kept as text.
@@ -191,6 +238,9 @@ func decodeHeader(b []byte) (*Header, error) {
 		return nil, badHeader(jsonDetail(err))
 	}
 	w.headerJSON.Type = string(w.Type)
+	w.headerJSON.Ext = bool(w.Ext)
+	w.headerJSON.Once = bool(w.Once)
+	w.headerJSON.ListOnce = bool(w.ListOnce)
 	return (*Header)(&w.headerJSON), nil
 }
 
@@ -214,6 +264,8 @@ func jsonDetail(err error) string {
 		return "wrong type for " + te.Field
 	case errors.Is(err, errFlexText):
 		return "wrong type for type"
+	case errors.Is(err, errFlag):
+		return "wrong type for a flag"
 	}
 	return "malformed JSON"
 }
@@ -274,7 +326,7 @@ func (h *Header) checkSizes() error {
 	// The table that names the strings costs more to build than the rest of
 	// the check (it runs for every request), so first see if it is needed.
 	longest := max(len(h.ID), len(h.Type), len(h.UID), len(h.Node), len(h.NewNode),
-		len(h.NewAlias), len(h.Gid), len(h.Act), len(h.From), len(h.To))
+		len(h.NewAlias), len(h.Gid), len(h.Act), len(h.From), len(h.To), len(h.DropAlias))
 	if longest > MaxStringLen {
 		strs := [...]struct {
 			key string
@@ -283,6 +335,7 @@ func (h *Header) checkSizes() error {
 			{"id", h.ID}, {"type", h.Type}, {"uid", h.UID}, {"node", h.Node},
 			{"newnode", h.NewNode}, {"newalias", h.NewAlias}, {"gid", h.Gid},
 			{"act", h.Act}, {"from", h.From}, {"to", h.To},
+			{"dropalias", h.DropAlias},
 		}
 		for _, s := range strs {
 			if len(s.v) > MaxStringLen {
@@ -341,8 +394,19 @@ func (h *Header) checkRequired() error {
 	}
 	switch h.Op {
 	case OpUserEdit:
-		if (h.NewNode == "") == (h.NewAlias == "") {
-			return badHeader("op 3 needs exactly one of newnode, newalias")
+		// A deployed client sends newnode or newalias; the extensions
+		// add dropalias and listonce (Protocol.md, Extensions).
+		n := 0
+		for _, set := range [...]bool{h.NewNode != "", h.NewAlias != "", h.DropAlias != "", h.ListOnce} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			return badHeader("op 3 needs exactly one of newnode, newalias, dropalias, listonce")
+		}
+		if h.Once && h.NewAlias == "" {
+			return badHeader("op 3 once without newalias")
 		}
 	case OpOhiEdit:
 		if len(h.For) == 0 {

@@ -71,6 +71,36 @@ func TestParseHeaderFields(t *testing.T) {
 	}
 }
 
+// TestParseHeaderExtensions: the fields of the extensions, in the deployed
+// client's key case, and what their values mean.
+func TestParseHeaderExtensions(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want Header
+	}{
+		{`{"Op":0,"Id":"1","Ext":1}`, Header{Op: OpTmtpRev, ID: "1", Ext: true}},
+		{`{"Op":0,"Id":"1","Ext":false}`, Header{Op: OpTmtpRev, ID: "1", Ext: true}},
+		{`{"Op":0,"Id":"1","Ext":["aliasonce"]}`, Header{Op: OpTmtpRev, ID: "1", Ext: true}},
+		{`{"Op":0,"Id":"1","Ext":null}`, Header{Op: OpTmtpRev, ID: "1"}},
+		{`{"Op":0,"Id":"1","ext":1,"EXT":null}`, Header{Op: OpTmtpRev, ID: "1", Ext: true}},
+		{`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":1}`, Header{Op: OpUserEdit, ID: "0", NewAlias: "sam walker", Once: true}},
+		{`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":true}`, Header{Op: OpUserEdit, ID: "0", NewAlias: "sam walker", Once: true}},
+		{`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":0}`, Header{Op: OpUserEdit, ID: "0", NewAlias: "sam walker"}},
+		{`{"Op":3,"Id":"0","NewAlias":"sam walker","once":1,"Once":false}`, Header{Op: OpUserEdit, ID: "0", NewAlias: "sam walker"}},
+		{`{"Op":3,"Id":"0","NewAlias":"sam walker","once":1,"Once":null}`, Header{Op: OpUserEdit, ID: "0", NewAlias: "sam walker", Once: true}},
+		{`{"Op":3,"Id":"0","ListOnce":1}`, Header{Op: OpUserEdit, ID: "0", ListOnce: true}},
+		{`{"Op":3,"Id":"0","DropAlias":"sam walker"}`, Header{Op: OpUserEdit, ID: "0", DropAlias: "sam walker"}},
+		{`{"Op":3,"Id":"0","DropAlias":"sam\u0020walker"}`, Header{Op: OpUserEdit, ID: "0", DropAlias: "sam walker"}},
+		// Unknown before the extension, ignored on other ops as then.
+		{`{"Op":9,"Id":"x","From":"a","To":"b","Once":1,"ListOnce":1,"DropAlias":"c"}`, Header{Op: OpPing, ID: "x", From: "a", To: "b", Once: true, ListOnce: true, DropAlias: "c"}},
+	} {
+		h := mustParse(t, c.in)
+		if !reflect.DeepEqual(*h, c.want) {
+			t.Errorf("%s:\n got %+v\nwant %+v", c.in, *h, c.want)
+		}
+	}
+}
+
 func TestParseHeaderCaseInsensitive(t *testing.T) {
 	h := mustParse(t, `{"OP":7,"ID":"x","DATALEN":3,"dataHEAD":1,"FoR":[{"ID":"u","TYPE":1}]}`)
 	if h.Op != OpPost || h.ID != "x" || h.Datalen != 3 || h.Datahead != 1 ||
@@ -247,6 +277,27 @@ var invalidHeaders = []struct{ name, in, reason string }{
 	{"ohiedit type number", `{"op":4,"id":"0","for":[{"id":"u"}],"type":1}`, QuitHeader},
 	{"useredit both", `{"op":3,"id":"0","newalias":"sam walker","newnode":"ref"}`, QuitHeader},
 	{"useredit neither", `{"op":3,"id":"0"}`, QuitHeader},
+	// The "aliasonce" extension's UserEdit fields: still exactly one request.
+	{"useredit once with newnode", `{"op":3,"id":"0","newnode":"ref","once":1}`, QuitHeader},
+	{"useredit once alone", `{"op":3,"id":"0","once":1}`, QuitHeader},
+	{"useredit once with dropalias", `{"op":3,"id":"0","dropalias":"sam walker","once":1}`, QuitHeader},
+	{"useredit newnode and dropalias", `{"op":3,"id":"0","newnode":"ref","dropalias":"sam walker"}`, QuitHeader},
+	{"useredit newalias and dropalias", `{"op":3,"id":"0","newalias":"sam walker","dropalias":"sam walker"}`, QuitHeader},
+	{"useredit newalias and listonce", `{"op":3,"id":"0","newalias":"sam walker","listonce":1}`, QuitHeader},
+	{"useredit dropalias and listonce", `{"op":3,"id":"0","dropalias":"sam walker","listonce":true}`, QuitHeader},
+	{"useredit listonce 0", `{"op":3,"id":"0","listonce":0}`, QuitHeader},
+	{"useredit listonce false", `{"op":3,"id":"0","listonce":false}`, QuitHeader},
+	{"useredit listonce cleared", `{"op":3,"id":"0","listonce":1,"ListOnce":0}`, QuitHeader},
+	{"once string", `{"op":3,"id":"0","newalias":"sam walker","once":"1"}`, QuitHeader},
+	{"once 2", `{"op":3,"id":"0","newalias":"sam walker","once":2}`, QuitHeader},
+	{"once 1.0", `{"op":3,"id":"0","newalias":"sam walker","once":1.0}`, QuitHeader},
+	{"once 1e0", `{"op":3,"id":"0","newalias":"sam walker","once":1e0}`, QuitHeader},
+	{"once 10", `{"op":3,"id":"0","newalias":"sam walker","once":10}`, QuitHeader},
+	{"once -0", `{"op":3,"id":"0","newalias":"sam walker","once":-0}`, QuitHeader},
+	{"once on a ping, wrong type", `{"op":9,"id":"x","from":"a","to":"b","once":"yes"}`, QuitHeader},
+	{"listonce list", `{"op":3,"id":"0","listonce":[1]}`, QuitHeader},
+	{"dropalias number", `{"op":3,"id":"0","dropalias":7}`, QuitHeader},
+	{"dropalias too long", `{"op":3,"id":"0","dropalias":"` + long + `"}`, QuitHeader},
 	{"groupedit act", `{"op":6,"id":"0","gid":"g","act":"leave"}`, QuitHeader},
 	{"groupedit alias without newalias", `{"op":6,"id":"0","gid":"g","act":"alias"}`, QuitHeader},
 	{"groupedit drop without to", `{"op":6,"id":"0","gid":"g","act":"drop","newalias":"x"}`, QuitHeader},
@@ -317,6 +368,14 @@ var limitHeaders = []string{
 	`{"op":6,"id":"0","gid":"g","act":"drop","to":"a"}`,
 	`{"op":6,"id":"0","gid":"g","act":"join","newalias":"b"}`,
 	`{"op":3,"id":"0","newnode":"ref"}`,
+	// The "aliasonce" extension.
+	`{"op":3,"id":"0","newalias":"sam walker","once":1}`,
+	`{"op":3,"id":"0","newalias":"sam walker","once":true}`,
+	`{"op":3,"id":"0","newalias":"sam walker","once":0}`,
+	`{"op":3,"id":"0","newnode":"ref","once":null,"listonce":false}`,
+	`{"op":3,"id":"0","listonce":1}`,
+	`{"op":3,"id":"0","dropalias":"` + maxString + `"}`,
+	`{"op":0,"id":"1","ext":{"a":[1,{"b":null}]}}`,
 	`{"op":7,"id":"x","datalen":5,"datahead":5,"for":[],"datasum":18446744073709551615}`,
 	`{"op":11,"datalen":0,"notelen":0,"for":null,"type":null,"id":null}`,
 	`{"op":12} `,
@@ -454,6 +513,11 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add(`{"op":0,"id":"\u0000\ud800\"","x":[[[{}]]]}`)
 	f.Add(`{"Op":12f3`)
 	f.Add(`{"op":7,"id":"x","datalen":1,"for":[null,{"id":1}]}`)
+	// The extensions' fields: flags set, cleared, repeated and mistyped.
+	f.Add(`{"Op":0,"Id":"1","Ext":[{"x":1}]}`)
+	f.Add(`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":1,"once":null}`)
+	f.Add(`{"Op":3,"Id":"0","ListOnce":true,"DropAlias":"x"}`)
+	f.Add(`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":1.0}`)
 	f.Fuzz(func(t *testing.T, s string) {
 		h, err := ParseHeader([]byte(s))
 		if err != nil {

@@ -24,7 +24,9 @@ import (
 //     long s matches s); a plain ASCII key it matches case-insensitively;
 //   - a second "for" or "notefor" key: encoding/json decodes it into the
 //     slice already there, reusing and merging its elements;
-//   - nesting deeper than maxScanDepth in a value it skips.
+//   - nesting deeper than maxScanDepth in a value it skips (ext's
+//     included);
+//   - a flag (once, listonce) other than 0, 1, false, true or null.
 //
 // FuzzParseHeaderFast holds it to that: for any input, scanHeader gives up or
 // returns what decodeHeader returns.
@@ -85,6 +87,7 @@ const (
 	strFrom
 	strTo
 	strOidc
+	strDropAlias
 	numStrs
 )
 
@@ -171,6 +174,7 @@ func (s *headerScanner) finish() {
 		strID: &h.ID, strType: &h.Type, strUID: &h.UID, strNode: &h.Node,
 		strNewNode: &h.NewNode, strNewAlias: &h.NewAlias, strGid: &h.Gid,
 		strAct: &h.Act, strFrom: &h.From, strTo: &h.To, strOidc: &h.Oidc,
+		strDropAlias: &h.DropAlias,
 	}
 	for m := s.set; m != 0; m &= m - 1 {
 		f := bits.TrailingZeros16(m)
@@ -288,6 +292,14 @@ func (s *headerScanner) headerMember(k jsonLit) bool {
 		return s.stringField(strTo)
 	case "oidc":
 		return s.stringField(strOidc)
+	case "dropalias":
+		return s.stringField(strDropAlias)
+	case "ext":
+		return s.anyValue(&s.h.Ext)
+	case "once":
+		return s.flagValue(&s.h.Once)
+	case "listonce":
+		return s.flagValue(&s.h.ListOnce)
 	}
 	return s.skip(1)
 }
@@ -529,6 +541,32 @@ func (s *headerScanner) boolValue(v *bool) bool {
 	case s.word("true"):
 		*v = true
 	case s.word("false"):
+		*v = false
+	default:
+		return false
+	}
+	return true
+}
+
+// anyValue reads any value into v as anyValue does: set by all but null.
+func (s *headerScanner) anyValue(v *bool) bool {
+	if s.null() {
+		return true
+	}
+	*v = true
+	return s.skip(1)
+}
+
+// flagValue decodes a flag into v: 1 or true set it, 0 or false clear it,
+// null leaves it. Anything else, valid or not, is left to encoding/json,
+// which refuses it (or, for 1.0 or 1e0, the caller does not see the comma
+// or brace it expects after the 1 and gives up).
+func (s *headerScanner) flagValue(v *bool) bool {
+	switch {
+	case s.null():
+	case s.word("true"), s.word("1"):
+		*v = true
+	case s.word("false"), s.word("0"):
 		*v = false
 	default:
 		return false

@@ -68,6 +68,18 @@ func checkScan(t *testing.T, in []byte) bool {
 // shape it handles, and every reason it has to decline. They seed
 // FuzzParseHeaderFast along with the headers of the other tests.
 var scanSeeds = []string{
+	// The extensions' fields: ext takes any value, once and listonce are
+	// flags (a 1 followed by more of a number is left to encoding/json).
+	`{"Op":0,"Id":"1","Ext":1}`,
+	`{"Op":0,"Id":"1","Ext":{"a":[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}}`,
+	`{"Op":0,"Id":"1","Ext":null,"ext":tru}`,
+	`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":1}`,
+	`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":1e0}`,
+	`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":10}`,
+	`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":true,"Once":0}`,
+	`{"Op":3,"Id":"0","ListOnce":false,"listonce":1}`,
+	`{"Op":3,"Id":"0","DropAlias":"sam walker"}`,
+	`{"Op":3,"Id":"0","DropAlias":"s\u00e9m"}`,
 	// What clients send most: an ack, a post, in the deployed spelling.
 	`{"Op":10,"Id":"18a2b3c4d5e6f708","Type":"n"}`,
 	`{"Op":7,"Id":"zyx","Datalen":15,"Datahead":5,"Datasum":1,"For":[{"Id":"LB27ML46LB27ML46LB27ML46LB27ML46","Type":1}]}`,
