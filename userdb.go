@@ -32,6 +32,7 @@ package main
 //	userdb_recover.go  loading at open, completing interrupted writes
 //	userdb_users.go    registration, login, devices and aliases
 //	userdb_groups.go   group invitations and edits
+//	userdb_blocks.go   block lists (the "block" extension)
 //
 // Locks, and the order they nest in:
 //
@@ -48,6 +49,10 @@ package main
 //	                 never across file I/O, and never while taking a wmu:
 //	                 it may be taken while a wmu is held (wmu → mu), not the
 //	                 other way round.
+//	                 Callers may hold locks of their own around any method
+//	                 (qlib asks Blocked with its Server.mu held, for
+//	                 presence): the database never calls out while holding
+//	                 one of its locks.
 //
 // Published records (recordState.rec) are immutable and read without a
 // lock. onFatal is called with no lock held.

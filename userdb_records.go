@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"mnm/qlib"
+	"mnm/qlib/tmtp"
 )
 
 const (
@@ -112,9 +113,23 @@ type userRecord struct {
 	// once, as the to of a Ping or GroupInvite, and then moves to
 	// RetiredAliases.
 	OnceAliases []string `json:"onceAliases,omitempty"`
+	// Blocks is the user's block list (the "block" extension), in the
+	// order the entries were added; blocked indexes it by uid for Blocked.
+	// The index is derived, never stored: check builds it for a record
+	// read from disk, and a change to Blocks rebuilds it before the record
+	// is published.
+	Blocks  []blockRecord `json:"blocks,omitempty"`
+	blocked map[string]bool
 	// Claims holds the OpenID Connect claims of a third-party sign-up. It is
 	// never modified in place once stored, so clones share it.
 	Claims map[string]any `json:"claims,omitempty"`
+}
+
+// blockRecord is one entry of a block list: the blocked user, and the name
+// the blocker gave for it (the uid, or an alias that resolved to it then).
+type blockRecord struct {
+	UID string `json:"uid"`
+	By  string `json:"by"`
 }
 
 type deviceRecord struct {
@@ -137,6 +152,7 @@ func (r *userRecord) clone() *userRecord {
 	c.Aliases = slices.Clone(r.Aliases)
 	c.RetiredAliases = slices.Clone(r.RetiredAliases)
 	c.OnceAliases = slices.Clone(r.OnceAliases)
+	c.Blocks = slices.Clone(r.Blocks) // blocked is shared until Blocks changes
 	return &c
 }
 
@@ -150,6 +166,18 @@ func (r *userRecord) eachName(fn func(name string, kind nameKind)) {
 	}
 	for _, a := range r.OnceAliases {
 		fn(a, nameOnce)
+	}
+}
+
+// indexBlocks rebuilds the index of Blocks.
+func (r *userRecord) indexBlocks() {
+	r.blocked = nil
+	if len(r.Blocks) == 0 {
+		return
+	}
+	r.blocked = make(map[string]bool, len(r.Blocks))
+	for _, b := range r.Blocks {
+		r.blocked[b.UID] = true
 	}
 }
 
@@ -254,7 +282,7 @@ func (r *groupRecord) moveToEnd(i int) {
 }
 
 // check validates a decoded record, so that the rest of the code can trust
-// what it loaded.
+// what it loaded, and builds its block list index.
 func (r *userRecord) check(uid string) error {
 	if !validUID(uid) || r.UID != uid {
 		return fmt.Errorf("uid %q does not match file name", r.UID)
@@ -280,7 +308,20 @@ func (r *userRecord) check(uid string) error {
 		}
 		seen[a] = true
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	// A block list is not checked against the bounds on adding (which may
+	// change): only for entries the rest of the code could not use.
+	blocked := make(map[string]bool, len(r.Blocks))
+	for _, b := range r.Blocks {
+		if !validUID(b.UID) || b.UID == uid || blocked[b.UID] || b.By == "" || len(b.By) > tmtp.MaxStringLen {
+			return fmt.Errorf("bad block list entry %q", b.UID)
+		}
+		blocked[b.UID] = true
+	}
+	r.indexBlocks()
+	return nil
 }
 
 // check validates a decoded group record. Whether its members are users

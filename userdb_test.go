@@ -582,6 +582,12 @@ func TestUserDBCorruptRecordContents(t *testing.T) {
 		"empty label":                func(r *userRecord) { r.Devices[0].Label = "" },
 		"duplicate alias":            func(r *userRecord) { r.Aliases = []string{"test1", "test1"} },
 		"empty alias":                func(r *userRecord) { r.Aliases = []string{""} },
+		"block of an invalid uid":    func(r *userRecord) { r.Blocks = []blockRecord{{UID: "../u1", By: "x"}} },
+		"block of itself":            func(r *userRecord) { r.Blocks = []blockRecord{{UID: "u100002", By: "x"}} },
+		"block without its name":     func(r *userRecord) { r.Blocks = []blockRecord{{UID: "u100001"}} },
+		"uid blocked twice": func(r *userRecord) {
+			r.Blocks = []blockRecord{{UID: "u100001", By: "x"}, {UID: "u100001", By: "y"}}
+		},
 	}
 	for name, mutate := range cases {
 		r := rec.clone()

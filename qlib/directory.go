@@ -118,6 +118,37 @@ type Directory interface {
 	// GroupMembers returns the uids of gid's joined members, for a post from
 	// uid, who must be a member (joined or invited). ErrNoGroup, ErrNotMember.
 	GroupMembers(uid, gid string) ([]string, error)
+
+	// Block adds the member name resolves to, when uid calls it, to uid's
+	// block list (the "block" extension, Protocol.md): name is a uid, or a
+	// user's alias (AliasUID: a single-use alias is not one). The entry
+	// keeps name as given, and entry returns it; added is false when the
+	// member was blocked already (under whatever name), and entry is then
+	// the name it is listed under. The change is durable when it returns.
+	// ErrNoUser when name has the form of a uid and is no user,
+	// ErrAliasUnknown when it is no user and no alias otherwise,
+	// ErrBlockSelf when it names uid, ErrTooManyBlocks when the list holds
+	// MaxBlocks entries or the new one would take its listing (the
+	// listblock reply) past MaxBlockListBytes.
+	Block(uid, name string) (entry string, added bool, err error)
+
+	// Unblock removes from uid's block list the entry listed as name, or
+	// else the entry of the member name resolves to (as for Block), and
+	// returns the name the removed entry was listed under. removed is false,
+	// and err nil, when there is no such entry, whatever name is.
+	Unblock(uid, name string) (entry string, removed bool, err error)
+
+	// Blocks returns the names of uid's block list entries, as given to
+	// Block, sorted. ErrNoUser.
+	Blocks(uid string) ([]string, error)
+
+	// Blocked reports whether recipient blocks sender: whether nothing
+	// sender sends (posts, notifications, pings, invitations, presence)
+	// may reach recipient's devices. It runs for every recipient of every
+	// post, so it is a lookup that does not allocate nor wait for a record
+	// write. It may be called with the Server's lock held (presence), so it
+	// must not call back into the Server. False for unknown uids.
+	Blocked(recipient, sender string) bool
 }
 
 // GroupAct is a GroupEdit action (SPEC §4 op 6, "act").
@@ -178,6 +209,23 @@ const (
 	// and withdrawing aliases. At 200 octets each the record stays near
 	// 200 KB; a member who reaches it creates no more single-use aliases.
 	MaxReservedAliases = 1000
+
+	// MaxBlocks bounds a member's block list (the "block" extension). The
+	// list is kept in the member's record, rewritten whole on every change,
+	// and each entry holds a uid and the name given; with
+	// MaxBlockListBytes on the names, a full list adds under 100 KB to the
+	// record. A member blocks a few senders, or some dozens after a wave of
+	// abuse; a thousand leaves room for that while keeping the record
+	// small.
+	MaxBlocks = 1000
+	// MaxBlockListBytes bounds the block list as the listblock ack carries
+	// it: "block":[...] as written in the frame, JSON escapes included. The
+	// whole list goes in one header (at most 65,535 octets, SPEC §1) beside
+	// the request's id, which may take 24 KB escaped (4,096 octets of "<",
+	// six octets each); 40,000 octets holds a thousand uids, or some 195
+	// aliases of 200 plain octets, so only a list of long names reaches it
+	// before MaxBlocks.
+	MaxBlockListBytes = 40000
 )
 
 // Client-visible errors of a Directory; their text goes into ack errors and
@@ -206,6 +254,9 @@ var (
 	ErrTooManyOnceAliases = errors.New("too many single-use aliases")
 	ErrOnceAliasesUsedUp  = fmt.Errorf("single-use aliases used up: %d reserved", MaxReservedAliases)
 	ErrNotOnceAlias       = errors.New("dropalias: not a single-use alias")
+	// The "block" extension's.
+	ErrBlockSelf     = errors.New("block: cannot block yourself")
+	ErrTooManyBlocks = errors.New("block list full")
 	// ErrIdentityUsed is logged, not sent: a refused Register gets the
 	// quit "register failure" (SPEC §2, whose quit reasons are exact
 	// strings that clients match).
@@ -220,6 +271,7 @@ var clientErrors = []error{
 	ErrGidTaken, ErrNoGroup, ErrNotMember, ErrAlreadyMember, ErrNotInvited,
 	ErrGroupFull, ErrTooManyAliases,
 	ErrTooManyOnceAliases, ErrOnceAliasesUsedUp, ErrNotOnceAlias,
+	ErrBlockSelf, ErrTooManyBlocks,
 }
 
 // TokenVerifier checks a third-party sign-up token: an OpenID Connect

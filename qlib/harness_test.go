@@ -34,16 +34,17 @@ var _ Store = (*store.Log)(nil)
 type fakeDir struct {
 	mu      sync.Mutex
 	next    int
-	devices map[string][]string // uid → device keys
-	nodes   map[string]string   // device key → nodeid
-	aliases map[string]string   // alias → uid
-	once    map[string]string   // unused single-use alias → uid
-	spent   map[string]bool     // used or withdrawn single-use aliases: reserved
+	devices map[string][]string          // uid → device keys
+	nodes   map[string]string            // device key → nodeid
+	aliases map[string]string            // alias → uid
+	once    map[string]string            // unused single-use alias → uid
+	spent   map[string]bool              // used or withdrawn single-use aliases: reserved
+	blocks  map[string]map[string]string // blocker uid → blocked uid → name given
 	claims  map[string]map[string]any
 }
 
 func newFakeDir() *fakeDir {
-	return &fakeDir{devices: map[string][]string{}, nodes: map[string]string{}, aliases: map[string]string{}, once: map[string]string{}, spent: map[string]bool{}, claims: map[string]map[string]any{}}
+	return &fakeDir{devices: map[string][]string{}, nodes: map[string]string{}, aliases: map[string]string{}, once: map[string]string{}, spent: map[string]bool{}, blocks: map[string]map[string]string{}, claims: map[string]map[string]any{}}
 }
 
 func (d *fakeDir) Register(label string, claims map[string]any) (uid, nodeid, dev string, err error) {
@@ -207,6 +208,81 @@ func (d *fakeDir) DropOnceAlias(uid, alias string) error {
 	delete(d.once, alias)
 	d.spent[alias] = true
 	return nil
+}
+
+// resolve finds the user a Block or Unblock name gives: a uid or an alias.
+// d.mu is held.
+func (d *fakeDir) resolve(name string) (string, error) {
+	if _, ok := d.devices[name]; ok {
+		return name, nil
+	}
+	if uid, ok := d.aliases[name]; ok {
+		return uid, nil
+	}
+	return "", ErrAliasUnknown
+}
+
+func (d *fakeDir) Block(uid, name string) (string, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	target, err := d.resolve(name)
+	if err != nil {
+		return "", false, err
+	}
+	if target == uid {
+		return "", false, ErrBlockSelf
+	}
+	list := d.blocks[uid]
+	if by, ok := list[target]; ok {
+		return by, false, nil
+	}
+	if len(list) >= MaxBlocks {
+		return "", false, ErrTooManyBlocks
+	}
+	if list == nil {
+		list = map[string]string{}
+		d.blocks[uid] = list
+	}
+	list[target] = name
+	return name, true, nil
+}
+
+func (d *fakeDir) Unblock(uid, name string) (string, bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for target, by := range d.blocks[uid] {
+		if by == name {
+			delete(d.blocks[uid], target)
+			return by, true, nil
+		}
+	}
+	target, err := d.resolve(name)
+	if err != nil {
+		return "", false, nil
+	}
+	by, ok := d.blocks[uid][target]
+	if ok {
+		delete(d.blocks[uid], target)
+	}
+	return by, ok, nil
+}
+
+func (d *fakeDir) Blocks(uid string) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for _, by := range d.blocks[uid] {
+		out = append(out, by)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func (d *fakeDir) Blocked(recipient, sender string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.blocks[recipient][sender]
+	return ok
 }
 
 // testServer is a qlib.Server on a loopback TLS listener with a real store in

@@ -440,24 +440,8 @@ func TestLimitQueueBytes(t *testing.T) {
 	data := bytes.Repeat([]byte("x"), 4<<10)
 	to := []testclient.Recipient{{ID: reg.UID, Type: testclient.ToUser}}
 	both := append(to, testclient.Recipient{ID: other.UID, Type: testclient.ToUser})
-	var acked []string
 	want := fmt.Sprintf("recipient queue full: %s", reg.UID)
-	for i := 0; ; i++ {
-		if i > 2*limit/len(data) {
-			t.Fatal("no refusal at twice the limit")
-		}
-		ack, err := spammer.Post(to, data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ack.Error == want {
-			break
-		}
-		if ack.Error != "" {
-			t.Fatalf("post %d: %s", i+1, ack.Frame.Raw)
-		}
-		acked = append(acked, ack.MsgID)
-	}
+	acked := fillQueue(t, spammer, to, data, limit, want)
 	qb := ts.store.QueueBytes(targetDev)
 	if qb < limit || qb >= limit+int64(len(data))+1024 {
 		t.Fatalf("refused at %d queued bytes, want the first post at or over %d", qb, limit)
@@ -506,4 +490,28 @@ func TestLimitQueueBytes(t *testing.T) {
 	}
 	waitFor(t, "the queue below its limit", func() bool { return ts.store.QueueBytes(targetDev) < limit })
 	mustStore(t)(spammer.Post(to, data))
+}
+
+// fillQueue posts data to `to` from sender until a post is refused with
+// want, the queue-full error, and returns the ids of the posts acked before
+// it. More than twice limit octets without a refusal fails the test.
+func fillQueue(t *testing.T, sender *testclient.Client, to []testclient.Recipient, data []byte, limit int, want string) []string {
+	t.Helper()
+	var acked []string
+	for i := 0; ; i++ {
+		if i > 2*limit/len(data) {
+			t.Fatal("no refusal at twice the limit")
+		}
+		ack, err := sender.Post(to, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ack.Error == want {
+			return acked
+		}
+		if ack.Error != "" {
+			t.Fatalf("post %d: %s", i+1, ack.Frame.Raw)
+		}
+		acked = append(acked, ack.MsgID)
+	}
 }

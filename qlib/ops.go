@@ -79,12 +79,16 @@ const (
 	// extAliasOnce: single-use aliases (UserEdit once, listonce and
 	// dropalias; Ping and GroupInvite consume them).
 	extAliasOnce = "aliasonce"
+	// extBlock: block lists (UserEdit block, unblock and listblock; posts,
+	// pings, invitations and presence from a blocked member reach none of
+	// the blocker's devices).
+	extBlock = "block"
 )
 
 // extensions returns the protocol extensions this server offers, in the
 // order they were added: the one list a new extension joins.
 func extensions() []string {
-	return []string{extAliasOnce}
+	return []string{extAliasOnce, extBlock}
 }
 
 func (l *link) opRegister(h *tmtp.Header) error {

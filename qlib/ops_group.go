@@ -62,7 +62,14 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 	inviteeDevs, err := dir.Devices(ch.Invitee)
 	var inviteTo []string
 	if err == nil {
-		inviteTo, err = l.keepSent(inviteeDevs)
+		// An invitee who blocks the inviter gets no invitation, though the
+		// group lists it, as it would any other: the inviter, and the
+		// members' notices, see an invitation like every other.
+		to := inviteeDevs
+		if dir.Blocked(ch.Invitee, l.uid) {
+			to = nil
+		}
+		inviteTo, err = l.keepSent(to)
 	}
 	if err != nil {
 		return fmt.Errorf("groupinvite: %w", err)

@@ -278,6 +278,10 @@ func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]strin
 	// expanded once each are distinct: to needs no check of its own.
 	expanded := make(map[string]bool) // users whose devices are in to
 	var to, whose []string            // devices, and the user of each
+	// Users who block the sender: their devices count towards the limit
+	// and the room check like any others, so that the sender sees what it
+	// would see if it were not blocked, and are then left out.
+	var blockers map[string]bool
 	selfListed := false
 	// The sending device is added last, and only when the sender listed
 	// itself; devLive says that it is one of the sender's live devices.
@@ -294,6 +298,12 @@ func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]strin
 			return err
 		}
 		expanded[uid] = true
+		if uid != l.uid && dir.Blocked(uid, l.uid) {
+			if blockers == nil {
+				blockers = make(map[string]bool)
+			}
+			blockers[uid] = true
+		}
 		for _, d := range devs {
 			if d == l.dev {
 				devLive = true
@@ -354,6 +364,16 @@ func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]strin
 	owner := func(d string) string { return whose[slices.Index(to, d)] }
 	if err := l.roomFor(to, owner); err != nil {
 		return nil, err
+	}
+	if blockers != nil {
+		n := 0
+		for i, d := range to {
+			if !blockers[whose[i]] {
+				to[n] = d
+				n++
+			}
+		}
+		to = to[:n]
 	}
 	return to, nil
 }

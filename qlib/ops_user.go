@@ -11,7 +11,9 @@ import (
 )
 
 // opUserEdit adds an alias or a device to the user (op 3) and tells all of the
-// user's devices, ahead of everything else in their queues.
+// user's devices, ahead of everything else in their queues; with the
+// extensions (Protocol.md) it also lists and withdraws single-use aliases
+// and edits and lists the block list.
 //
 // A new device's nodeid (its password) goes only to the requesting device,
 // which passes it on to the new one; the user's other devices, the new one
@@ -29,6 +31,12 @@ func (l *link) opUserEdit(h *tmtp.Header) error {
 		return l.listOnce(h)
 	case h.DropAlias != "":
 		return l.dropAlias(h)
+	case h.Block != "":
+		return l.block(h)
+	case h.Unblock != "":
+		return l.unblock(h)
+	case h.ListBlock:
+		return l.listBlock(h)
 	case h.NewAlias != "":
 		fields := []tmtp.Field{tmtp.String("newalias", h.NewAlias), op}
 		var err error
@@ -114,6 +122,65 @@ func (l *link) dropAlias(h *tmtp.Header) error {
 	return l.ackOK(h.ID)
 }
 
+// block adds a sender to the member's block list (UserEdit block, the
+// "block" extension) and tells all of the member's devices when the list
+// changed. A sender blocked already, under any name, is acked OK again
+// with nothing stored, so that a retried request changes nothing.
+func (l *link) block(h *tmtp.Header) error {
+	entry, added, err := l.srv.cfg.Directory.Block(l.uid, h.Block)
+	switch {
+	case errors.Is(err, ErrNoUser):
+		return l.ackError(h.ID, fmt.Errorf("%w: %s", errUnknownRecipient, h.Block))
+	case errors.Is(err, ErrAliasUnknown):
+		return l.ackError(h.ID, unknownAlias(h.Block))
+	case err != nil:
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	if added {
+		if err := l.announce(tmtp.String("block", entry), tmtp.String("op", "user")); err != nil {
+			return fmt.Errorf("useredit: %w", err)
+		}
+	}
+	return l.ackOK(h.ID)
+}
+
+// unblock removes a sender from the member's block list (UserEdit unblock)
+// and tells all of the member's devices, naming the entry as listed. Nothing
+// to remove is not an error: the request is acked OK and nothing stored.
+func (l *link) unblock(h *tmtp.Header) error {
+	entry, removed, err := l.srv.cfg.Directory.Unblock(l.uid, h.Unblock)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	if removed {
+		if err := l.announce(tmtp.String("op", "user"), tmtp.String("unblock", entry)); err != nil {
+			return fmt.Errorf("useredit: %w", err)
+		}
+	}
+	return l.ackOK(h.ID)
+}
+
+// listBlock answers UserEdit listblock with the member's block list, in the
+// ack: nothing is stored, and nobody but the member can ask for it.
+func (l *link) listBlock(h *tmtp.Header) error {
+	names, err := l.srv.cfg.Directory.Blocks(l.uid)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	if names == nil {
+		names = []string{} // "block":[], not null
+	}
+	// The directory keeps the list within MaxBlockListBytes, which leaves
+	// room for the longest id; the check is for a list loaded from a
+	// record written under other bounds.
+	frame := tmtp.AppendFrame(nil,
+		tmtp.Strings("block", names), tmtp.String("id", h.ID), tmtp.String("op", "ack"))
+	if len(frame) == 0 {
+		return l.ackError(h.ID, errHeaderTooLong)
+	}
+	return l.write(frame)
+}
+
 // unknownAlias is the ack error of a Ping to an alias that resolves for
 // nobody, which a used single-use alias and a withdrawn one get too.
 func unknownAlias(alias string) error {
@@ -159,6 +226,12 @@ func (l *link) opPing(h *tmtp.Header) error {
 	}
 	if err := l.roomFor(devs, l.ownerIn(to, toDevs)); err != nil {
 		return l.ackError(h.ID, err)
+	}
+	// A recipient who blocks the sender gets nothing, and the sender sees
+	// what it would see otherwise: the same checks above (a full queue
+	// included), the same ack, its sent copy on its other devices.
+	if dir.Blocked(to, l.uid) {
+		devs = devs[len(toDevs):] // keepSent appended the sender's own after toDevs
 	}
 	env := l.envelope(int64(len(text)),
 		tmtp.String("alias", h.From), tmtp.String("op", "ping"), tmtp.String("to", h.To))

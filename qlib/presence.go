@@ -115,19 +115,24 @@ func (s *Server) editOhi(uid, typ string, uids []string) {
 }
 
 // notifyLocked tells every online device of user to that from's status
-// changed. s.mu is held.
+// changed, unless to blocks from (the "block" extension): from cannot tell,
+// since notices are best effort and never acknowledged. s.mu is held (and
+// the directory's locks are taken under it, never the reverse).
 func (s *Server) notifyLocked(to, from string, status int64) {
+	if len(s.users[to]) == 0 || s.cfg.Directory.Blocked(to, from) {
+		return
+	}
 	for _, l := range s.users[to] {
 		l.sendOhi(from, status)
 	}
 }
 
 // ohiFor lists the online users whose presence lists include uid, for the
-// login reply. s.mu is held.
+// login reply, but for those uid blocks. s.mu is held.
 func (s *Server) ohiForLocked(uid string) []string {
 	var out []string
 	for u, list := range s.ohi {
-		if list[uid] && len(s.users[u]) > 0 {
+		if list[uid] && len(s.users[u]) > 0 && !s.cfg.Directory.Blocked(uid, u) {
 			out = append(out, u)
 		}
 	}

@@ -140,3 +140,33 @@ func (a Ack) OnceList() []string {
 func (c *Client) DropAlias(alias string) (Ack, error) {
 	return c.Do(map[string]any{"Op": 3, "DropAlias": alias}, nil)
 }
+
+// The "block" extension: block lists (the server lists it in Extensions when
+// Options.Ext asks).
+
+// Block adds a uid, or the user an alias names, to the user's block list
+// (op 3 with block): nothing it sends reaches the user's devices from then
+// on.
+func (c *Client) Block(name string) (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "Block": name}, nil)
+}
+
+// Unblock removes an entry from the user's block list (op 3 with unblock).
+func (c *Client) Unblock(name string) (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "Unblock": name}, nil)
+}
+
+// ListBlocks asks for the user's block list (op 3 with listblock); it is in
+// the ack's "block" list, which BlockList reads.
+func (c *Client) ListBlocks() (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "ListBlock": 1}, nil)
+}
+
+// BlockList returns the names listed in the ack of ListBlocks; nil when the
+// ack has no list (an error).
+func (a Ack) BlockList() []string {
+	if a.Frame == nil {
+		return nil
+	}
+	return a.Frame.Strings("block")
+}

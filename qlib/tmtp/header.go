@@ -98,6 +98,12 @@ type Header struct {
 	ListOnce bool `json:"listonce"`
 	// DropAlias names an alias UserEdit withdraws.
 	DropAlias string `json:"dropalias"`
+	// Block and Unblock name a uid or an alias UserEdit adds to or removes
+	// from the member's block list; ListBlock, a flag like ListOnce, asks
+	// for the list.
+	Block     string `json:"block"`
+	Unblock   string `json:"unblock"`
+	ListBlock bool   `json:"listblock"`
 }
 
 // headerJSON is Header without its methods, embedded in wireHeader so that
@@ -108,10 +114,11 @@ type headerJSON Header
 // accepts a string or a number.
 type wireHeader struct {
 	headerJSON
-	Type     flexText `json:"type"`
-	Ext      anyValue `json:"ext"`
-	Once     flag     `json:"once"`
-	ListOnce flag     `json:"listonce"`
+	Type      flexText `json:"type"`
+	Ext       anyValue `json:"ext"`
+	Once      flag     `json:"once"`
+	ListOnce  flag     `json:"listonce"`
+	ListBlock flag     `json:"listblock"`
 }
 
 // anyValue is set by any JSON value but null (Header.Ext).
@@ -124,7 +131,7 @@ func (v *anyValue) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// flag is a JSON flag (Header.Once, Header.ListOnce): 1 or true set it, 0
+// flag is a JSON flag (Header.Once, Header.ListOnce, Header.ListBlock): 1 or true set it, 0
 // or false clear it, null leaves it as it is. Anything else, 2 or "1"
 // included, is refused, so that what a client meant is never guessed.
 type flag bool
@@ -241,6 +248,7 @@ func decodeHeader(b []byte) (*Header, error) {
 	w.headerJSON.Ext = bool(w.Ext)
 	w.headerJSON.Once = bool(w.Once)
 	w.headerJSON.ListOnce = bool(w.ListOnce)
+	w.headerJSON.ListBlock = bool(w.ListBlock)
 	return (*Header)(&w.headerJSON), nil
 }
 
@@ -326,7 +334,8 @@ func (h *Header) checkSizes() error {
 	// The table that names the strings costs more to build than the rest of
 	// the check (it runs for every request), so first see if it is needed.
 	longest := max(len(h.ID), len(h.Type), len(h.UID), len(h.Node), len(h.NewNode),
-		len(h.NewAlias), len(h.Gid), len(h.Act), len(h.From), len(h.To), len(h.DropAlias))
+		len(h.NewAlias), len(h.Gid), len(h.Act), len(h.From), len(h.To), len(h.DropAlias),
+		len(h.Block), len(h.Unblock))
 	if longest > MaxStringLen {
 		strs := [...]struct {
 			key string
@@ -335,7 +344,7 @@ func (h *Header) checkSizes() error {
 			{"id", h.ID}, {"type", h.Type}, {"uid", h.UID}, {"node", h.Node},
 			{"newnode", h.NewNode}, {"newalias", h.NewAlias}, {"gid", h.Gid},
 			{"act", h.Act}, {"from", h.From}, {"to", h.To},
-			{"dropalias", h.DropAlias},
+			{"dropalias", h.DropAlias}, {"block", h.Block}, {"unblock", h.Unblock},
 		}
 		for _, s := range strs {
 			if len(s.v) > MaxStringLen {
@@ -395,15 +404,17 @@ func (h *Header) checkRequired() error {
 	switch h.Op {
 	case OpUserEdit:
 		// A deployed client sends newnode or newalias; the extensions
-		// add dropalias and listonce (Protocol.md, Extensions).
+		// add dropalias and listonce ("aliasonce"), block, unblock and
+		// listblock ("block"): Protocol.md, Extensions.
 		n := 0
-		for _, set := range [...]bool{h.NewNode != "", h.NewAlias != "", h.DropAlias != "", h.ListOnce} {
+		for _, set := range [...]bool{h.NewNode != "", h.NewAlias != "", h.DropAlias != "", h.ListOnce,
+			h.Block != "", h.Unblock != "", h.ListBlock} {
 			if set {
 				n++
 			}
 		}
 		if n != 1 {
-			return badHeader("op 3 needs exactly one of newnode, newalias, dropalias, listonce")
+			return badHeader("op 3 needs exactly one of newnode, newalias, dropalias, listonce, block, unblock, listblock")
 		}
 		if h.Once && h.NewAlias == "" {
 			return badHeader("op 3 once without newalias")

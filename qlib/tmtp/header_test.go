@@ -93,6 +93,14 @@ func TestParseHeaderExtensions(t *testing.T) {
 		{`{"Op":3,"Id":"0","DropAlias":"sam\u0020walker"}`, Header{Op: OpUserEdit, ID: "0", DropAlias: "sam walker"}},
 		// Unknown before the extension, ignored on other ops as then.
 		{`{"Op":9,"Id":"x","From":"a","To":"b","Once":1,"ListOnce":1,"DropAlias":"c"}`, Header{Op: OpPing, ID: "x", From: "a", To: "b", Once: true, ListOnce: true, DropAlias: "c"}},
+		// The "block" extension's.
+		{`{"Op":3,"Id":"0","Block":"sam walker"}`, Header{Op: OpUserEdit, ID: "0", Block: "sam walker"}},
+		{`{"Op":3,"Id":"0","Unblock":"UID0UID0"}`, Header{Op: OpUserEdit, ID: "0", Unblock: "UID0UID0"}},
+		{`{"Op":3,"Id":"0","ListBlock":1}`, Header{Op: OpUserEdit, ID: "0", ListBlock: true}},
+		{`{"Op":3,"Id":"0","ListBlock":true,"Block":""}`, Header{Op: OpUserEdit, ID: "0", ListBlock: true}},
+		{`{"Op":3,"Id":"0","NewNode":"ref","ListBlock":0,"Unblock":null}`, Header{Op: OpUserEdit, ID: "0", NewNode: "ref"}},
+		{`{"Op":3,"Id":"0","listblock":1,"ListBlock":null}`, Header{Op: OpUserEdit, ID: "0", ListBlock: true}},
+		{`{"Op":9,"Id":"x","From":"a","To":"b","Block":"c","Unblock":"d","ListBlock":1}`, Header{Op: OpPing, ID: "x", From: "a", To: "b", Block: "c", Unblock: "d", ListBlock: true}},
 	} {
 		h := mustParse(t, c.in)
 		if !reflect.DeepEqual(*h, c.want) {
@@ -298,6 +306,25 @@ var invalidHeaders = []struct{ name, in, reason string }{
 	{"listonce list", `{"op":3,"id":"0","listonce":[1]}`, QuitHeader},
 	{"dropalias number", `{"op":3,"id":"0","dropalias":7}`, QuitHeader},
 	{"dropalias too long", `{"op":3,"id":"0","dropalias":"` + long + `"}`, QuitHeader},
+	// The "block" extension's UserEdit fields: still exactly one request.
+	{"useredit block and newalias", `{"op":3,"id":"0","block":"sam walker","newalias":"sam walker"}`, QuitHeader},
+	{"useredit block and newnode", `{"op":3,"id":"0","block":"sam walker","newnode":"ref"}`, QuitHeader},
+	{"useredit block and unblock", `{"op":3,"id":"0","block":"sam walker","unblock":"sam walker"}`, QuitHeader},
+	{"useredit block and listblock", `{"op":3,"id":"0","block":"sam walker","listblock":1}`, QuitHeader},
+	{"useredit unblock and dropalias", `{"op":3,"id":"0","unblock":"sam walker","dropalias":"sam walker"}`, QuitHeader},
+	{"useredit listblock and listonce", `{"op":3,"id":"0","listblock":1,"listonce":1}`, QuitHeader},
+	{"useredit block with once", `{"op":3,"id":"0","block":"sam walker","once":1}`, QuitHeader},
+	{"useredit block empty", `{"op":3,"id":"0","block":""}`, QuitHeader},
+	{"useredit unblock empty", `{"op":3,"id":"0","unblock":""}`, QuitHeader},
+	{"useredit listblock 0", `{"op":3,"id":"0","listblock":0}`, QuitHeader},
+	{"useredit listblock cleared", `{"op":3,"id":"0","listblock":true,"ListBlock":false}`, QuitHeader},
+	{"listblock 2", `{"op":3,"id":"0","listblock":2}`, QuitHeader},
+	{"listblock string", `{"op":3,"id":"0","listblock":"1"}`, QuitHeader},
+	{"listblock on a ping, wrong type", `{"op":9,"id":"x","from":"a","to":"b","listblock":[]}`, QuitHeader},
+	{"block number", `{"op":3,"id":"0","block":7}`, QuitHeader},
+	{"unblock list", `{"op":3,"id":"0","unblock":["sam walker"]}`, QuitHeader},
+	{"block too long", `{"op":3,"id":"0","block":"` + long + `"}`, QuitHeader},
+	{"unblock too long", `{"op":3,"id":"0","unblock":"` + long + `"}`, QuitHeader},
 	{"groupedit act", `{"op":6,"id":"0","gid":"g","act":"leave"}`, QuitHeader},
 	{"groupedit alias without newalias", `{"op":6,"id":"0","gid":"g","act":"alias"}`, QuitHeader},
 	{"groupedit drop without to", `{"op":6,"id":"0","gid":"g","act":"drop","newalias":"x"}`, QuitHeader},
@@ -375,6 +402,11 @@ var limitHeaders = []string{
 	`{"op":3,"id":"0","newnode":"ref","once":null,"listonce":false}`,
 	`{"op":3,"id":"0","listonce":1}`,
 	`{"op":3,"id":"0","dropalias":"` + maxString + `"}`,
+	// The "block" extension.
+	`{"op":3,"id":"0","block":"` + maxString + `"}`,
+	`{"op":3,"id":"0","unblock":"` + maxString + `"}`,
+	`{"op":3,"id":"0","listblock":1}`,
+	`{"op":3,"id":"0","newnode":"ref","listblock":false,"block":null}`,
 	`{"op":0,"id":"1","ext":{"a":[1,{"b":null}]}}`,
 	`{"op":7,"id":"x","datalen":5,"datahead":5,"for":[],"datasum":18446744073709551615}`,
 	`{"op":11,"datalen":0,"notelen":0,"for":null,"type":null,"id":null}`,
@@ -518,6 +550,11 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add(`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":1,"once":null}`)
 	f.Add(`{"Op":3,"Id":"0","ListOnce":true,"DropAlias":"x"}`)
 	f.Add(`{"Op":3,"Id":"0","NewAlias":"sam walker","Once":1.0}`)
+	// The "block" extension's: a flag among strings, one request or two.
+	f.Add(`{"Op":3,"Id":"0","Block":"sam walker"}`)
+	f.Add(`{"Op":3,"Id":"0","Unblock":"sam walker","Block":""}`)
+	f.Add(`{"Op":3,"Id":"0","ListBlock":1,"listblock":0}`)
+	f.Add(`{"Op":3,"Id":"0","ListBlock":1e0,"Block":7}`)
 	f.Fuzz(func(t *testing.T, s string) {
 		h, err := ParseHeader([]byte(s))
 		if err != nil {

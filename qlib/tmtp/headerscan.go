@@ -26,7 +26,7 @@ import (
 //     slice already there, reusing and merging its elements;
 //   - nesting deeper than maxScanDepth in a value it skips (ext's
 //     included);
-//   - a flag (once, listonce) other than 0, 1, false, true or null.
+//   - a flag (once, listonce, listblock) other than 0, 1, false, true or null.
 //
 // FuzzParseHeaderFast holds it to that: for any input, scanHeader gives up or
 // returns what decodeHeader returns.
@@ -88,6 +88,8 @@ const (
 	strTo
 	strOidc
 	strDropAlias
+	strBlock
+	strUnblock
 	numStrs
 )
 
@@ -174,7 +176,7 @@ func (s *headerScanner) finish() {
 		strID: &h.ID, strType: &h.Type, strUID: &h.UID, strNode: &h.Node,
 		strNewNode: &h.NewNode, strNewAlias: &h.NewAlias, strGid: &h.Gid,
 		strAct: &h.Act, strFrom: &h.From, strTo: &h.To, strOidc: &h.Oidc,
-		strDropAlias: &h.DropAlias,
+		strDropAlias: &h.DropAlias, strBlock: &h.Block, strUnblock: &h.Unblock,
 	}
 	for m := s.set; m != 0; m &= m - 1 {
 		f := bits.TrailingZeros16(m)
@@ -294,6 +296,12 @@ func (s *headerScanner) headerMember(k jsonLit) bool {
 		return s.stringField(strOidc)
 	case "dropalias":
 		return s.stringField(strDropAlias)
+	case "block":
+		return s.stringField(strBlock)
+	case "unblock":
+		return s.stringField(strUnblock)
+	case "listblock":
+		return s.flagValue(&s.h.ListBlock)
 	case "ext":
 		return s.anyValue(&s.h.Ext)
 	case "once":

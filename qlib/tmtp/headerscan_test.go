@@ -80,6 +80,13 @@ var scanSeeds = []string{
 	`{"Op":3,"Id":"0","ListOnce":false,"listonce":1}`,
 	`{"Op":3,"Id":"0","DropAlias":"sam walker"}`,
 	`{"Op":3,"Id":"0","DropAlias":"s\u00e9m"}`,
+	// The "block" extension's: two strings and a flag.
+	`{"Op":3,"Id":"0","Block":"sam walker"}`,
+	`{"Op":3,"Id":"0","Unblock":"s\u00e9m","unblock":"x"}`,
+	`{"Op":3,"Id":"0","ListBlock":1}`,
+	`{"Op":3,"Id":"0","ListBlock":true,"ListBlock":0}`,
+	`{"Op":3,"Id":"0","ListBlock":10}`,
+	`{"Op":3,"Id":"0","Block":7}`,
 	// What clients send most: an ack, a post, in the deployed spelling.
 	`{"Op":10,"Id":"18a2b3c4d5e6f708","Type":"n"}`,
 	`{"Op":7,"Id":"zyx","Datalen":15,"Datahead":5,"Datasum":1,"For":[{"Id":"LB27ML46LB27ML46LB27ML46LB27ML46","Type":1}]}`,
