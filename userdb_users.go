@@ -463,8 +463,9 @@ func (db *UserDB) AddDevice(uid, label string) (nodeid, dev string, err error) {
 	return nodeid, dev, nil
 }
 
-// ErrNoDevice refuses RetireDevice for a device that does not exist.
-var ErrNoDevice = errors.New("userdb: no such device")
+// ErrNoDevice refuses RetireDevice for a device that does not exist, and
+// DropDevice also for one retired already: the text a client gets.
+var ErrNoDevice = qlib.ErrNoDevice
 
 // RetireDevice marks the device dev defunct: it can no longer log in and is
 // not listed by Devices. Its number is never reused. Retiring a defunct device
@@ -493,6 +494,53 @@ func (db *UserDB) RetireDevice(dev string) error {
 		db.logger.Info("device retired", "dev", dev)
 	}
 	return err
+}
+
+// DropDevice retires uid's live device numbered num (UserEdit dropnode);
+// see qlib.Directory. Only the number as devKey writes it is one: not
+// "07", "+7" nor " 7", so that every device has one name. The device is
+// removed from the record, not kept defunct: NextDevice already keeps its
+// number from being given again, and a member adding and dropping devices
+// in a loop must not grow its record, which every change rewrites whole.
+func (db *UserDB) DropDevice(uid, num string) (dev, label string, err error) {
+	n, err := strconv.Atoi(num)
+	if err != nil || n < 0 || strconv.Itoa(n) != num {
+		return "", "", ErrNoDevice
+	}
+	err = db.update(uid, func(rec *userRecord) error {
+		i := slices.IndexFunc(rec.Devices, func(d deviceRecord) bool { return d.Num == n })
+		if i < 0 || rec.Devices[i].Defunct {
+			return ErrNoDevice
+		}
+		label = rec.Devices[i].Label
+		rec.Devices = slices.Delete(rec.Devices, i, i+1)
+		return nil
+	})
+	if errors.Is(err, qlib.ErrNoUser) {
+		return "", "", ErrNoDevice
+	}
+	if err != nil {
+		return "", "", err
+	}
+	dev = devKey(uid, n)
+	db.logger.Info("device dropped", "dev", dev)
+	return dev, label, nil
+}
+
+// Nodes returns uid's live devices with their numbers and labels; see
+// qlib.Directory.
+func (db *UserDB) Nodes(uid string) ([]qlib.Node, error) {
+	_, rec := db.lookup(uid)
+	if rec == nil {
+		return nil, qlib.ErrNoUser
+	}
+	nodes := make([]qlib.Node, 0, len(rec.Devices))
+	for _, d := range rec.Devices {
+		if !d.Defunct {
+			nodes = append(nodes, qlib.Node{Dev: devKey(uid, d.Num), Num: strconv.Itoa(d.Num), Label: d.Label})
+		}
+	}
+	return nodes, nil
 }
 
 // The single-use aliases of the "aliasonce" extension (Protocol.md,

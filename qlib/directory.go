@@ -41,6 +41,19 @@ type Directory interface {
 	// and key. ErrTooManyDevices, ErrLabelInvalid.
 	AddDevice(uid, label string) (nodeid, dev string, err error)
 
+	// Nodes returns uid's live devices in creation order, each with its
+	// number and label (the "revoke" extension's listnode). ErrNoUser.
+	Nodes(uid string) ([]Node, error)
+
+	// DropDevice retires uid's live device numbered num, the decimal
+	// number Nodes gives (the "revoke" extension's dropnode), and returns
+	// its key and label. When it returns the change is durable: the device
+	// can no longer log in, Devices and Nodes no longer list it, and its
+	// number is never reused. ErrNoDevice when num is not the number of one
+	// of uid's live devices written as Nodes writes it: a retired device's,
+	// an unknown one, "07", "+7" or anything but a decimal number.
+	DropDevice(uid, num string) (dev, label string, err error)
+
 	// AddAlias gives uid the alias. Adding an alias uid already has is a no-op.
 	// ErrAliasShort, ErrAliasInvalid, ErrAliasTaken (also when a group has
 	// that id: aliases and group ids share one namespace), ErrTooManyAliases
@@ -151,6 +164,13 @@ type Directory interface {
 	Blocked(recipient, sender string) bool
 }
 
+// Node is one of a member's live devices, as Directory.Nodes lists it.
+type Node struct {
+	Dev   string // its key, the device's name in qlib and the store
+	Num   string // its number in decimal, unique to the member: what dropnode names
+	Label string // the label it was created with (newnode)
+}
+
 // GroupAct is a GroupEdit action (SPEC §4 op 6, "act").
 type GroupAct string
 
@@ -226,6 +246,17 @@ const (
 	// aliases of 200 plain octets, so only a list of long names reaches it
 	// before MaxBlocks.
 	MaxBlockListBytes = 40000
+
+	// MaxListedLabelBytes bounds a device label as the listnode ack (the
+	// "revoke" extension) writes it, JSON escapes included; a longer one is
+	// cut to fit. The ack lists up to 100 devices in one header (at most
+	// 65,535 octets, SPEC §1) beside the request's id, which may take 24 KB
+	// escaped; a label of MaxLabelBytes may take 1,200 escaped (JSON writes
+	// "<" in six octets), so a hundred whole labels cannot always fit. At
+	// 300 a hundred entries take under 34,000 octets, and a label is cut
+	// only when more than 20 of its characters are escaped (<, >, &,
+	// control characters, U+2028, U+2029).
+	MaxListedLabelBytes = 300
 )
 
 // Client-visible errors of a Directory; their text goes into ack errors and
@@ -257,6 +288,9 @@ var (
 	// The "block" extension's.
 	ErrBlockSelf     = errors.New("block: cannot block yourself")
 	ErrTooManyBlocks = errors.New("block list full")
+	// The "revoke" extension's.
+	ErrNoDevice = errors.New("dropnode: no such device")
+	ErrDropSelf = errors.New("dropnode: cannot drop this device")
 	// ErrIdentityUsed is logged, not sent: a refused Register gets the
 	// quit "register failure" (SPEC §2, whose quit reasons are exact
 	// strings that clients match).
@@ -272,6 +306,7 @@ var clientErrors = []error{
 	ErrGroupFull, ErrTooManyAliases,
 	ErrTooManyOnceAliases, ErrOnceAliasesUsedUp, ErrNotOnceAlias,
 	ErrBlockSelf, ErrTooManyBlocks,
+	ErrNoDevice, ErrDropSelf,
 }
 
 // TokenVerifier checks a third-party sign-up token: an OpenID Connect

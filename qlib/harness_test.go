@@ -285,6 +285,26 @@ func (d *fakeDir) Blocked(recipient, sender string) bool {
 	return ok
 }
 
+// Nodes lists uid's devices as the fake numbers them, all labelled as
+// device adds them. Revoking is tested end to end with the real user
+// database: the fake retires nothing.
+func (d *fakeDir) Nodes(uid string) ([]Node, error) {
+	devs, err := d.Devices(uid)
+	if err != nil {
+		return nil, err
+	}
+	nodes := make([]Node, 0, len(devs))
+	for _, dev := range devs {
+		_, num, _ := strings.Cut(dev, ".")
+		nodes = append(nodes, Node{Dev: dev, Num: num, Label: "extra"})
+	}
+	return nodes, nil
+}
+
+func (d *fakeDir) DropDevice(uid, num string) (dev, label string, err error) {
+	return "", "", ErrNoDevice
+}
+
 // testServer is a qlib.Server on a loopback TLS listener with a real store in
 // a temporary directory.
 type testServer struct {

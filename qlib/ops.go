@@ -83,12 +83,16 @@ const (
 	// pings, invitations and presence from a blocked member reach none of
 	// the blocker's devices).
 	extBlock = "block"
+	// extRevoke: revoking a device (UserEdit listnode and dropnode: the
+	// device's nodeid stops working, its link is closed and its queue
+	// deleted).
+	extRevoke = "revoke"
 )
 
 // extensions returns the protocol extensions this server offers, in the
 // order they were added: the one list a new extension joins.
 func extensions() []string {
-	return []string{extAliasOnce, extBlock}
+	return []string{extAliasOnce, extBlock, extRevoke}
 }
 
 func (l *link) opRegister(h *tmtp.Header) error {
@@ -224,6 +228,15 @@ func (l *link) startSession(uid, dev string, notice bool) error {
 		l.uid, l.dev = "", ""
 		return &tmtp.ProtocolError{Reason: tmtp.QuitNodeConnected}
 	}
+	// A device retired (UserEdit dropnode) after its Login passed the
+	// directory and before claimDevice would stay logged in: the retiring
+	// link evicts the devices it finds claimed only after the retirement
+	// is published. Looking again now closes that gap; the link ends, and
+	// dropLink forgets the device.
+	devs, err := l.srv.cfg.Directory.Devices(uid)
+	if err != nil || !slices.Contains(devs, dev) {
+		return &tmtp.ProtocolError{Reason: tmtp.QuitLoginFailed}
+	}
 	l.log = l.log.With("uid", uid, "dev", dev)
 	l.log.Info("login")
 	f := []tmtp.Field{tmtp.String("info", "login ok"), tmtp.String("op", "info")}
@@ -234,10 +247,6 @@ func (l *link) startSession(uid, dev string, notice bool) error {
 		return err
 	}
 	if notice {
-		devs, err := l.srv.cfg.Directory.Devices(uid)
-		if err != nil {
-			return fmt.Errorf("login notice: %w", err)
-		}
 		_, err = l.storeNotice(store.Normal, devs, tmtp.String("node", "tbd"), tmtp.String("op", "login"))
 		if errors.Is(err, store.ErrFull) {
 			// Logins go on while the disk is nearly full: they let

@@ -1,6 +1,7 @@
 package qlib
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,8 +13,8 @@ import (
 
 // opUserEdit adds an alias or a device to the user (op 3) and tells all of the
 // user's devices, ahead of everything else in their queues; with the
-// extensions (Protocol.md) it also lists and withdraws single-use aliases
-// and edits and lists the block list.
+// extensions (Protocol.md) it also lists and withdraws single-use aliases,
+// edits and lists the block list, and lists and retires devices.
 //
 // A new device's nodeid (its password) goes only to the requesting device,
 // which passes it on to the new one; the user's other devices, the new one
@@ -37,6 +38,10 @@ func (l *link) opUserEdit(h *tmtp.Header) error {
 		return l.unblock(h)
 	case h.ListBlock:
 		return l.listBlock(h)
+	case h.ListNode:
+		return l.listNodes(h)
+	case h.DropNode != "":
+		return l.dropNode(h)
 	case h.NewAlias != "":
 		fields := []tmtp.Field{tmtp.String("newalias", h.NewAlias), op}
 		var err error
@@ -179,6 +184,127 @@ func (l *link) listBlock(h *tmtp.Header) error {
 		return l.ackError(h.ID, errHeaderTooLong)
 	}
 	return l.write(frame)
+}
+
+// listNodes answers UserEdit listnode (the "revoke" extension) with the
+// member's live devices, in the ack: nothing is stored. Each entry is
+// {"label":..,"node":<number>}, plus "self":1 on the requesting device's.
+func (l *link) listNodes(h *tmtp.Header) error {
+	nodes, err := l.srv.cfg.Directory.Nodes(l.uid)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	type entry struct {
+		Label string `json:"label"`
+		Node  string `json:"node"`
+		Self  int    `json:"self,omitempty"`
+	}
+	list := make([]entry, 0, len(nodes)) // "node":[], not null
+	for _, n := range nodes {
+		e := entry{Label: listedLabel(n.Label), Node: n.Num}
+		if n.Dev == l.dev {
+			e.Self = 1
+		}
+		list = append(list, e)
+	}
+	// json.Marshal writes compact JSON, keys in field order (which is
+	// byte order), escaped as the frame writer escapes (HTML-safe).
+	raw, err := json.Marshal(list)
+	if err != nil {
+		return fmt.Errorf("listnode: %w", err)
+	}
+	// Labels cut to MaxListedLabelBytes keep the list of 100 devices
+	// within a header beside the longest id; the check is for more
+	// devices than AddDevice allows (an imported site's).
+	frame := tmtp.AppendFrame(nil,
+		tmtp.String("id", h.ID), tmtp.Raw("node", raw), tmtp.String("op", "ack"))
+	if len(frame) == 0 {
+		return l.ackError(h.ID, errHeaderTooLong)
+	}
+	return l.write(frame)
+}
+
+// listedLabel returns label as listnode lists it: whole if JSON writes it
+// in MaxListedLabelBytes octets or fewer, else cut to its longest prefix of
+// whole characters that JSON writes in that many.
+func listedLabel(label string) string {
+	if escapedLen(label) <= MaxListedLabelBytes {
+		return label
+	}
+	n := 0
+	for i, r := range label {
+		w := escapedLen(string(r))
+		if n+w > MaxListedLabelBytes {
+			return label[:i]
+		}
+		n += w
+	}
+	return label
+}
+
+// escapedLen is the length of s as JSON writes it, quotes left out.
+func escapedLen(s string) int {
+	b, _ := json.Marshal(s) // a string always marshals
+	return len(b) - 2
+}
+
+// dropNode retires one of the member's other devices (UserEdit dropnode,
+// the "revoke" extension): a lost phone. In this order: the device is
+// retired durably in the directory, so its nodeid logs in no more; its live
+// link, if any, is closed; its queue is deleted; the member's remaining
+// devices are told. A device cannot drop itself, so a member always keeps
+// at least the one that asked.
+func (l *link) dropNode(h *tmtp.Header) error {
+	dir := l.srv.cfg.Directory
+	nodes, err := dir.Nodes(l.uid)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	if slices.ContainsFunc(nodes, func(n Node) bool { return n.Dev == l.dev && n.Num == h.DropNode }) {
+		return l.ackError(h.ID, ErrDropSelf)
+	}
+	dev, label, err := dir.DropDevice(l.uid, h.DropNode)
+	if err != nil {
+		return l.ackError(h.ID, l.clientError(err))
+	}
+	l.log.Info("device revoked", "revoked", dev)
+	l.srv.evictDevice(dev)
+	if err := l.dropQueue(dev); err != nil {
+		return fmt.Errorf("dropnode: %w", err)
+	}
+	if err := l.announce(tmtp.String("dropnode", h.DropNode), tmtp.String("label", label),
+		tmtp.String("op", "user")); err != nil {
+		return fmt.Errorf("dropnode: %w", err)
+	}
+	return l.ackOK(h.ID)
+}
+
+// dropQueue deletes a retired device's queue by acknowledging each entry,
+// so that each message is removed once no live device holds it. Nothing is
+// queued for the device from now on (the directory no longer lists it), but
+// a commit that read the member's devices before the retirement may still
+// add an entry after the loop: the queue stays watched, and the watcher
+// drains it too, for as long as the server runs (a closure per device
+// dropped since the start).
+func (l *link) dropQueue(dev string) error {
+	st := l.srv.cfg.Store
+	drain := func() error {
+		for {
+			id, ok := st.Head(dev)
+			if !ok {
+				return nil
+			}
+			// The device's own link, closed but perhaps still finishing
+			// an Ack it had read, or the watcher, may have removed id
+			// first.
+			if err := st.Ack(dev, id); err != nil && !errors.Is(err, store.ErrNotQueued) {
+				return err
+			}
+		}
+	}
+	// A failed Ack means the store has failed: it stops the server.
+	st.Watch(dev, func() { drain() })
+	return drain()
 }
 
 // unknownAlias is the ack error of a Ping to an alias that resolves for

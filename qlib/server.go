@@ -461,6 +461,28 @@ func (s *Server) claimDevice(l *link) (ohi []string, ok bool) {
 	return ohi, true
 }
 
+// evictDevice closes the live link of a device just retired (UserEdit
+// dropnode), at once, as a takeover closes the link it replaces: the device
+// is forgotten under s.mu, which stops its delivery, and the connection
+// closed after. A login of the device that passed the directory before the
+// retirement and claims it after this is refused by startSession's second
+// look. The member stays online: the requesting device is.
+func (s *Server) evictDevice(dev string) {
+	s.mu.Lock()
+	old := s.devices[dev]
+	if old != nil {
+		s.forgetDeviceLocked(old)
+		if len(s.users[old.uid]) == 0 {
+			s.userOfflineLocked(old.uid)
+		}
+	}
+	s.mu.Unlock()
+	if old != nil {
+		old.log.Info("link of a revoked device closed")
+		old.closeHard()
+	}
+}
+
 // forgetDeviceLocked removes l as its device's live link; the caller has
 // checked that it is. Watching the device's queue stops with it, under s.mu,
 // so that a link taking the device over cannot have its watcher removed by

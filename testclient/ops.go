@@ -1,5 +1,7 @@
 package testclient
 
+import "encoding/json"
+
 // Recipient is an element of a request's "for" list.
 type Recipient struct {
 	ID   string `json:"Id"`
@@ -169,4 +171,50 @@ func (a Ack) BlockList() []string {
 		return nil
 	}
 	return a.Frame.Strings("block")
+}
+
+// The "revoke" extension: revoking a device (the server lists it in
+// Extensions when Options.Ext asks).
+
+// Node is one entry of the ack of ListNodes: a live device of the user.
+type Node struct {
+	Node  string // its number in decimal: what DropNode takes
+	Label string // its label, cut when long (Protocol.md, revoke)
+	Self  bool   // the device that asked
+}
+
+// ListNodes asks for the user's live devices (op 3 with listnode); they are
+// in the ack's "node" list, which NodeList reads.
+func (c *Client) ListNodes() (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "ListNode": 1}, nil)
+}
+
+// NodeList returns the devices listed in the ack of ListNodes, in the
+// order given; nil when the ack has no list (an error). Entries that are
+// not objects, and fields of the wrong type, read as zero values.
+func (a Ack) NodeList() []Node {
+	if a.Frame == nil {
+		return nil
+	}
+	l, ok := a.Frame.Head["node"].([]any)
+	if !ok {
+		return nil
+	}
+	out := make([]Node, 0, len(l))
+	for _, v := range l {
+		m, _ := v.(map[string]any)
+		n := Node{}
+		n.Node, _ = m["node"].(string)
+		n.Label, _ = m["label"].(string)
+		self, _ := m["self"].(json.Number) // Head keeps numbers' text
+		n.Self = self == "1"
+		out = append(out, n)
+	}
+	return out
+}
+
+// DropNode retires the user's device numbered node (op 3 with dropnode):
+// its nodeid logs in no more, its link is closed and its queue deleted.
+func (c *Client) DropNode(node string) (Ack, error) {
+	return c.Do(map[string]any{"Op": 3, "DropNode": node}, nil)
 }

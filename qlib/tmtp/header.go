@@ -104,6 +104,11 @@ type Header struct {
 	Block     string `json:"block"`
 	Unblock   string `json:"unblock"`
 	ListBlock bool   `json:"listblock"`
+	// ListNode, a flag like ListOnce, asks UserEdit for the member's
+	// devices; DropNode names, by its number in decimal, the device
+	// UserEdit retires.
+	ListNode bool   `json:"listnode"`
+	DropNode string `json:"dropnode"`
 }
 
 // headerJSON is Header without its methods, embedded in wireHeader so that
@@ -119,6 +124,7 @@ type wireHeader struct {
 	Once      flag     `json:"once"`
 	ListOnce  flag     `json:"listonce"`
 	ListBlock flag     `json:"listblock"`
+	ListNode  flag     `json:"listnode"`
 }
 
 // anyValue is set by any JSON value but null (Header.Ext).
@@ -131,9 +137,10 @@ func (v *anyValue) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// flag is a JSON flag (Header.Once, Header.ListOnce, Header.ListBlock): 1 or true set it, 0
-// or false clear it, null leaves it as it is. Anything else, 2 or "1"
-// included, is refused, so that what a client meant is never guessed.
+// flag is a JSON flag (Header.Once, Header.ListOnce, Header.ListBlock,
+// Header.ListNode): 1 or true set it, 0 or false clear it, null leaves it
+// as it is. Anything else, 2 or "1" included, is refused, so that what a
+// client meant is never guessed.
 type flag bool
 
 var errFlag = errors.New("want 0, 1, false or true")
@@ -249,6 +256,7 @@ func decodeHeader(b []byte) (*Header, error) {
 	w.headerJSON.Once = bool(w.Once)
 	w.headerJSON.ListOnce = bool(w.ListOnce)
 	w.headerJSON.ListBlock = bool(w.ListBlock)
+	w.headerJSON.ListNode = bool(w.ListNode)
 	return (*Header)(&w.headerJSON), nil
 }
 
@@ -335,7 +343,7 @@ func (h *Header) checkSizes() error {
 	// the check (it runs for every request), so first see if it is needed.
 	longest := max(len(h.ID), len(h.Type), len(h.UID), len(h.Node), len(h.NewNode),
 		len(h.NewAlias), len(h.Gid), len(h.Act), len(h.From), len(h.To), len(h.DropAlias),
-		len(h.Block), len(h.Unblock))
+		len(h.Block), len(h.Unblock), len(h.DropNode))
 	if longest > MaxStringLen {
 		strs := [...]struct {
 			key string
@@ -345,6 +353,7 @@ func (h *Header) checkSizes() error {
 			{"newnode", h.NewNode}, {"newalias", h.NewAlias}, {"gid", h.Gid},
 			{"act", h.Act}, {"from", h.From}, {"to", h.To},
 			{"dropalias", h.DropAlias}, {"block", h.Block}, {"unblock", h.Unblock},
+			{"dropnode", h.DropNode},
 		}
 		for _, s := range strs {
 			if len(s.v) > MaxStringLen {
@@ -405,16 +414,17 @@ func (h *Header) checkRequired() error {
 	case OpUserEdit:
 		// A deployed client sends newnode or newalias; the extensions
 		// add dropalias and listonce ("aliasonce"), block, unblock and
-		// listblock ("block"): Protocol.md, Extensions.
+		// listblock ("block"), listnode and dropnode ("revoke"):
+		// Protocol.md, Extensions.
 		n := 0
 		for _, set := range [...]bool{h.NewNode != "", h.NewAlias != "", h.DropAlias != "", h.ListOnce,
-			h.Block != "", h.Unblock != "", h.ListBlock} {
+			h.Block != "", h.Unblock != "", h.ListBlock, h.ListNode, h.DropNode != ""} {
 			if set {
 				n++
 			}
 		}
 		if n != 1 {
-			return badHeader("op 3 needs exactly one of newnode, newalias, dropalias, listonce, block, unblock, listblock")
+			return badHeader("op 3 needs exactly one of newnode, newalias, dropalias, listonce, block, unblock, listblock, listnode, dropnode")
 		}
 		if h.Once && h.NewAlias == "" {
 			return badHeader("op 3 once without newalias")

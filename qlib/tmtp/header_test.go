@@ -101,6 +101,14 @@ func TestParseHeaderExtensions(t *testing.T) {
 		{`{"Op":3,"Id":"0","NewNode":"ref","ListBlock":0,"Unblock":null}`, Header{Op: OpUserEdit, ID: "0", NewNode: "ref"}},
 		{`{"Op":3,"Id":"0","listblock":1,"ListBlock":null}`, Header{Op: OpUserEdit, ID: "0", ListBlock: true}},
 		{`{"Op":9,"Id":"x","From":"a","To":"b","Block":"c","Unblock":"d","ListBlock":1}`, Header{Op: OpPing, ID: "x", From: "a", To: "b", Block: "c", Unblock: "d", ListBlock: true}},
+		// The "revoke" extension's.
+		{`{"Op":3,"Id":"0","ListNode":1}`, Header{Op: OpUserEdit, ID: "0", ListNode: true}},
+		{`{"Op":3,"Id":"0","listnode":true,"DropNode":""}`, Header{Op: OpUserEdit, ID: "0", ListNode: true}},
+		{`{"Op":3,"Id":"0","DropNode":"7"}`, Header{Op: OpUserEdit, ID: "0", DropNode: "7"}},
+		// Not a number: the server's ack error, not the parser's.
+		{`{"Op":3,"Id":"0","dropnode":"x"}`, Header{Op: OpUserEdit, ID: "0", DropNode: "x"}},
+		{`{"Op":3,"Id":"0","NewNode":"ref","ListNode":0,"DropNode":null}`, Header{Op: OpUserEdit, ID: "0", NewNode: "ref"}},
+		{`{"Op":9,"Id":"x","From":"a","To":"b","ListNode":1,"DropNode":"1"}`, Header{Op: OpPing, ID: "x", From: "a", To: "b", ListNode: true, DropNode: "1"}},
 	} {
 		h := mustParse(t, c.in)
 		if !reflect.DeepEqual(*h, c.want) {
@@ -325,6 +333,21 @@ var invalidHeaders = []struct{ name, in, reason string }{
 	{"unblock list", `{"op":3,"id":"0","unblock":["sam walker"]}`, QuitHeader},
 	{"block too long", `{"op":3,"id":"0","block":"` + long + `"}`, QuitHeader},
 	{"unblock too long", `{"op":3,"id":"0","unblock":"` + long + `"}`, QuitHeader},
+	// The "revoke" extension's UserEdit fields: still exactly one request.
+	{"useredit dropnode and listnode", `{"op":3,"id":"0","dropnode":"1","listnode":1}`, QuitHeader},
+	{"useredit dropnode and newnode", `{"op":3,"id":"0","dropnode":"1","newnode":"ref"}`, QuitHeader},
+	{"useredit dropnode and block", `{"op":3,"id":"0","dropnode":"1","block":"sam walker"}`, QuitHeader},
+	{"useredit listnode and listblock", `{"op":3,"id":"0","listnode":1,"listblock":1}`, QuitHeader},
+	{"useredit listnode and newalias", `{"op":3,"id":"0","listnode":1,"newalias":"sam walker"}`, QuitHeader},
+	{"useredit dropnode with once", `{"op":3,"id":"0","dropnode":"1","once":1}`, QuitHeader},
+	{"useredit dropnode empty", `{"op":3,"id":"0","dropnode":""}`, QuitHeader},
+	{"useredit listnode 0", `{"op":3,"id":"0","listnode":0}`, QuitHeader},
+	{"useredit listnode cleared", `{"op":3,"id":"0","listnode":true,"ListNode":false}`, QuitHeader},
+	{"listnode 2", `{"op":3,"id":"0","listnode":2}`, QuitHeader},
+	{"listnode string", `{"op":3,"id":"0","listnode":"1"}`, QuitHeader},
+	{"listnode on a ping, wrong type", `{"op":9,"id":"x","from":"a","to":"b","listnode":{}}`, QuitHeader},
+	{"dropnode number", `{"op":3,"id":"0","dropnode":1}`, QuitHeader},
+	{"dropnode too long", `{"op":3,"id":"0","dropnode":"` + long + `"}`, QuitHeader},
 	{"groupedit act", `{"op":6,"id":"0","gid":"g","act":"leave"}`, QuitHeader},
 	{"groupedit alias without newalias", `{"op":6,"id":"0","gid":"g","act":"alias"}`, QuitHeader},
 	{"groupedit drop without to", `{"op":6,"id":"0","gid":"g","act":"drop","newalias":"x"}`, QuitHeader},
@@ -407,6 +430,10 @@ var limitHeaders = []string{
 	`{"op":3,"id":"0","unblock":"` + maxString + `"}`,
 	`{"op":3,"id":"0","listblock":1}`,
 	`{"op":3,"id":"0","newnode":"ref","listblock":false,"block":null}`,
+	// The "revoke" extension.
+	`{"op":3,"id":"0","dropnode":"` + maxString + `"}`,
+	`{"op":3,"id":"0","listnode":1}`,
+	`{"op":3,"id":"0","newnode":"ref","listnode":false,"dropnode":null}`,
 	`{"op":0,"id":"1","ext":{"a":[1,{"b":null}]}}`,
 	`{"op":7,"id":"x","datalen":5,"datahead":5,"for":[],"datasum":18446744073709551615}`,
 	`{"op":11,"datalen":0,"notelen":0,"for":null,"type":null,"id":null}`,
@@ -555,6 +582,10 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add(`{"Op":3,"Id":"0","Unblock":"sam walker","Block":""}`)
 	f.Add(`{"Op":3,"Id":"0","ListBlock":1,"listblock":0}`)
 	f.Add(`{"Op":3,"Id":"0","ListBlock":1e0,"Block":7}`)
+	// The "revoke" extension's: a flag and a number written as a string.
+	f.Add(`{"Op":3,"Id":"0","ListNode":1}`)
+	f.Add(`{"Op":3,"Id":"0","DropNode":"12","dropnode":""}`)
+	f.Add(`{"Op":3,"Id":"0","DropNode":12,"ListNode":true}`)
 	f.Fuzz(func(t *testing.T, s string) {
 		h, err := ParseHeader([]byte(s))
 		if err != nil {

@@ -26,7 +26,8 @@ import (
 //     slice already there, reusing and merging its elements;
 //   - nesting deeper than maxScanDepth in a value it skips (ext's
 //     included);
-//   - a flag (once, listonce, listblock) other than 0, 1, false, true or null.
+//   - a flag (once, listonce, listblock, listnode) other than 0, 1, false,
+//     true or null.
 //
 // FuzzParseHeaderFast holds it to that: for any input, scanHeader gives up or
 // returns what decodeHeader returns.
@@ -90,6 +91,7 @@ const (
 	strDropAlias
 	strBlock
 	strUnblock
+	strDropNode
 	numStrs
 )
 
@@ -177,6 +179,7 @@ func (s *headerScanner) finish() {
 		strNewNode: &h.NewNode, strNewAlias: &h.NewAlias, strGid: &h.Gid,
 		strAct: &h.Act, strFrom: &h.From, strTo: &h.To, strOidc: &h.Oidc,
 		strDropAlias: &h.DropAlias, strBlock: &h.Block, strUnblock: &h.Unblock,
+		strDropNode: &h.DropNode,
 	}
 	for m := s.set; m != 0; m &= m - 1 {
 		f := bits.TrailingZeros16(m)
@@ -302,6 +305,10 @@ func (s *headerScanner) headerMember(k jsonLit) bool {
 		return s.stringField(strUnblock)
 	case "listblock":
 		return s.flagValue(&s.h.ListBlock)
+	case "listnode":
+		return s.flagValue(&s.h.ListNode)
+	case "dropnode":
+		return s.stringField(strDropNode)
 	case "ext":
 		return s.anyValue(&s.h.Ext)
 	case "once":

@@ -87,6 +87,12 @@ var scanSeeds = []string{
 	`{"Op":3,"Id":"0","ListBlock":true,"ListBlock":0}`,
 	`{"Op":3,"Id":"0","ListBlock":10}`,
 	`{"Op":3,"Id":"0","Block":7}`,
+	// The "revoke" extension's: a flag and a string.
+	`{"Op":3,"Id":"0","ListNode":1}`,
+	`{"Op":3,"Id":"0","ListNode":true,"listnode":null}`,
+	`{"Op":3,"Id":"0","DropNode":"3"}`,
+	`{"Op":3,"Id":"0","DropNode":"\u0033","dropnode":"4"}`,
+	`{"Op":3,"Id":"0","DropNode":3}`,
 	// What clients send most: an ack, a post, in the deployed spelling.
 	`{"Op":10,"Id":"18a2b3c4d5e6f708","Type":"n"}`,
 	`{"Op":7,"Id":"zyx","Datalen":15,"Datahead":5,"Datasum":1,"For":[{"Id":"LB27ML46LB27ML46LB27ML46LB27ML46","Type":1}]}`,
