@@ -211,8 +211,14 @@ var damages = []damage{
 	}, "message"},
 	{"queue file id differs from name", func(t *testing.T, b *v0test.Site) string {
 		p := firstQueued(t, b)
-		os.Rename(p, p[:len(p)-1]+"0")
-		return p[:len(p)-1] + "0"
+		// Another last digit: one that is not already there, or the
+		// rename would change nothing (a 1-in-10 flake before).
+		last := "0"
+		if strings.HasSuffix(p, "0") {
+			last = "1"
+		}
+		os.Rename(p, p[:len(p)-1]+last)
+		return p[:len(p)-1] + last
 	}, "message"},
 	{"queue file unreadable", func(t *testing.T, b *v0test.Site) string {
 		p := firstQueued(t, b)
