@@ -16,7 +16,7 @@ import (
 // ErrGroupExists refuses CreateGroupFixture for a gid that is already a group.
 var ErrGroupExists = errors.New("userdb: group exists")
 
-// ErrGroupAct refuses a GroupEdit action other than qlib's three. qlib's
+// ErrGroupAct refuses a GroupEdit action other than qlib's. qlib's
 // header parser refuses unknown actions first, so no client should see it.
 var ErrGroupAct = errors.New("userdb: unknown group action")
 
@@ -196,10 +196,11 @@ func (db *UserDB) createGroupRecord(rec *groupRecord, before func() error) error
 }
 
 // saveGroup makes rec, an edited clone of g's record, durable, then publishes
-// it. An edit that changed nothing (a repeated invite or rename) is not
-// written. g.wmu is held.
+// it. An edit that changed nothing (a repeated invite, rename or open) is
+// not written. g.wmu is held.
 func (db *UserDB) saveGroup(g *groupState, rec *groupRecord) error {
-	if slices.Equal(g.rec.Load().Members, rec.Members) {
+	old := g.rec.Load()
+	if slices.Equal(old.Members, rec.Members) && old.Open == rec.Open && old.OpenPost == rec.OpenPost {
 		return nil
 	}
 	rec.Rev++
@@ -221,6 +222,8 @@ func (db *UserDB) GroupEdit(uid string, act qlib.GroupAct, gid, newalias, to str
 		edit = func(rec *groupRecord) (qlib.GroupChange, error) { return db.rename(rec, uid, newalias) }
 	case qlib.GroupDrop:
 		edit = func(rec *groupRecord) (qlib.GroupChange, error) { return drop(rec, uid, to) }
+	case qlib.GroupOpen, qlib.GroupOpenPost, qlib.GroupClose:
+		edit = func(rec *groupRecord) (qlib.GroupChange, error) { return setOpen(rec, uid, act) }
 	default:
 		return qlib.GroupChange{}, ErrGroupAct
 	}
@@ -244,9 +247,13 @@ func (db *UserDB) GroupEdit(uid string, act qlib.GroupAct, gid, newalias, to str
 	return change, nil
 }
 
-// join makes the invited uid a joined member of rec, under newalias if given.
+// join makes the invited uid a joined member of rec, under newalias if given,
+// or, when rec is open, the uid rec does not list, under newalias.
 func (db *UserDB) join(rec *groupRecord, uid, newalias string) (qlib.GroupChange, error) {
 	i := rec.member(uid)
+	if i < 0 && rec.Open {
+		return db.subscribe(rec, uid, newalias)
+	}
 	if i < 0 || rec.Members[i].Status != memberInvited {
 		return qlib.GroupChange{}, qlib.ErrNotInvited
 	}
@@ -262,6 +269,38 @@ func (db *UserDB) join(rec *groupRecord, uid, newalias string) (qlib.GroupChange
 	rec.moveToEnd(i)
 	change.Notify = rec.joined()
 	return change, nil
+}
+
+// subscribe adds uid, which rec does not list, to the open group rec as a
+// joined member under newalias (the "opengroup" extension). It has no alias
+// to be listed under otherwise, so newalias is required. Its notice is a
+// join's, under the alias it joined with.
+func (db *UserDB) subscribe(rec *groupRecord, uid, newalias string) (qlib.GroupChange, error) {
+	if newalias == "" {
+		return qlib.GroupChange{}, qlib.ErrJoinAlias
+	}
+	if !db.ownsAlias(uid, newalias) {
+		return qlib.GroupChange{}, qlib.ErrNewAliasNotOwn
+	}
+	// Aliases are never shared, and uid is not listed, so no member is
+	// listed under newalias.
+	if len(rec.Members) >= db.groupLimit {
+		return qlib.GroupChange{}, qlib.ErrGroupFull
+	}
+	rec.Members = append(rec.Members, memberRecord{UID: uid, Alias: newalias, Status: memberJoined})
+	return qlib.GroupChange{Alias: newalias, Notify: rec.joined()}, nil
+}
+
+// setOpen has the joined uid open (act GroupOpen or GroupOpenPost) or close
+// rec (the "opengroup" extension).
+func setOpen(rec *groupRecord, uid string, act qlib.GroupAct) (qlib.GroupChange, error) {
+	i := rec.member(uid)
+	if i < 0 || rec.Members[i].Status != memberJoined {
+		return qlib.GroupChange{}, qlib.ErrNotMember
+	}
+	rec.Open = act != qlib.GroupClose
+	rec.OpenPost = act == qlib.GroupOpenPost
+	return qlib.GroupChange{Alias: rec.Members[i].Alias, Notify: rec.joined()}, nil
 }
 
 // rename lists the joined uid under newalias in rec.
@@ -302,7 +341,8 @@ func drop(rec *groupRecord, uid, to string) (qlib.GroupChange, error) {
 }
 
 // GroupMembers returns the uids of gid's joined members in join order, for a
-// post from uid, which must be joined or invited.
+// post from uid, which must be joined or invited, or unlisted in a group open
+// for posting.
 func (db *UserDB) GroupMembers(uid, gid string) ([]string, error) {
 	db.mu.RLock()
 	g := db.groups[gid]
@@ -314,7 +354,11 @@ func (db *UserDB) GroupMembers(uid, gid string) ([]string, error) {
 	if rec == nil {
 		return nil, qlib.ErrNoGroup
 	}
-	if i := rec.member(uid); i < 0 || rec.Members[i].Status == memberBarred {
+	switch i := rec.member(uid); {
+	case i < 0 && rec.OpenPost:
+		// Anyone may post to it (the "opengroup" extension); a barred
+		// member, being listed, may not.
+	case i < 0 || rec.Members[i].Status == memberBarred:
 		return nil, qlib.ErrNotMember
 	}
 	return rec.joined(), nil

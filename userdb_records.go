@@ -224,6 +224,13 @@ type groupRecord struct {
 	// when it joins, so the joined members, read in list order, are in join
 	// order. A member appears once.
 	Members []memberRecord `json:"members"`
+	// Open lets a user the group does not list join it without an
+	// invitation, and OpenPost (set only with Open) lets such a user post
+	// to it (the "opengroup" extension). Absent, as in every record
+	// written before the extension and every imported one, the group is
+	// closed.
+	Open     bool `json:"open,omitempty"`
+	OpenPost bool `json:"openPost,omitempty"`
 }
 
 // memberRecord is one user's standing in a group.
@@ -329,6 +336,9 @@ func (r *userRecord) check(uid string) error {
 func (r *groupRecord) check(stem string) error {
 	if checkGid(r.GID, 1) != nil || groupFileStem(r.GID) != stem {
 		return errors.New("gid does not match file name")
+	}
+	if r.OpenPost && !r.Open {
+		return errors.New("open for posting but not open")
 	}
 	uids := make(map[string]bool, len(r.Members))
 	aliases := make(map[string]bool, len(r.Members))

@@ -1582,6 +1582,7 @@ func TestUserDBGroupCorruptContents(t *testing.T) {
 		"empty member uid":           func(r *groupRecord) { r.Members[1].UID = "" },
 		"unknown status":             func(r *groupRecord) { r.Members[1].Status = "owner" },
 		"no status":                  func(r *groupRecord) { r.Members[1].Status = "" },
+		"open for posting, not open": func(r *groupRecord) { r.OpenPost = true },
 	}
 	for name, mutate := range cases {
 		r := rec.clone()

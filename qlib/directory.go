@@ -119,17 +119,27 @@ type Directory interface {
 
 	// GroupEdit applies act to uid's membership of gid:
 	//   GroupJoin: an invited uid becomes joined, under newalias (one of its
-	//     own aliases) when given. ErrNotInvited, ErrNewAliasNotOwn.
+	//     own aliases) when given. ErrNotInvited, ErrNewAliasNotOwn. In an
+	//     open group (the "opengroup" extension) a uid the group does not
+	//     list joins too, under newalias, which it must give
+	//     (ErrJoinAlias); a barred uid is refused as in a closed group.
+	//     ErrGroupFull.
 	//   GroupAlias: a joined uid is listed under newalias (its own) from now
 	//     on. ErrNotMember, ErrNewAliasNotOwn.
 	//   GroupDrop: to is uid's own listing alias: uid leaves (back to
 	//     invited). Otherwise uid must be joined and to names another member,
 	//     who is barred. ErrNotMember, ErrAliasUnknown.
+	//   GroupOpen, GroupOpenPost, GroupClose (the "opengroup" extension): a
+	//     joined uid opens the group to joins without invitation, and with
+	//     GroupOpenPost to posts from users it does not list; or closes it
+	//     to both. ErrNotMember. GroupChange.Alias is uid's listing alias.
 	// ErrNoGroup for an unknown gid.
 	GroupEdit(uid string, act GroupAct, gid, newalias, to string) (GroupChange, error)
 
 	// GroupMembers returns the uids of gid's joined members, for a post from
-	// uid, who must be a member (joined or invited). ErrNoGroup, ErrNotMember.
+	// uid, who must be a member (joined or invited), or, when gid is open
+	// for posting (GroupOpenPost), a user the group does not list; a barred
+	// uid never. ErrNoGroup, ErrNotMember.
 	GroupMembers(uid, gid string) ([]string, error)
 
 	// Block adds the member name resolves to, when uid calls it, to uid's
@@ -178,6 +188,11 @@ const (
 	GroupJoin  GroupAct = "join"
 	GroupAlias GroupAct = "alias"
 	GroupDrop  GroupAct = "drop"
+	// The "opengroup" extension's. GroupOpenPost is GroupEdit act "open"
+	// with the post flag: no client sends it as an act.
+	GroupOpen     GroupAct = "open"
+	GroupOpenPost GroupAct = "open post"
+	GroupClose    GroupAct = "close"
 )
 
 // GroupChange describes a group change for the member notices qlib stores
@@ -291,6 +306,8 @@ var (
 	// The "revoke" extension's.
 	ErrNoDevice = errors.New("dropnode: no such device")
 	ErrDropSelf = errors.New("dropnode: cannot drop this device")
+	// The "opengroup" extension's.
+	ErrJoinAlias = errors.New("newalias required to join an open group")
 	// ErrIdentityUsed is logged, not sent: a refused Register gets the
 	// quit "register failure" (SPEC §2, whose quit reasons are exact
 	// strings that clients match).
@@ -307,6 +324,7 @@ var clientErrors = []error{
 	ErrTooManyOnceAliases, ErrOnceAliasesUsedUp, ErrNotOnceAlias,
 	ErrBlockSelf, ErrTooManyBlocks,
 	ErrNoDevice, ErrDropSelf,
+	ErrJoinAlias,
 }
 
 // TokenVerifier checks a third-party sign-up token: an OpenID Connect

@@ -87,12 +87,16 @@ const (
 	// device's nodeid stops working, its link is closed and its queue
 	// deleted).
 	extRevoke = "revoke"
+	// extOpenGroup: groups by subscription (GroupEdit open and close; a
+	// stranger joins an open group without an invitation, and may post to
+	// one whose members opened it for posting).
+	extOpenGroup = "opengroup"
 )
 
 // extensions returns the protocol extensions this server offers, in the
 // order they were added: the one list a new extension joins.
 func extensions() []string {
-	return []string{extAliasOnce, extBlock, extRevoke}
+	return []string{extAliasOnce, extBlock, extRevoke, extOpenGroup}
 }
 
 func (l *link) opRegister(h *tmtp.Header) error {

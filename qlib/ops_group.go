@@ -98,10 +98,13 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 	return l.ackStored(h.ID, rs[0])
 }
 
-// opGroupEdit joins, renames or drops a group member (op 6) and tells the
-// group.
+// opGroupEdit joins, renames or drops a group member, or opens or closes
+// the group (op 6, and the "opengroup" extension), and tells the group.
 func (l *link) opGroupEdit(h *tmtp.Header) error {
 	act := GroupAct(h.Act)
+	if act == GroupOpen && h.Post {
+		act = GroupOpenPost
+	}
 	ch, err := l.srv.cfg.Directory.GroupEdit(l.uid, act, h.Gid, h.NewAlias, h.To)
 	if err != nil {
 		return l.ackError(h.ID, l.clientError(err))
@@ -114,6 +117,9 @@ func (l *link) opGroupEdit(h *tmtp.Header) error {
 		tmtp.String("gid", h.Gid), tmtp.String("op", "member")}
 	if ch.NewAlias != "" {
 		fields = append(fields, tmtp.String("newalias", ch.NewAlias))
+	}
+	if act == GroupOpenPost {
+		fields = append(fields, tmtp.Int("post", 1))
 	}
 	if _, err := l.storeNotice(store.Normal, to, fields...); err != nil {
 		return fmt.Errorf("groupedit: %w", err)

@@ -218,3 +218,23 @@ func (a Ack) NodeList() []Node {
 func (c *Client) DropNode(node string) (Ack, error) {
 	return c.Do(map[string]any{"Op": 3, "DropNode": node}, nil)
 }
+
+// The "opengroup" extension: groups by subscription. A stranger joins an
+// open group with GroupEdit("join", gid, alias, "") and leaves it with
+// GroupEdit("drop", gid, "", alias).
+
+// OpenGroup opens group gid to joins without invitation (op 6 act open),
+// and with post to posts from users the group does not list.
+func (c *Client) OpenGroup(gid string, post bool) (Ack, error) {
+	head := map[string]any{"Op": 6, "Act": "open", "Gid": gid}
+	if post {
+		head["Post"] = 1
+	}
+	return c.Do(head, nil)
+}
+
+// CloseGroup closes group gid to joins without invitation and to posts
+// from users it does not list (op 6 act close).
+func (c *Client) CloseGroup(gid string) (Ack, error) {
+	return c.Do(map[string]any{"Op": 6, "Act": "close", "Gid": gid}, nil)
+}

@@ -109,6 +109,9 @@ type Header struct {
 	// UserEdit retires.
 	ListNode bool   `json:"listnode"`
 	DropNode string `json:"dropnode"`
+	// Post, a flag like ListOnce, has GroupEdit act open let users the
+	// group does not list post to it (the "opengroup" extension).
+	Post bool `json:"post"`
 }
 
 // headerJSON is Header without its methods, embedded in wireHeader so that
@@ -125,6 +128,7 @@ type wireHeader struct {
 	ListOnce  flag     `json:"listonce"`
 	ListBlock flag     `json:"listblock"`
 	ListNode  flag     `json:"listnode"`
+	Post      flag     `json:"post"`
 }
 
 // anyValue is set by any JSON value but null (Header.Ext).
@@ -138,8 +142,8 @@ func (v *anyValue) UnmarshalJSON(b []byte) error {
 }
 
 // flag is a JSON flag (Header.Once, Header.ListOnce, Header.ListBlock,
-// Header.ListNode): 1 or true set it, 0 or false clear it, null leaves it
-// as it is. Anything else, 2 or "1" included, is refused, so that what a
+// Header.ListNode, Header.Post): 1 or true set it, 0 or false clear it,
+// null leaves it as it is. Anything else, 2 or "1" included, is refused, so that what a
 // client meant is never guessed.
 type flag bool
 
@@ -257,6 +261,7 @@ func decodeHeader(b []byte) (*Header, error) {
 	w.headerJSON.ListOnce = bool(w.ListOnce)
 	w.headerJSON.ListBlock = bool(w.ListBlock)
 	w.headerJSON.ListNode = bool(w.ListNode)
+	w.headerJSON.Post = bool(w.Post)
 	return (*Header)(&w.headerJSON), nil
 }
 
@@ -440,14 +445,20 @@ func (h *Header) checkRequired() error {
 		}
 		return checkRecipients(h.For, false)
 	case OpGroupEdit:
+		// The "opengroup" extension adds the acts open (with the post
+		// flag, which no other act takes) and close: Protocol.md,
+		// Extensions.
+		if h.Post && h.Act != "open" {
+			return badHeader("op 6 post without act open")
+		}
 		switch h.Act {
-		case "join":
+		case "join", "open", "close":
 		case "alias":
 			return need("newalias", h.NewAlias)
 		case "drop":
 			return need("to", h.To)
 		default:
-			return badHeader("op 6 act not join, alias or drop")
+			return badHeader("op 6 act not join, alias, drop, open or close")
 		}
 	case OpPost, OpPostNotify:
 		if h.For == nil {

@@ -109,6 +109,15 @@ func TestParseHeaderExtensions(t *testing.T) {
 		{`{"Op":3,"Id":"0","dropnode":"x"}`, Header{Op: OpUserEdit, ID: "0", DropNode: "x"}},
 		{`{"Op":3,"Id":"0","NewNode":"ref","ListNode":0,"DropNode":null}`, Header{Op: OpUserEdit, ID: "0", NewNode: "ref"}},
 		{`{"Op":9,"Id":"x","From":"a","To":"b","ListNode":1,"DropNode":"1"}`, Header{Op: OpPing, ID: "x", From: "a", To: "b", ListNode: true, DropNode: "1"}},
+		// The "opengroup" extension's.
+		{`{"Op":6,"Id":"0","Act":"open","Gid":"g"}`, Header{Op: OpGroupEdit, ID: "0", Act: "open", Gid: "g"}},
+		{`{"Op":6,"Id":"0","Act":"open","Gid":"g","Post":1}`, Header{Op: OpGroupEdit, ID: "0", Act: "open", Gid: "g", Post: true}},
+		{`{"Op":6,"Id":"0","Act":"open","Gid":"g","post":true,"Post":null}`, Header{Op: OpGroupEdit, ID: "0", Act: "open", Gid: "g", Post: true}},
+		{`{"Op":6,"Id":"0","Act":"close","Gid":"g","Post":0}`, Header{Op: OpGroupEdit, ID: "0", Act: "close", Gid: "g"}},
+		// A join that names no alias parses as before; the server wants
+		// one for an open group (an ack error).
+		{`{"Op":6,"Id":"0","Act":"join","Gid":"g","Post":false}`, Header{Op: OpGroupEdit, ID: "0", Act: "join", Gid: "g"}},
+		{`{"Op":7,"Id":"x","Datalen":1,"For":[],"Post":1}`, Header{Op: OpPost, ID: "x", Datalen: 1, For: []Recipient{}, Post: true}},
 	} {
 		h := mustParse(t, c.in)
 		if !reflect.DeepEqual(*h, c.want) {
@@ -349,6 +358,16 @@ var invalidHeaders = []struct{ name, in, reason string }{
 	{"dropnode number", `{"op":3,"id":"0","dropnode":1}`, QuitHeader},
 	{"dropnode too long", `{"op":3,"id":"0","dropnode":"` + long + `"}`, QuitHeader},
 	{"groupedit act", `{"op":6,"id":"0","gid":"g","act":"leave"}`, QuitHeader},
+	// The "opengroup" extension's acts and flag.
+	{"groupedit open without gid", `{"op":6,"id":"0","act":"open"}`, QuitHeader},
+	{"groupedit close without gid", `{"op":6,"id":"0","act":"close","gid":""}`, QuitHeader},
+	{"groupedit open post 2", `{"op":6,"id":"0","gid":"g","act":"open","post":2}`, QuitHeader},
+	{"groupedit open post string", `{"op":6,"id":"0","gid":"g","act":"open","post":"1"}`, QuitHeader},
+	{"groupedit close with post", `{"op":6,"id":"0","gid":"g","act":"close","post":1}`, QuitHeader},
+	{"groupedit join with post", `{"op":6,"id":"0","gid":"g","act":"join","post":true}`, QuitHeader},
+	{"groupedit drop with post", `{"op":6,"id":"0","gid":"g","act":"drop","to":"x","post":1}`, QuitHeader},
+	{"groupedit act case", `{"op":6,"id":"0","gid":"g","act":"Open"}`, QuitHeader},
+	{"post on a ping, wrong type", `{"op":9,"id":"x","from":"a","to":"b","post":{}}`, QuitHeader},
 	{"groupedit alias without newalias", `{"op":6,"id":"0","gid":"g","act":"alias"}`, QuitHeader},
 	{"groupedit drop without to", `{"op":6,"id":"0","gid":"g","act":"drop","newalias":"x"}`, QuitHeader},
 	{"id too long", `{"op":0,"id":"` + long + `"}`, QuitHeader},
@@ -434,6 +453,9 @@ var limitHeaders = []string{
 	`{"op":3,"id":"0","dropnode":"` + maxString + `"}`,
 	`{"op":3,"id":"0","listnode":1}`,
 	`{"op":3,"id":"0","newnode":"ref","listnode":false,"dropnode":null}`,
+	// The "opengroup" extension.
+	`{"op":6,"id":"0","act":"open","gid":"` + maxString + `","post":1}`,
+	`{"op":6,"id":"0","act":"close","gid":"` + maxString + `","post":0}`,
 	`{"op":0,"id":"1","ext":{"a":[1,{"b":null}]}}`,
 	`{"op":7,"id":"x","datalen":5,"datahead":5,"for":[],"datasum":18446744073709551615}`,
 	`{"op":11,"datalen":0,"notelen":0,"for":null,"type":null,"id":null}`,
@@ -586,6 +608,11 @@ func FuzzParseHeader(f *testing.F) {
 	f.Add(`{"Op":3,"Id":"0","ListNode":1}`)
 	f.Add(`{"Op":3,"Id":"0","DropNode":"12","dropnode":""}`)
 	f.Add(`{"Op":3,"Id":"0","DropNode":12,"ListNode":true}`)
+	// The "opengroup" extension's: the acts, and the flag on them and on
+	// another act.
+	f.Add(`{"Op":6,"Id":"0","Act":"open","Gid":"g","Post":1}`)
+	f.Add(`{"Op":6,"Id":"0","Act":"close","Gid":"g","post":true,"Post":0}`)
+	f.Add(`{"Op":6,"Id":"0","Act":"join","Gid":"g","Post":1}`)
 	f.Fuzz(func(t *testing.T, s string) {
 		h, err := ParseHeader([]byte(s))
 		if err != nil {

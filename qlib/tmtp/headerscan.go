@@ -26,8 +26,8 @@ import (
 //     slice already there, reusing and merging its elements;
 //   - nesting deeper than maxScanDepth in a value it skips (ext's
 //     included);
-//   - a flag (once, listonce, listblock, listnode) other than 0, 1, false,
-//     true or null.
+//   - a flag (once, listonce, listblock, listnode, post) other than 0, 1,
+//     false, true or null.
 //
 // FuzzParseHeaderFast holds it to that: for any input, scanHeader gives up or
 // returns what decodeHeader returns.
@@ -309,6 +309,8 @@ func (s *headerScanner) headerMember(k jsonLit) bool {
 		return s.flagValue(&s.h.ListNode)
 	case "dropnode":
 		return s.stringField(strDropNode)
+	case "post":
+		return s.flagValue(&s.h.Post)
 	case "ext":
 		return s.anyValue(&s.h.Ext)
 	case "once":

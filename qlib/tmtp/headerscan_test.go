@@ -93,6 +93,11 @@ var scanSeeds = []string{
 	`{"Op":3,"Id":"0","DropNode":"3"}`,
 	`{"Op":3,"Id":"0","DropNode":"\u0033","dropnode":"4"}`,
 	`{"Op":3,"Id":"0","DropNode":3}`,
+	// The "opengroup" extension's: the post flag.
+	`{"Op":6,"Id":"0","Act":"open","Gid":"g","Post":1}`,
+	`{"Op":6,"Id":"0","Act":"open","Gid":"g","Post":true,"post":null}`,
+	`{"Op":6,"Id":"0","Act":"close","Gid":"g","Post":0}`,
+	`{"Op":6,"Id":"0","Act":"open","Gid":"g","Post":"1"}`,
 	// What clients send most: an ack, a post, in the deployed spelling.
 	`{"Op":10,"Id":"18a2b3c4d5e6f708","Type":"n"}`,
 	`{"Op":7,"Id":"zyx","Datalen":15,"Datahead":5,"Datasum":1,"For":[{"Id":"LB27ML46LB27ML46LB27ML46LB27ML46","Type":1}]}`,
