@@ -205,6 +205,62 @@ type Config struct {
 	// user database need. 0 (the default) derives it from the process's
 	// descriptor limit, keeping a reserve (linkCap).
 	MaxLinks int `json:"maxLinks,omitempty"`
+	// ReceiveOnly configures receive-only members (the "receiveonly"
+	// extension, Protocol.md). Off by default: nobody is receive-only.
+	ReceiveOnly ReceiveOnlyConfig `json:"receiveOnly"`
+}
+
+// ReceiveOnlyConfig says who is receive-only when they sign up, and what a
+// receive-only member may still reach.
+type ReceiveOnlyConfig struct {
+	// NewMembers makes every member who registers from now on
+	// receive-only, until the operator promotes it (mnm member promote).
+	NewMembers bool `json:"newMembers"`
+	// MayReach lists the aliases (a helpdesk's) and group ids a
+	// receive-only member may still ping, post to or post to the holder
+	// of; at most maxMayReach entries.
+	MayReach []string `json:"mayReach"`
+}
+
+// maxMayReach bounds receiveOnly.mayReach. Each alias in it is resolved for
+// every post of a receive-only member; a site names a helpdesk or a few
+// support groups, so 64 is generous and keeps that cost small.
+const maxMayReach = 64
+
+// MayReachSet returns mayReach as the set qlib.Config.MayReach takes (nil
+// when it is empty).
+func (rc *ReceiveOnlyConfig) MayReachSet() map[string]bool {
+	if len(rc.MayReach) == 0 {
+		return nil
+	}
+	set := make(map[string]bool, len(rc.MayReach))
+	for _, n := range rc.MayReach {
+		set[n] = true
+	}
+	return set
+}
+
+// validate checks mayReach: each entry a name an alias or a gid could be
+// (printable, at most qlib.MaxLabelBytes octets, as every alias), once.
+func (rc *ReceiveOnlyConfig) validate(bad func(field, format string, args ...any)) {
+	if len(rc.MayReach) > maxMayReach {
+		bad("receiveOnly.mayReach", "%d entries, at most %d", len(rc.MayReach), maxMayReach)
+	}
+	seen := make(map[string]bool, len(rc.MayReach))
+	for i, n := range rc.MayReach {
+		field := fmt.Sprintf("receiveOnly.mayReach[%d]", i)
+		switch {
+		case n == "":
+			bad(field, "must not be empty")
+		case seen[n]:
+			bad(field, "%q is listed twice", n)
+		default:
+			if err := checkAlias(n, 1); err != nil {
+				bad(field, "%v", err)
+			}
+		}
+		seen[n] = true
+	}
 }
 
 // LimitsConfig bounds what one remote address or one member may do
@@ -921,6 +977,7 @@ func (c *Config) validate(present map[string]bool) error {
 		bad("dataDir", "must not be empty when given (leave it out for the config file's directory)")
 	}
 	c.Limits.validate(bad)
+	c.ReceiveOnly.validate(bad)
 	return errors.Join(errs...)
 }
 

@@ -51,10 +51,10 @@ func TestE2EAliasOnceAdvertised(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	if got := string(c2.Site().Raw); got != `{"ext":["aliasonce","block","revoke","opengroup"],"id":"1","name":"e2e","op":"tmtprev"}` {
+	if got := string(c2.Site().Raw); got != `{"ext":["aliasonce","block","revoke","opengroup","receiveonly","dropalias"],"id":"1","name":"e2e","op":"tmtprev"}` {
 		t.Fatalf("tmtprev with ext: %s", got)
 	}
-	if !slices.Equal(c2.Extensions(), []string{"aliasonce", "block", "revoke", "opengroup"}) {
+	if !slices.Equal(c2.Extensions(), []string{"aliasonce", "block", "revoke", "opengroup", "receiveonly", "dropalias"}) {
 		t.Fatalf("extensions %q", c2.Extensions())
 	}
 	// "ext":null is as if absent; any other value asks.
@@ -210,9 +210,9 @@ func TestE2EAliasOnceDrop(t *testing.T) {
 		ack, err := owner.c.DropAlias(name)
 		ackErr(t, ack, err, "alias not found: "+name)
 	}
-	// A regular alias: not (yet) withdrawable.
+	// The only regular alias: kept (the "dropalias" extension).
 	ack, err = owner.c.DropAlias(owner.alias)
-	ackErr(t, ack, err, "dropalias: not a single-use alias")
+	ackErr(t, ack, err, "dropalias: cannot drop the last alias")
 	// Alice's is untouched.
 	need(t)(owner.c.Ping(owner.alias, "alice's single", "still works"))
 }

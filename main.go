@@ -6,6 +6,7 @@
 //	mnm load [flags]  the load benchmark (load.go, BENCHMARKS.md)
 //	mnm import-v0 OLD_SITE  take over a site of the deployed server (importv0.go)
 //	mnm check [-config F]   check a site's config, certificate and data directory (check.go)
+//	mnm member [-config F] promote|demote UID | list   receive-only members (member.go)
 //
 // See README.md for operating it and Protocol.md for what it speaks.
 package main
@@ -60,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runImportV0(args[1:], stdout, stderr)
 		case "check":
 			return runCheck(args[1:], stdout, stderr)
+		case "member":
+			return runMember(args[1:], stdout, stderr)
 		}
 		// A number N: simulate N members against an in-process server.
 		if n, ok := simMembers(args[0]); ok {
@@ -166,6 +169,7 @@ type daemon struct {
 	certs  *CertReloader // nil when the caller manages certificates
 	served chan error
 	fatal  chan error // the store (qlib.Config.OnFatal) or the userdb (SetOnFatal) failed
+	lock   *os.File   // holds the data directory's lock (lockDataDir); nil where there is none
 }
 
 // startDaemon reads (or creates) the configuration and starts serving.
@@ -232,11 +236,22 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	if _, err := os.Lstat(filepath.Join(cfg.DataDir, moveMarkerName)); err == nil {
 		return nil, ErrImportInterrupted
 	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	// Released on every failure below; on success shutdown releases it.
+	started := false
+	defer func() {
+		if !started && lock != nil {
+			lock.Close()
+		}
+	}()
 	perIdentity := cfg.AccountsPerIdentity
 	if perIdentity == 0 {
 		perIdentity = NoAccountBound // the config's 0 removes the bound
 	}
-	users, err := OpenUserDB(UserDBOptions{Dir: cfg.UserDBDir(), Logger: logger, AccountsPerIdentity: perIdentity})
+	users, err := OpenUserDB(UserDBOptions{Dir: cfg.UserDBDir(), Logger: logger, AccountsPerIdentity: perIdentity, ReceiveOnly: cfg.ReceiveOnly.NewMembers})
 	if err != nil {
 		return nil, err
 	}
@@ -260,13 +275,15 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		OnFatal:      d.failed,
 		Limits:       cfg.Limits.Qlib(),
 		MaxLinks:     linkCap(cfg.MaxLinks, logger),
+		MayReach:     cfg.ReceiveOnly.MayReachSet(),
 	})
 	if err != nil {
 		st.Close()
 		users.Close()
 		return nil, err
 	}
-	d.srv, d.users, d.store, d.ln = srv, users, st, ln
+	d.srv, d.users, d.store, d.ln, d.lock = srv, users, st, ln, lock
+	started = true
 	go func() { d.served <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
 	return d, nil
 }
@@ -288,7 +305,11 @@ func (d *daemon) shutdown() error {
 	if serr := <-d.served; !errors.Is(serr, qlib.ErrServerClosed) {
 		err = errors.Join(err, serr)
 	}
-	return errors.Join(err, d.store.Close(), d.users.Close())
+	err = errors.Join(err, d.store.Close(), d.users.Close())
+	if d.lock != nil {
+		d.lock.Close() // after the data is closed: nothing of ours writes to it now
+	}
+	return err
 }
 
 // clientAuthBy is the provider list as clients see it in the tmtprev reply

@@ -33,6 +33,7 @@ package main
 //	userdb_users.go    registration, login, devices and aliases
 //	userdb_groups.go   group invitations and edits
 //	userdb_blocks.go   block lists (the "block" extension)
+//	userdb_dropalias.go  withdrawing a regular alias (the "dropalias" extension)
 //
 // Locks, and the order they nest in:
 //
@@ -44,6 +45,9 @@ package main
 //	                 invitee's user wmu) while holding the group's wmu.
 //	                 So group wmu → user wmu, never the reverse: no user
 //	                 wmu holder takes a group's.
+//	UserDB.dropMu    serialises withdrawals of regular aliases (DropAlias,
+//	                 userdb_dropalias.go), which rewrite several records.
+//	                 Taken first, before any wmu, and by nothing else.
 //	UserDB.mu        guards the maps (users, groups, names, identities) and
 //	                 the failed/closed state. Held only for map operations,
 //	                 never across file I/O, and never while taking a wmu:
@@ -83,6 +87,11 @@ type UserDB struct {
 	identityLimit int // accounts per sign-up identity; 0 = no bound
 	groupLimit    int // members per group
 
+	receiveOnly bool // Register makes receive-only members
+
+	// dropMu serialises alias withdrawals (see the lock order above).
+	dropMu sync.Mutex
+
 	// mu guards the fields below. It is held only for map operations, never
 	// across file I/O.
 	mu     sync.RWMutex
@@ -119,6 +128,9 @@ type UserDBOptions struct {
 	AccountsPerIdentity int
 	// MaxGroupMembers bounds a group's member list; 0 is maxGroupMembers.
 	MaxGroupMembers int
+	// ReceiveOnly makes every member Register creates receive-only (the
+	// "receiveonly" extension) until SetReceiveOnly promotes it.
+	ReceiveOnly bool
 }
 
 // NoAccountBound is the UserDBOptions.AccountsPerIdentity that lets one
@@ -138,6 +150,7 @@ func OpenUserDB(opts UserDBOptions) (*UserDB, error) {
 		now:           opts.Now,
 		identityLimit: opts.AccountsPerIdentity,
 		groupLimit:    opts.MaxGroupMembers,
+		receiveOnly:   opts.ReceiveOnly,
 		users:         make(map[string]*userState),
 		groups:        make(map[string]*groupState),
 		names:         make(map[string]*nameEntry),

@@ -20,8 +20,10 @@ var ErrGroupExists = errors.New("userdb: group exists")
 // header parser refuses unknown actions first, so no client should see it.
 var ErrGroupAct = errors.New("userdb: unknown group action")
 
-// ownsAlias reports whether alias is one of uid's aliases. The answer cannot
-// go stale: an alias, once durable, never changes owner and is never removed.
+// ownsAlias reports whether alias is one of uid's aliases. An alias, once
+// durable, never changes owner; it is removed only by DropAlias, which makes
+// it stop resolving before it rewrites any group, so a check made with a
+// group's write lock held stays true until that lock is released.
 func (db *UserDB) ownsAlias(uid, alias string) bool {
 	owner, ok := db.AliasUID(alias)
 	return ok && owner == uid
@@ -68,9 +70,18 @@ func (db *UserDB) GroupInvite(uid, gid, from, to string) (qlib.GroupChange, erro
 	// Consumed first, so that a crash between the two writes leaves the
 	// alias spent and no invitation, never an invitation through an alias
 	// that is still usable.
-	consume := func() error { return nil }
-	if once {
-		consume = func() error { return db.spendOnce(invitee, to) }
+	// Both aliases are checked again there, with the group's write lock
+	// held, so that one withdrawn meanwhile (DropAlias) is never listed.
+	consume := func() error {
+		switch {
+		case !db.ownsAlias(uid, from):
+			return qlib.ErrFromNotSender
+		case once:
+			return db.spendOnce(invitee, to)
+		case !db.ownsAlias(invitee, to):
+			return qlib.ErrAliasUnknown
+		}
+		return nil
 	}
 	for {
 		if g := db.lockGroup(gid); g != nil {

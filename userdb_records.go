@@ -120,6 +120,9 @@ type userRecord struct {
 	// is published.
 	Blocks  []blockRecord `json:"blocks,omitempty"`
 	blocked map[string]bool
+	// ReceiveOnly marks a receive-only member (the "receiveonly"
+	// extension); written only when set, so other records are as before.
+	ReceiveOnly bool `json:"receiveOnly,omitempty"`
 	// Claims holds the OpenID Connect claims of a third-party sign-up. It is
 	// never modified in place once stored, so clones share it.
 	Claims map[string]any `json:"claims,omitempty"`

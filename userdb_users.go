@@ -73,7 +73,7 @@ func (db *UserDB) Register(label string, claims map[string]any) (uid, nodeid, de
 	}
 	for {
 		uid, _ = newID(uidBytes)
-		nodeids, err := db.create(uid, []string{label}, nil, claims)
+		nodeids, err := db.create(uid, []string{label}, nil, claims, db.receiveOnly)
 		if errors.Is(err, ErrUserExists) {
 			continue // 2^-160 per existing user; retry rather than reason about it
 		}
@@ -192,7 +192,7 @@ func (db *UserDB) CreateFixture(uid string, labels []string, aliases []string) (
 			return nil, fmt.Errorf("userdb: fixture alias %q: %w", a, err)
 		}
 	}
-	nodeids, err = db.create(uid, labels, dedup(aliases), nil)
+	nodeids, err = db.create(uid, labels, dedup(aliases), nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -214,7 +214,7 @@ func dedup(names []string) []string {
 // create writes a new user record; the uid, the aliases and the sign-up
 // identity's place are reserved first so that no concurrent request can take
 // them while the record is written.
-func (db *UserDB) create(uid string, labels, aliases []string, claims map[string]any) ([]string, error) {
+func (db *UserDB) create(uid string, labels, aliases []string, claims map[string]any, receiveOnly bool) ([]string, error) {
 	u := &userState{}
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
@@ -243,7 +243,7 @@ func (db *UserDB) create(uid string, labels, aliases []string, claims map[string
 	}
 	db.mu.Unlock()
 
-	rec := &userRecord{UID: uid, Rev: 1, Created: db.now().UTC(), NextDevice: len(labels), Aliases: aliases, Claims: claims}
+	rec := &userRecord{UID: uid, Rev: 1, Created: db.now().UTC(), NextDevice: len(labels), Aliases: aliases, Claims: claims, ReceiveOnly: receiveOnly}
 	nodeids := make([]string, len(labels))
 	for i, l := range labels {
 		var d deviceRecord
@@ -627,7 +627,8 @@ func (db *UserDB) DropOnceAlias(uid, alias string) error {
 	if rec == nil {
 		return qlib.ErrAliasUnknown
 	}
-	// Aliases are never removed, so one of uid's now is one still.
+	// A regular alias is removed only by DropAlias, which withdraws it
+	// itself and calls this only for names that are not uid's aliases.
 	if slices.Contains(rec.Aliases, alias) {
 		return qlib.ErrNotOnceAlias
 	}

@@ -95,13 +95,18 @@ type Directory interface {
 	// manages to store.
 	UseAlias(alias string) (uid string, err error)
 
-	// DropOnceAlias withdraws uid's unused single-use alias: it becomes
-	// reserved for ever and resolves for nobody, as if used.
-	// ErrNotOnceAlias when alias is one of uid's regular aliases;
-	// ErrAliasUnknown for any other name that is not uid's unused
-	// single-use alias (another user's, a used or withdrawn one, an unknown
-	// name), so that the answer reveals nothing about others.
-	DropOnceAlias(uid, alias string) error
+	// DropAlias withdraws uid's alias: an unused single-use one (the
+	// "aliasonce" extension) or a regular one (the "dropalias" extension).
+	// Either becomes reserved for ever and resolves for nobody. Every group
+	// that lists uid under a regular one lists it under uid's oldest
+	// remaining alias instead, and moves reports those groups (nil for a
+	// single-use alias); the change is durable when it returns.
+	// ErrLastAlias when alias is uid's only regular alias; ErrReservedFull
+	// when uid's record holds MaxReservedAliases reserved aliases;
+	// ErrAliasUnknown for any other name that is not uid's (another
+	// user's, a used or withdrawn one, an unknown name), so that the answer
+	// reveals nothing about others.
+	DropAlias(uid, alias string) (moves []AliasMove, err error)
 
 	// GroupInvite has uid, under its alias from, invite the user with alias to
 	// into group gid, creating the group (with uid joined under from) when it
@@ -172,6 +177,13 @@ type Directory interface {
 	// write. It may be called with the Server's lock held (presence), so it
 	// must not call back into the Server. False for unknown uids.
 	Blocked(recipient, sender string) bool
+
+	// ReceiveOnly reports whether uid is a receive-only member (the
+	// "receiveonly" extension, Protocol.md): one that may post, ping and
+	// invite only as Config.MayReach allows. It runs for every Post,
+	// PostNotify, Ping and GroupInvite, so it is a lookup that does not
+	// allocate nor wait for a record write. False for unknown uids.
+	ReceiveOnly(uid string) bool
 }
 
 // Node is one of a member's live devices, as Directory.Nodes lists it.
@@ -213,6 +225,14 @@ type GroupChange struct {
 	// Notify are the uids that receive the member notice: the joined
 	// members after the change, plus the dropped user for GroupDrop.
 	Notify []string
+}
+
+// AliasMove is a group relisted by DropAlias: the member was listed under
+// Alias, and is listed under NewAlias from now on; Notify are the group's
+// joined members, who receive the notice of a GroupEdit alias.
+type AliasMove struct {
+	Gid, Alias, NewAlias string
+	Notify               []string
 }
 
 // Bounds of names that a Directory checks and its errors state (SPEC §4 ops
@@ -300,6 +320,9 @@ var (
 	ErrTooManyOnceAliases = errors.New("too many single-use aliases")
 	ErrOnceAliasesUsedUp  = fmt.Errorf("single-use aliases used up: %d reserved", MaxReservedAliases)
 	ErrNotOnceAlias       = errors.New("dropalias: not a single-use alias")
+	// The "dropalias" extension's.
+	ErrLastAlias    = errors.New("dropalias: cannot drop the last alias")
+	ErrReservedFull = fmt.Errorf("dropalias: %d aliases reserved already", MaxReservedAliases)
 	// The "block" extension's.
 	ErrBlockSelf     = errors.New("block: cannot block yourself")
 	ErrTooManyBlocks = errors.New("block list full")
@@ -322,6 +345,7 @@ var clientErrors = []error{
 	ErrGidTaken, ErrNoGroup, ErrNotMember, ErrAlreadyMember, ErrNotInvited,
 	ErrGroupFull, ErrTooManyAliases,
 	ErrTooManyOnceAliases, ErrOnceAliasesUsedUp, ErrNotOnceAlias,
+	ErrLastAlias, ErrReservedFull,
 	ErrBlockSelf, ErrTooManyBlocks,
 	ErrNoDevice, ErrDropSelf,
 	ErrJoinAlias,

@@ -196,18 +196,20 @@ func (d *fakeDir) UseAlias(alias string) (string, error) {
 	return uid, nil
 }
 
-func (d *fakeDir) DropOnceAlias(uid, alias string) error {
+// DropAlias withdraws single-use aliases only: the fake keeps no groups to
+// relist, and treats each regular alias as the user's last.
+func (d *fakeDir) DropAlias(uid, alias string) ([]AliasMove, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.aliases[alias] == uid {
-		return ErrNotOnceAlias
+		return nil, ErrLastAlias
 	}
 	if d.once[alias] != uid {
-		return ErrAliasUnknown
+		return nil, ErrAliasUnknown
 	}
 	delete(d.once, alias)
 	d.spent[alias] = true
-	return nil
+	return nil, nil
 }
 
 // resolve finds the user a Block or Unblock name gives: a uid or an alias.
@@ -284,6 +286,10 @@ func (d *fakeDir) Blocked(recipient, sender string) bool {
 	_, ok := d.blocks[recipient][sender]
 	return ok
 }
+
+// ReceiveOnly: the fake has no receive-only members; the extension is
+// tested end to end with the real user database.
+func (d *fakeDir) ReceiveOnly(uid string) bool { return false }
 
 // Nodes lists uid's devices as the fake numbers them, all labelled as
 // device adds them. Revoking is tested end to end with the real user

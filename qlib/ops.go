@@ -91,12 +91,20 @@ const (
 	// stranger joins an open group without an invitation, and may post to
 	// one whose members opened it for posting).
 	extOpenGroup = "opengroup"
+	// extReceiveOnly: receive-only members (a member the operator marks
+	// posts, pings and invites only to the aliases and groups the site
+	// names; anything else is the ack error "receive-only member").
+	extReceiveOnly = "receiveonly"
+	// extDropAlias: withdrawing a regular alias (UserEdit dropalias of one:
+	// it stops resolving, stays reserved, and the member's groups list it
+	// under its oldest remaining alias).
+	extDropAlias = "dropalias"
 )
 
 // extensions returns the protocol extensions this server offers, in the
 // order they were added: the one list a new extension joins.
 func extensions() []string {
-	return []string{extAliasOnce, extBlock, extRevoke, extOpenGroup}
+	return []string{extAliasOnce, extBlock, extRevoke, extOpenGroup, extReceiveOnly, extDropAlias}
 }
 
 func (l *link) opRegister(h *tmtp.Header) error {

@@ -21,6 +21,11 @@ func (l *link) opGroupInvite(h *tmtp.Header) error {
 	if err := l.srv.limits.allowInvite(l.uid); err != nil {
 		return l.ackError(h.ID, err)
 	}
+	// Inviting reaches the invitee and may create a group: a receive-only
+	// member does neither, whatever MayReach names.
+	if l.srv.cfg.Directory.ReceiveOnly(l.uid) {
+		return l.ackError(h.ID, ErrReceiveOnly)
+	}
 	dir := l.srv.cfg.Directory
 	// A gid that is not a group yet is created by this invitation, which
 	// counts against the creator's groups. Groups are never removed, so

@@ -23,6 +23,9 @@ func (l *link) opPost(h *tmtp.Header) error {
 	if h.Datalen > l.srv.cfg.MaxPostBytes {
 		return &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
 	}
+	if !l.mayPost(h.For) {
+		return l.refuse(h, ErrReceiveOnly)
+	}
 	to, err := l.recipients(h.For, nil, true)
 	if err != nil {
 		return l.refuse(h, err)
@@ -108,6 +111,9 @@ func (l *link) drainAcks() {
 func (l *link) opPostNotify(h *tmtp.Header) error {
 	if h.Datalen > l.srv.cfg.MaxPostBytes {
 		return &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
+	}
+	if !l.mayPost(h.For, h.Notefor) {
+		return l.refuse(h, ErrReceiveOnly)
 	}
 	postToSender := !h.Fornotself
 	postTo, err := l.recipients(h.For, nil, postToSender)

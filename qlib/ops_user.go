@@ -110,12 +110,15 @@ func (l *link) listOnce(h *tmtp.Header) error {
 		tmtp.String("id", h.ID), tmtp.Strings("once", aliases), tmtp.String("op", "ack")))
 }
 
-// dropAlias withdraws one of the member's unused single-use aliases
-// (UserEdit dropalias, the "aliasonce" extension) and tells all of the
-// member's devices. Any name that is not one, but for the member's regular
-// aliases, gets what an unknown alias gets.
+// dropAlias withdraws one of the member's aliases (UserEdit dropalias): an
+// unused single-use one (the "aliasonce" extension) or a regular one (the
+// "dropalias" extension). All of the member's devices are told, then the
+// joined members of every group that listed the member under it, with the
+// notice of a GroupEdit alias to the member's new listing alias. Any name
+// that is not the member's gets what an unknown alias gets.
 func (l *link) dropAlias(h *tmtp.Header) error {
-	if err := l.srv.cfg.Directory.DropOnceAlias(l.uid, h.DropAlias); err != nil {
+	moves, err := l.srv.cfg.Directory.DropAlias(l.uid, h.DropAlias)
+	if err != nil {
 		if errors.Is(err, ErrAliasUnknown) {
 			return l.ackError(h.ID, unknownAlias(h.DropAlias))
 		}
@@ -123,6 +126,16 @@ func (l *link) dropAlias(h *tmtp.Header) error {
 	}
 	if err := l.announce(tmtp.String("dropalias", h.DropAlias), tmtp.String("op", "user")); err != nil {
 		return fmt.Errorf("useredit: %w", err)
+	}
+	for _, m := range moves {
+		to, err := l.devicesOf(m.Notify)
+		if err != nil {
+			return fmt.Errorf("useredit: %w", err)
+		}
+		if _, err := l.storeNotice(store.Normal, to, tmtp.String("act", "alias"), tmtp.String("alias", m.Alias),
+			tmtp.String("gid", m.Gid), tmtp.String("op", "member"), tmtp.String("newalias", m.NewAlias)); err != nil {
+			return fmt.Errorf("useredit: %w", err)
+		}
 	}
 	return l.ackOK(h.ID)
 }
@@ -333,6 +346,9 @@ func (l *link) opPing(h *tmtp.Header) error {
 	// fast a member can probe which aliases exist.
 	if err := l.srv.limits.allowPing(l.uid); err != nil {
 		return l.ackError(h.ID, err)
+	}
+	if !l.mayPing(h.To) {
+		return l.ackError(h.ID, ErrReceiveOnly)
 	}
 	dir := l.srv.cfg.Directory
 	if uid, ok := dir.AliasUID(h.From); !ok || uid != l.uid {

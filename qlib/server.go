@@ -68,6 +68,13 @@ type Config struct {
 
 	MaxPostBytes int64 // 0 = DefaultMaxPostBytes
 
+	// MayReach names what a receive-only member (Directory.ReceiveOnly)
+	// may still reach: users' aliases (a Ping to one, a post to the uid
+	// that holds one) and group ids (a post to the group). nil: nothing.
+	// Aliases are resolved at each request, so an alias claimed later
+	// counts from then on.
+	MayReach map[string]bool
+
 	// MaxLinks bounds the open links; a connection beyond it is closed at
 	// once. It keeps a flood of connections from using up the process's
 	// file descriptors, which the store and user database need to write.

@@ -137,8 +137,8 @@ func (a Ack) OnceList() []string {
 	return a.Frame.Strings("once")
 }
 
-// DropAlias withdraws one of the user's unused single-use aliases (op 3 with
-// dropalias).
+// DropAlias withdraws one of the user's unused single-use aliases, or, with
+// the dropalias extension, one of its regular aliases (op 3 with dropalias).
 func (c *Client) DropAlias(alias string) (Ack, error) {
 	return c.Do(map[string]any{"Op": 3, "DropAlias": alias}, nil)
 }
