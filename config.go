@@ -132,6 +132,10 @@ const (
 	// person, so a larger value is a typo for 0.
 	maxAccountsPerIdentity = 1000
 
+	// maxAwayAfterDays bounds awayAfterDays (or 0, off): ten years, past
+	// which no device comes back and a larger value is a typo for 0.
+	maxAwayAfterDays = 3650
+
 	// tokenMaxAgeLeast and tokenMaxAgeMost bound tokenMaxAgeSeconds (or
 	// 0, off): below the clock skew allowed (a minute) a provider whose
 	// clock is slightly behind ours would have its fresh tokens refused;
@@ -187,6 +191,10 @@ type Config struct {
 	// ago than this, and tokens without iat. Default
 	// DefaultTokenMaxAgeSeconds; 0 turns the check off (exp still holds).
 	TokenMaxAgeSeconds int `json:"tokenMaxAgeSeconds"`
+	// AwayAfterDays is the away policy (the "away" extension): a device
+	// not logged in for this many days has its queue dropped and must
+	// resync from the member's other devices. 0, the default, is off.
+	AwayAfterDays int `json:"awayAfterDays"`
 	// DataDir holds userdb/ and qstore/. Default: the config file's
 	// directory.
 	DataDir string `json:"dataDir,omitempty"`
@@ -953,6 +961,9 @@ func (c *Config) validate(present map[string]bool) error {
 	}
 	if n := c.AccountsPerIdentity; n < 0 || n > maxAccountsPerIdentity {
 		bad("accountsPerIdentity", "%d is outside 0…%d (0 for no bound)", n, maxAccountsPerIdentity)
+	}
+	if n := c.AwayAfterDays; n < 0 || n > maxAwayAfterDays {
+		bad("awayAfterDays", "%d is outside 0…%d (0 for off)", n, maxAwayAfterDays)
 	}
 	if n := c.TokenMaxAgeSeconds; n != 0 && (n < tokenMaxAgeLeast || n > tokenMaxAgeMost) {
 		bad("tokenMaxAgeSeconds", "%d is outside %d…%d (or 0 for no check)", n, tokenMaxAgeLeast, tokenMaxAgeMost)

@@ -766,3 +766,30 @@ func TestParseConfigSignUpBounds(t *testing.T) {
 		t.Errorf("mnm.conf: %v, %+v", err, cfg)
 	}
 }
+
+// TestParseConfigAwayAfterDays: the away policy is off (0) unless set, and
+// refuses values outside 0…maxAwayAfterDays.
+func TestParseConfigAwayAfterDays(t *testing.T) {
+	const base = `{"name":"s","listen":{"net":"tcp","laddr":":1","certPath":"c","keyPath":"k"}`
+	parse := func(extra string) (*Config, error) { return parseConfig([]byte(base+extra+`}`), "/d") }
+	if cfg, err := parse(""); err != nil || cfg.AwayAfterDays != 0 {
+		t.Fatalf("default: %v, %d", err, cfg.AwayAfterDays)
+	}
+	if d := DefaultConfig(); d.AwayAfterDays != 0 {
+		t.Errorf("DefaultConfig: awayAfterDays %d", d.AwayAfterDays)
+	}
+	for _, n := range []int{0, 1, 90, maxAwayAfterDays} {
+		if cfg, err := parse(fmt.Sprintf(`,"awayAfterDays":%d`, n)); err != nil || cfg.AwayAfterDays != n {
+			t.Errorf("awayAfterDays %d: %v", n, err)
+		}
+	}
+	for _, b := range []struct{ extra, want string }{
+		{`,"awayAfterDays":-1`, "awayAfterDays: -1 is outside 0…3650 (0 for off)"},
+		{`,"awayAfterDays":3651`, "awayAfterDays: 3651 is outside"},
+		{`,"awayAfterDays":"30d"`, `field "awayAfterDays": want an integer`},
+	} {
+		if _, err := parse(b.extra); err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%s: got %v, want an error containing %q", b.extra, err, b.want)
+		}
+	}
+}

@@ -51,10 +51,10 @@ func TestE2EAliasOnceAdvertised(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	if got := string(c2.Site().Raw); got != `{"ext":["aliasonce","block","revoke","opengroup","receiveonly","dropalias"],"id":"1","name":"e2e","op":"tmtprev"}` {
+	if got := string(c2.Site().Raw); got != `{"ext":["aliasonce","block","revoke","opengroup","receiveonly","dropalias","away"],"id":"1","name":"e2e","op":"tmtprev"}` {
 		t.Fatalf("tmtprev with ext: %s", got)
 	}
-	if !slices.Equal(c2.Extensions(), []string{"aliasonce", "block", "revoke", "opengroup", "receiveonly", "dropalias"}) {
+	if !slices.Equal(c2.Extensions(), []string{"aliasonce", "block", "revoke", "opengroup", "receiveonly", "dropalias", "away"}) {
 		t.Fatalf("extensions %q", c2.Extensions())
 	}
 	// "ext":null is as if absent; any other value asks.

@@ -170,6 +170,37 @@ type daemon struct {
 	served chan error
 	fatal  chan error // the store (qlib.Config.OnFatal) or the userdb (SetOnFatal) failed
 	lock   *os.File   // holds the data directory's lock (lockDataDir); nil where there is none
+	// stopSweep ends the away sweep (sweepAway); nil when the policy is
+	// off and no sweep runs.
+	stopSweep chan struct{}
+	swept     chan struct{} // closed when the sweep has ended
+}
+
+// awaySweepEvery is how often the away sweep runs: the policy counts in
+// days, so an hour late is nothing, and a sweep that finds nobody due reads
+// memory only.
+const awaySweepEvery = time.Hour
+
+// sweepAway runs the away sweep (qlib.Server.SweepAway) every
+// awaySweepEvery until stopSweep is closed. A failed sweep is a storage
+// failure and stops the server.
+func (d *daemon) sweepAway(now func() time.Time) {
+	defer close(d.swept)
+	t := time.NewTicker(awaySweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stopSweep:
+			return
+		case <-t.C:
+			if n, err := d.srv.SweepAway(now()); err != nil {
+				d.failed(err)
+				return
+			} else if n > 0 {
+				d.log.Info("away sweep", "dropped", n)
+			}
+		}
+	}
 }
 
 // startDaemon reads (or creates) the configuration and starts serving.
@@ -251,7 +282,8 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	if perIdentity == 0 {
 		perIdentity = NoAccountBound // the config's 0 removes the bound
 	}
-	users, err := OpenUserDB(UserDBOptions{Dir: cfg.UserDBDir(), Logger: logger, AccountsPerIdentity: perIdentity, ReceiveOnly: cfg.ReceiveOnly.NewMembers})
+	users, err := OpenUserDB(UserDBOptions{Dir: cfg.UserDBDir(), Now: now, Logger: logger, AccountsPerIdentity: perIdentity,
+		ReceiveOnly: cfg.ReceiveOnly.NewMembers, AwayAfter: time.Duration(cfg.AwayAfterDays) * 24 * time.Hour})
 	if err != nil {
 		return nil, err
 	}
@@ -285,6 +317,10 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	d.srv, d.users, d.store, d.ln, d.lock = srv, users, st, ln, lock
 	started = true
 	go func() { d.served <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
+	if cfg.AwayAfterDays > 0 {
+		d.stopSweep, d.swept = make(chan struct{}), make(chan struct{})
+		go d.sweepAway(now)
+	}
 	return d, nil
 }
 
@@ -299,6 +335,10 @@ func (d *daemon) failed(err error) {
 // shutdown stops the server gracefully, then closes the store and user
 // database so that everything acknowledged is on disk.
 func (d *daemon) shutdown() error {
+	if d.stopSweep != nil {
+		close(d.stopSweep)
+		<-d.swept // no sweep writes once the store and userdb close
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	err := d.srv.Shutdown(ctx)

@@ -89,6 +89,9 @@ type UserDB struct {
 
 	receiveOnly bool // Register makes receive-only members
 
+	awayAfter time.Duration // the away policy; 0 = off
+	opened    time.Time     // when OpenUserDB ran: see deviceRecord.LastLogin
+
 	// dropMu serialises alias withdrawals (see the lock order above).
 	dropMu sync.Mutex
 
@@ -131,6 +134,10 @@ type UserDBOptions struct {
 	// ReceiveOnly makes every member Register creates receive-only (the
 	// "receiveonly" extension) until SetReceiveOnly promotes it.
 	ReceiveOnly bool
+	// AwayAfter is the away policy (the "away" extension): a device not
+	// logged in for this long is due (AwayDue); 0, the default, is off,
+	// and then logins write nothing.
+	AwayAfter time.Duration
 }
 
 // NoAccountBound is the UserDBOptions.AccountsPerIdentity that lets one
@@ -151,6 +158,7 @@ func OpenUserDB(opts UserDBOptions) (*UserDB, error) {
 		identityLimit: opts.AccountsPerIdentity,
 		groupLimit:    opts.MaxGroupMembers,
 		receiveOnly:   opts.ReceiveOnly,
+		awayAfter:     opts.AwayAfter,
 		users:         make(map[string]*userState),
 		groups:        make(map[string]*groupState),
 		names:         make(map[string]*nameEntry),
@@ -165,6 +173,7 @@ func OpenUserDB(opts UserDBOptions) (*UserDB, error) {
 	if db.now == nil {
 		db.now = time.Now
 	}
+	db.opened = db.now().UTC()
 	switch {
 	case db.identityLimit == 0:
 		db.identityLimit = DefaultAccountsPerIdentity

@@ -147,6 +147,14 @@ type deviceRecord struct {
 	// to derive ours.
 	HashV0  bool `json:"hashV0,omitempty"`
 	Defunct bool `json:"defunct,omitempty"`
+	// LastLogin is when the device last logged in, kept to the
+	// awayGranularity (the "away" extension): written only when a policy
+	// is set. A record without it (older, imported) counts from when the
+	// database was opened, and stores that at its next write.
+	LastLogin time.Time `json:"lastLogin,omitzero"`
+	// Away marks a device whose queue the away policy dropped; its next
+	// login clears it.
+	Away bool `json:"away,omitempty"`
 }
 
 func (r *userRecord) clone() *userRecord {

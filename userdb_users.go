@@ -331,7 +331,16 @@ func (db *UserDB) Login(uid string, node []byte) (string, error) {
 	if match < 0 || rec.Devices[match].Defunct {
 		return "", qlib.ErrLoginFailed
 	}
-	return devKey(uid, rec.Devices[match].Num), nil
+	d := rec.Devices[match]
+	// The away extension: a login is recorded when a policy is set, and
+	// always clears an away mark (one left from a policy since turned off
+	// too, which would otherwise keep the device from a later sweep).
+	if d.Away || db.awayAfter > 0 && (d.LastLogin.IsZero() || db.now().Sub(d.LastLogin) >= awayGranularity) {
+		if err := db.seen(uid, d.Num); err != nil {
+			return "", err
+		}
+	}
+	return devKey(uid, d.Num), nil
 }
 
 // Devices returns the keys of uid's live devices in creation order.

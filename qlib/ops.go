@@ -99,12 +99,16 @@ const (
 	// it stops resolving, stays reserved, and the member's groups list it
 	// under its oldest remaining alias).
 	extDropAlias = "dropalias"
+	// extAway: away devices (under the operator's policy, a device not
+	// logged in for long loses its queue; it gets a "user" resync notice
+	// and the member's other devices an away one).
+	extAway = "away"
 )
 
 // extensions returns the protocol extensions this server offers, in the
 // order they were added: the one list a new extension joins.
 func extensions() []string {
-	return []string{extAliasOnce, extBlock, extRevoke, extOpenGroup, extReceiveOnly, extDropAlias}
+	return []string{extAliasOnce, extBlock, extRevoke, extOpenGroup, extReceiveOnly, extDropAlias, extAway}
 }
 
 func (l *link) opRegister(h *tmtp.Header) error {

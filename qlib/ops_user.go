@@ -282,7 +282,7 @@ func (l *link) dropNode(h *tmtp.Header) error {
 	}
 	l.log.Info("device revoked", "revoked", dev)
 	l.srv.evictDevice(dev)
-	if err := l.dropQueue(dev); err != nil {
+	if err := l.srv.dropQueue(dev); err != nil {
 		return fmt.Errorf("dropnode: %w", err)
 	}
 	if err := l.announce(tmtp.String("dropnode", h.DropNode), tmtp.String("label", label),
@@ -299,25 +299,27 @@ func (l *link) dropNode(h *tmtp.Header) error {
 // add an entry after the loop: the queue stays watched, and the watcher
 // drains it too, for as long as the server runs (a closure per device
 // dropped since the start).
-func (l *link) dropQueue(dev string) error {
-	st := l.srv.cfg.Store
-	drain := func() error {
-		for {
-			id, ok := st.Head(dev)
-			if !ok {
-				return nil
-			}
-			// The device's own link, closed but perhaps still finishing
-			// an Ack it had read, or the watcher, may have removed id
-			// first.
-			if err := st.Ack(dev, id); err != nil && !errors.Is(err, store.ErrNotQueued) {
-				return err
-			}
+func (s *Server) dropQueue(dev string) error {
+	// A failed Ack means the store has failed: it stops the server.
+	s.cfg.Store.Watch(dev, func() { s.drainQueue(dev) })
+	return s.drainQueue(dev)
+}
+
+// drainQueue acknowledges every entry of dev's queue (dropQueue).
+func (s *Server) drainQueue(dev string) error {
+	st := s.cfg.Store
+	for {
+		id, ok := st.Head(dev)
+		if !ok {
+			return nil
+		}
+		// The device's own link, closed but perhaps still finishing
+		// an Ack it had read, or the watcher, may have removed id
+		// first.
+		if err := st.Ack(dev, id); err != nil && !errors.Is(err, store.ErrNotQueued) {
+			return err
 		}
 	}
-	// A failed Ack means the store has failed: it stops the server.
-	st.Watch(dev, func() { drain() })
-	return drain()
 }
 
 // unknownAlias is the ack error of a Ping to an alias that resolves for

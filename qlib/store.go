@@ -57,6 +57,10 @@ type Store interface {
 	// Len reports the number of entries in dev's queue.
 	Len(dev string) int
 
+	// Queue returns the ids in dev's queue, in delivery order: a snapshot,
+	// for work on a whole queue (the away sweep).
+	Queue(dev string) []store.ID
+
 	// QueueBytes reports the size of dev's queue: the sum, over its
 	// entries, of the bytes WriteTo sends for each (envelope and data). A
 	// message queued for several devices counts for each. It is kept as
