@@ -423,6 +423,19 @@ func (db *UserDB) update(uid string, change func(rec *userRecord) error) error {
 // AddAlias gives uid the alias; see checkAlias for the rules.
 // qlib.ErrTooManyAliases when uid has maxAliases aliases.
 func (db *UserDB) AddAlias(uid, alias string) error {
+	return db.addName(uid, alias, nameAlias, "alias added", func(rec *userRecord) (*[]string, error) {
+		if len(rec.Aliases) >= maxAliases {
+			return nil, qlib.ErrTooManyAliases
+		}
+		return &rec.Aliases, nil
+	})
+}
+
+// addName gives uid the alias as a name of kind, in the record list that
+// room returns (or the error it returns when the record has no room for
+// one more), and logs event. Adding a name uid already has in that kind is
+// a success that writes nothing.
+func (db *UserDB) addName(uid, alias string, kind nameKind, event string, room func(*userRecord) (*[]string, error)) error {
 	if err := checkAlias(alias, minAliasChars); err != nil {
 		return err
 	}
@@ -431,20 +444,22 @@ func (db *UserDB) AddAlias(uid, alias string) error {
 		db.mu.Lock()
 		defer db.mu.Unlock()
 		// Under the user's write lock, a name this user owns is never pending.
-		if e, ok := db.names[alias]; ok && e.kind == nameAlias && e.owner == uid {
+		if e, ok := db.names[alias]; ok && e.kind == kind && e.owner == uid {
 			return errDone
 		}
-		if len(rec.Aliases) >= maxAliases {
-			return qlib.ErrTooManyAliases
+		list, err := room(rec)
+		if err != nil {
+			return err
 		}
 		if err := db.reserveLocked(uid, []string{alias}); err != nil {
 			return err
 		}
+		db.names[alias].kind = kind
 		reserved = true
-		rec.Aliases = append(rec.Aliases, alias)
+		*list = append(*list, alias)
 		return nil
 	})
-	db.settleReservation(uid, alias, reserved, err, "alias added")
+	db.settleReservation(uid, alias, reserved, err, event)
 	return err
 }
 
@@ -560,33 +575,15 @@ func (db *UserDB) Nodes(uid string) ([]qlib.Node, error) {
 
 // AddOnceAlias gives uid the single-use alias; see qlib.Directory.
 func (db *UserDB) AddOnceAlias(uid, alias string) error {
-	if err := checkAlias(alias, minAliasChars); err != nil {
-		return err
-	}
-	reserved := false
-	err := db.update(uid, func(rec *userRecord) error {
-		db.mu.Lock()
-		defer db.mu.Unlock()
-		// Under the user's write lock, a name this user owns is never pending.
-		if e, ok := db.names[alias]; ok && e.kind == nameOnce && e.owner == uid {
-			return errDone
-		}
+	return db.addName(uid, alias, nameOnce, "single-use alias added", func(rec *userRecord) (*[]string, error) {
 		if len(rec.OnceAliases) >= maxOnceAliases {
-			return qlib.ErrTooManyOnceAliases
+			return nil, qlib.ErrTooManyOnceAliases
 		}
 		if len(rec.OnceAliases)+len(rec.RetiredAliases) >= maxReservedAliases {
-			return qlib.ErrOnceAliasesUsedUp
+			return nil, qlib.ErrOnceAliasesUsedUp
 		}
-		if err := db.reserveLocked(uid, []string{alias}); err != nil {
-			return err
-		}
-		db.names[alias].kind = nameOnce
-		reserved = true
-		rec.OnceAliases = append(rec.OnceAliases, alias)
-		return nil
+		return &rec.OnceAliases, nil
 	})
-	db.settleReservation(uid, alias, reserved, err, "single-use alias added")
-	return err
 }
 
 // OnceAliases returns uid's unused single-use aliases, sorted.
