@@ -70,7 +70,7 @@ func (s *Server) SweepAway(now time.Time) (int, error) {
 			continue
 		}
 		uid := dev[:max(strings.LastIndexByte(dev, '.'), 0)] // a device key is uid.n
-		resync, err := s.storeNoticeFrom(uid, []string{dev}, tmtp.String("op", "user"), tmtp.Int("resync", 1))
+		resync, err := s.storeNotice(uid, store.High, []string{dev}, tmtp.String("op", "user"), tmtp.Int("resync", 1))
 		if err != nil {
 			return n, fmt.Errorf("away: resync notice: %w", err)
 		}
@@ -100,7 +100,7 @@ func (s *Server) SweepAway(now time.Time) (int, error) {
 			}
 		}
 		if len(others) > 0 {
-			if _, err := s.storeNoticeFrom(uid, others, tmtp.String("away", num), tmtp.String("label", label),
+			if _, err := s.storeNotice(uid, store.High, others, tmtp.String("away", num), tmtp.String("label", label),
 				tmtp.String("op", "user")); err != nil {
 				return n, fmt.Errorf("away: notice: %w", err)
 			}
@@ -109,14 +109,4 @@ func (s *Server) SweepAway(now time.Time) (int, error) {
 		n++
 	}
 	return n, nil
-}
-
-// storeNoticeFrom durably stores a high-priority account notice from uid
-// for devs, ahead of everything else in their queues.
-func (s *Server) storeNoticeFrom(uid string, devs []string, fields ...tmtp.Field) (store.Receipt, error) {
-	rs, err := s.cfg.Store.Draft().Commit(store.Message{Prio: store.High, To: devs, Envelope: envelopeFrom(uid, 0, fields...)})
-	if err != nil {
-		return store.Receipt{}, err
-	}
-	return rs[0], nil
 }

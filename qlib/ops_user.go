@@ -328,9 +328,15 @@ func unknownAlias(alias string) error {
 	return fmt.Errorf("%w: %s", ErrAliasUnknown, alias)
 }
 
-// storeNotice durably stores a message without data for devs.
+// storeNotice durably stores a message without data from the link's user
+// for devs.
 func (l *link) storeNotice(prio store.Priority, devs []string, fields ...tmtp.Field) (store.Receipt, error) {
-	rs, err := l.srv.cfg.Store.Draft().Commit(store.Message{Prio: prio, To: devs, Envelope: l.envelope(0, fields...)})
+	return l.srv.storeNotice(l.uid, prio, devs, fields...)
+}
+
+// storeNotice durably stores a message without data from uid for devs.
+func (s *Server) storeNotice(uid string, prio store.Priority, devs []string, fields ...tmtp.Field) (store.Receipt, error) {
+	rs, err := s.cfg.Store.Draft().Commit(store.Message{Prio: prio, To: devs, Envelope: envelopeFrom(uid, 0, fields...)})
 	if err != nil {
 		return store.Receipt{}, err
 	}
