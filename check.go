@@ -46,16 +46,19 @@ func (r *checkReport) add(level checkLevel, topic, format string, args ...any) {
 // fingerprint (the one members of a self-signed site compare), whether the
 // data directory is writable and has room. It changes nothing and touches no
 // network, so it is safe to run beside a live server.
+//
+// Given an ADDRESS (=host:port, +host:port), it diagnoses that server over
+// the network instead: see runDoctor (doctor.go).
 func runCheck(args []string, stdout, stderr io.Writer) int {
 	fset := flag.NewFlagSet("mnm check", flag.ContinueOnError)
 	fset.SetOutput(stderr)
 	configPath := fset.String("config", "mnm.config", "configuration file to check")
+	doctor := addDoctorFlags(fset)
 	if err := fset.Parse(args); err != nil {
 		return exitUsage
 	}
-	if fset.NArg() > 0 {
-		fmt.Fprintf(stderr, "mnm check: unexpected argument %q\n", fset.Arg(0))
-		return exitUsage
+	if wantsDoctor(fset) {
+		return runDoctor(fset, doctor, stdout, stderr)
 	}
 	r := &checkReport{w: stdout}
 	checkSite(r, *configPath, time.Now())
@@ -80,6 +83,10 @@ func checkSite(r *checkReport, configPath string, now time.Time) {
 // checkCertificate loads the pair as the server would and reports its names,
 // expiry and fingerprint.
 func checkCertificate(r *checkReport, cfg *Config, now time.Time) {
+	if cfg.Listen.ACME != nil {
+		checkACME(r, cfg, now) // no files: the CA issues them (acme.go)
+		return
+	}
 	certs, err := NewCertReloader(cfg.Listen.CertPath, cfg.Listen.KeyPath)
 	if err != nil {
 		r.add(checkFail, "certificate", "%v", err)

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/beevik/ntp"
@@ -29,22 +30,69 @@ const ntpQueryTimeout = 2 * time.Second
 // enough to tell the operator: other services on the host use it too.
 const ntpOffsetWarn = 10 * time.Second
 
-// Clock is a wall clock corrected by an NTP measurement taken at start. Message
-// ids and posted times come from it, because SPEC §3 asks for NTP time.
+// Clock is a wall clock corrected by NTP: measured at start (SyncClock) and,
+// if the daemon runs RunChecks, again periodically. Message ids and posted
+// times come from it, because SPEC §3 asks for NTP time.
 //
-// Now is monotonic: it adds the time elapsed since the measurement, read from
-// the monotonic clock, to the corrected wall time of the measurement. A later
-// step of the system clock (by an operator or a time daemon) therefore does
-// not move it, backwards or forwards. Two consequences are accepted: it drifts
-// with the host's oscillator until the next start, and on hosts that suspend
-// (not servers, usually) it falls behind by the time spent suspended, since
-// Go's monotonic clock stops then. The store still persists an id ceiling, so
-// ids never repeat across restarts whatever this clock does.
+// Now adds the time elapsed since start, read from the monotonic clock, to
+// the corrected wall time of the start. A step of the system clock (by an
+// operator or a time daemon) therefore does not move it, backwards or
+// forwards. What moves it is a new measurement (Adjust): the host's
+// oscillator drifts, and the re-checks correct that.
 //
-// A Clock is immutable and safe for concurrent use.
+// Now never goes backwards, also when a re-check finds a smaller offset.
+// The change is slewed, as ntpd does: the applied offset moves toward the
+// measured one by at most slewRate (500 ppm, ntpd's maximum), so Now still
+// advances, at 0.9995 of real time, until it has caught up; a 100 ms
+// correction takes 200 s. Clamping alone (never return less than the last
+// value) would instead freeze the clock for the whole correction, stamping
+// every post in that time alike. A clamp to the last value returned is kept
+// as well, as the guarantee across goroutines: one that read the elapsed
+// time just before a re-check may compute a later time than one just after.
+// On hosts that suspend (not servers, usually) the clock falls behind by
+// the time spent suspended, since Go's monotonic clock stops then, until
+// the next re-check. The store persists an id ceiling too, so ids never
+// repeat across restarts whatever this clock does.
+//
+// A Clock is safe for concurrent use.
 type Clock struct {
-	base   time.Time     // time.Now() at the measurement, with its monotonic reading
-	offset time.Duration // NTP time minus local wall time at the measurement; 0 = none
+	base  time.Time                  // time.Now() at the start, with its monotonic reading; never changes
+	state atomic.Pointer[clockState] // the offset being applied
+	last  atomic.Int64               // the latest time Now returned, Unix nanoseconds
+}
+
+// slewRate is the largest rate at which the applied offset changes: 1/2000
+// of elapsed time, 500 ppm, the most ntpd slews by. Below 1, so Now keeps
+// advancing while a negative correction is applied.
+const slewRate = 2000
+
+// clockState is an offset change being slewed: from the applied offset
+// from, at elapsed time at (since Clock.base), toward target, the latest
+// measurement. Immutable once published.
+type clockState struct {
+	at     time.Duration
+	from   time.Duration
+	target time.Duration
+}
+
+// applied is the offset to add at elapsed time e.
+func (s *clockState) applied(e time.Duration) time.Duration {
+	step := max(e-s.at, 0) / slewRate
+	switch d := s.target - s.from; {
+	case d.Abs() <= step:
+		return s.target
+	case d > 0:
+		return s.from + step
+	default:
+		return s.from - step
+	}
+}
+
+// newClock returns a Clock starting now with offset applied at once.
+func newClock(offset time.Duration) *Clock {
+	c := &Clock{base: time.Now()}
+	c.state.Store(&clockState{from: offset, target: offset})
+	return c
 }
 
 // ClockOption adjusts SyncClock.
@@ -62,9 +110,7 @@ func WithNTPTimeout(d time.Duration) ClockOption {
 
 // LocalClock returns a Clock that uses the local clock as it is (offset 0),
 // without querying NTP: for tests and tools that need a Clock.
-func LocalClock() *Clock {
-	return &Clock{base: time.Now()}
-}
+func LocalClock() *Clock { return newClock(0) }
 
 // DefaultNTPMaxOffset bounds the offset SyncClock accepts from NTP unless the
 // configuration says otherwise. NTP is unauthenticated: a spoofed reply at
@@ -81,9 +127,10 @@ const ntpAgreement = time.Second
 
 // ntpReading is one host's measurement.
 type ntpReading struct {
-	host   string
-	offset time.Duration
-	rtt    time.Duration
+	host     string
+	offset   time.Duration
+	rtt      time.Duration
+	agreeing int // hosts in the majority (set on the answer used)
 }
 
 // SyncClock measures the local clock's offset from NTP. It asks every host of
@@ -100,12 +147,33 @@ type ntpReading struct {
 // warning and returns a local clock (offset 0), or an error when
 // cfg.Required.
 func SyncClock(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption) (*Clock, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	agreed, err := measureNTP(cfg, logger, opts...)
+	if err == nil {
+		level := slog.LevelInfo
+		if agreed.offset.Abs() > ntpOffsetWarn {
+			level = slog.LevelWarn
+		}
+		logger.Log(context.Background(), level, "ntp clock synced", "host", agreed.host, "offset", agreed.offset,
+			"rtt", agreed.rtt, "agreeing", agreed.agreeing, "asked", len(cfg.Hosts))
+		return newClock(agreed.offset), nil
+	}
+	if cfg.Required {
+		return nil, fmt.Errorf("ntp: required, but no usable answer: %w", err)
+	}
+	logger.Warn("ntp unavailable, using the local clock", "hosts", len(cfg.Hosts))
+	return LocalClock(), nil
+}
+
+// measureNTP asks the hosts of cfg and returns the believable answer, by
+// the rules of SyncClock, logging each refusal; or an error saying why
+// there is none.
+func measureNTP(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption) (*ntpReading, error) {
 	o := clockOptions{timeout: ntpQueryTimeout}
 	for _, opt := range opts {
 		opt(&o)
-	}
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
 	}
 	maxOffset := DefaultNTPMaxOffset
 	if cfg.MaxOffsetSeconds > 0 {
@@ -134,27 +202,16 @@ func SyncClock(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption) (*Clock,
 			logger.Error("ntp answer refused: disagrees with the other hosts", "host", a.host, "offset", a.offset)
 		}
 		if agreed != nil {
-			c := &Clock{base: time.Now(), offset: agreed.offset}
-			level := slog.LevelInfo
-			if agreed.offset.Abs() > ntpOffsetWarn {
-				level = slog.LevelWarn
-			}
-			logger.Log(context.Background(), level, "ntp clock synced", "host", agreed.host, "offset", agreed.offset,
-				"rtt", agreed.rtt, "agreeing", len(answers)-len(outliers), "asked", len(cfg.Hosts))
-			return c, nil
+			agreed.agreeing = len(answers) - len(outliers)
+			return agreed, nil
 		}
 		logger.Error("ntp hosts disagree; not using any of them", "answers", len(answers))
 		errs = append(errs, fmt.Errorf("%d hosts answered without a majority agreeing within %v", len(answers), ntpAgreement))
 	}
-
 	if len(cfg.Hosts) == 0 {
 		errs = append(errs, errors.New("no hosts configured"))
 	}
-	if cfg.Required {
-		return nil, fmt.Errorf("ntp: required, but no usable answer: %w", errors.Join(errs...))
-	}
-	logger.Warn("ntp unavailable, using the local clock", "hosts", len(cfg.Hosts))
-	return LocalClock(), nil
+	return nil, errors.Join(errs...)
 }
 
 // ntpMajority returns the answer to use, the median of the largest group of
@@ -295,5 +352,76 @@ func validZone(zone string) bool {
 // Now returns the NTP-corrected time, in UTC and without a monotonic reading.
 // It never goes backwards (see Clock).
 func (c *Clock) Now() time.Time {
-	return c.base.Add(c.offset + time.Since(c.base)).Round(0).UTC()
+	e := time.Since(c.base)
+	t := c.base.Add(e + c.state.Load().applied(e)).Round(0)
+	n := t.UnixNano()
+	for {
+		last := c.last.Load()
+		if n <= last {
+			return time.Unix(0, last).UTC()
+		}
+		if c.last.CompareAndSwap(last, n) {
+			return t.UTC()
+		}
+	}
+}
+
+// Offset is NTP time minus the local clock at the latest measurement; 0
+// when NTP was never used. Now may still be slewing toward it.
+func (c *Clock) Offset() time.Duration { return c.state.Load().target }
+
+// Adjust makes offset the clock's target, slewed toward from the offset
+// applied now, and returns the previous target.
+func (c *Clock) Adjust(offset time.Duration) (prev time.Duration) {
+	for {
+		old := c.state.Load()
+		e := time.Since(c.base)
+		next := &clockState{at: e, from: old.applied(e), target: offset}
+		if c.state.CompareAndSwap(old, next) {
+			return old.target
+		}
+	}
+}
+
+// Recheck measures the offset again, by the rules of SyncClock, and adjusts
+// the clock to it. It logs the result at debug level, or at warn level when
+// the offset moved by more than ntpOffsetWarn; refused answers are logged
+// as at start. Without a believable answer the clock keeps its offset and
+// the error says why.
+func (c *Clock) Recheck(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption) error {
+	agreed, err := measureNTP(cfg, logger, opts...)
+	if err != nil {
+		logger.Warn("ntp re-check found no usable answer; keeping the offset", "offset", c.Offset(), "err", err)
+		return err
+	}
+	prev := c.Adjust(agreed.offset)
+	level := slog.LevelDebug
+	if (agreed.offset - prev).Abs() > ntpOffsetWarn {
+		level = slog.LevelWarn
+	}
+	logger.Log(context.Background(), level, "ntp re-check", "host", agreed.host, "offset", agreed.offset,
+		"change", agreed.offset-prev, "rtt", agreed.rtt, "agreeing", agreed.agreeing, "asked", len(cfg.Hosts))
+	return nil
+}
+
+// DefaultNTPCheckEvery is how often the offset is measured again unless
+// ntp.checkEveryMinutes says otherwise: a server's oscillator drifts by
+// tens of ppm, a few ms an hour, so an hourly check keeps the clock within
+// NTP's own accuracy at one query per host an hour.
+const DefaultNTPCheckEvery = defaultNTPCheckEveryMinutes * time.Minute
+
+// RunChecks calls Recheck every interval until stop is closed, then closes
+// done. The daemon runs it (startDaemon) and stops it at shutdown.
+func (c *Clock) RunChecks(cfg NTPConfig, every time.Duration, logger *slog.Logger, stop <-chan struct{}, done chan<- struct{}, opts ...ClockOption) {
+	defer close(done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			c.Recheck(cfg, logger, opts...)
+		}
+	}
 }

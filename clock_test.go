@@ -31,7 +31,7 @@ const (
 // packets with its own time, the real time plus offset, and counts requests.
 type ntpResponder struct {
 	conn     *net.UDPConn
-	offset   time.Duration
+	offset   atomic.Int64 // a time.Duration; setOffset changes it mid-test
 	mode     ntpReplyMode
 	requests atomic.Int64
 	done     chan struct{}
@@ -53,7 +53,8 @@ func newNTPResponder(t *testing.T, offset time.Duration, mode ntpReplyMode) *ntp
 	if err != nil {
 		t.Fatalf("ntp responder: %v", err)
 	}
-	r := &ntpResponder{conn: conn, offset: offset, mode: mode, done: make(chan struct{})}
+	r := &ntpResponder{conn: conn, mode: mode, done: make(chan struct{})}
+	r.setOffset(offset)
 	go r.serve()
 	t.Cleanup(func() {
 		conn.Close()
@@ -63,6 +64,10 @@ func newNTPResponder(t *testing.T, offset time.Duration, mode ntpReplyMode) *ntp
 }
 
 func (r *ntpResponder) addr() string { return r.conn.LocalAddr().String() }
+
+// setOffset moves the responder's clock: later answers are offset ahead
+// of the real time.
+func (r *ntpResponder) setOffset(d time.Duration) { r.offset.Store(int64(d)) }
 
 func (r *ntpResponder) serve() {
 	defer close(r.done)
@@ -79,7 +84,8 @@ func (r *ntpResponder) serve() {
 		if r.mode == ntpDrop {
 			continue
 		}
-		received := time.Now().Add(r.offset)
+		offset := time.Duration(r.offset.Load())
+		received := time.Now().Add(offset)
 		resp := make([]byte, ntpPacketLen)
 		version := buf[0] >> 3 & 7
 		leap, stratum, refID := byte(0), byte(1), "LOCL"
@@ -97,7 +103,7 @@ func (r *ntpResponder) serve() {
 		binary.BigEndian.PutUint64(resp[16:], ntpTimestamp(received.Add(-time.Minute))) // reference: last "set"
 		copy(resp[24:32], buf[40:48])                                                   // origin: the client's transmit field
 		binary.BigEndian.PutUint64(resp[32:], ntpTimestamp(received))
-		binary.BigEndian.PutUint64(resp[40:], ntpTimestamp(time.Now().Add(r.offset)))
+		binary.BigEndian.PutUint64(resp[40:], ntpTimestamp(time.Now().Add(offset)))
 		r.conn.WriteToUDP(resp, from) // best effort, like a real server
 	}
 }
@@ -351,7 +357,7 @@ func TestSyncClockHostsMustAgree(t *testing.T) {
 }
 
 func TestClockNowMonotonic(t *testing.T) {
-	c := &Clock{base: time.Now(), offset: -time.Hour}
+	c := newClock(-time.Hour)
 	prev := c.Now()
 	for range 10000 {
 		now := c.Now()

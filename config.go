@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"mnm/admin"
 	"net"
 	"net/netip"
 	"net/url"
@@ -75,6 +76,13 @@ const (
 	// maxNTPMaxOffsetSeconds (a year) bounds ntp.maxOffsetSeconds: a bound
 	// wider than that accepts any answer, which the default exists to stop.
 	maxNTPMaxOffsetSeconds = 365 * 24 * 3600
+	// maxNTPCheckEveryMinutes (a week) bounds ntp.checkEveryMinutes: a
+	// server's oscillator drifts by up to a second or so a week, so rarer
+	// checks are as good as none, which 0 says plainly.
+	maxNTPCheckEveryMinutes = 7 * 24 * 60
+	// defaultNTPCheckEveryMinutes is ntp.checkEveryMinutes when absent
+	// (DefaultNTPCheckEvery).
+	defaultNTPCheckEveryMinutes = 60
 
 	// maxAuthProviders is the deployed limit (SPEC §7, §8): clients label
 	// the providers a…z. The empty first entry is not a provider and does
@@ -216,6 +224,9 @@ type Config struct {
 	// ReceiveOnly configures receive-only members (the "receiveonly"
 	// extension, Protocol.md). Off by default: nobody is receive-only.
 	ReceiveOnly ReceiveOnlyConfig `json:"receiveOnly"`
+	// Admin is the admin listener (config_admin.go); on loopback by
+	// default.
+	Admin AdminConfig `json:"admin"`
 }
 
 // ReceiveOnlyConfig says who is receive-only when they sign up, and what a
@@ -473,6 +484,10 @@ type NTPConfig struct {
 	// unauthenticated, and a spoofed answer would move message ids forward
 	// for good. 0 or absent: DefaultNTPMaxOffset (SyncClock).
 	MaxOffsetSeconds int `json:"maxOffsetSeconds,omitempty"`
+	// CheckEveryMinutes is how often the offset is measured again while
+	// the server runs (Clock.RunChecks), by the same rules as at start; 0
+	// turns the re-checks off. Absent: DefaultNTPCheckEvery.
+	CheckEveryMinutes int `json:"checkEveryMinutes"`
 }
 
 // ListenConfig is the TLS listener.
@@ -486,6 +501,10 @@ type ListenConfig struct {
 	// private key.
 	CertPath string `json:"certPath"`
 	KeyPath  string `json:"keyPath"`
+	// ACME, when set, gets the certificate from an ACME CA (Let's Encrypt
+	// by default) and renews it (acme.go); certPath and keyPath are then
+	// not read.
+	ACME *ACMEConfig `json:"acme,omitempty"`
 }
 
 // AuthProvider is one third-party (OpenID Connect) identity provider, in the
@@ -537,8 +556,9 @@ func DefaultConfig() *Config {
 	return &Config{
 		Name: defaultSiteName(),
 		NTP: NTPConfig{
-			Hosts:   []string{"0.pool.ntp.org", "1.pool.ntp.org", "2.pool.ntp.org", "3.pool.ntp.org"},
-			Retries: 3,
+			Hosts:             []string{"0.pool.ntp.org", "1.pool.ntp.org", "2.pool.ntp.org", "3.pool.ntp.org"},
+			Retries:           3,
+			CheckEveryMinutes: defaultNTPCheckEveryMinutes,
 		},
 		Listen: ListenConfig{
 			Net:      "tcp",
@@ -553,6 +573,7 @@ func DefaultConfig() *Config {
 
 		AccountsPerIdentity: DefaultAccountsPerIdentity,
 		TokenMaxAgeSeconds:  DefaultTokenMaxAgeSeconds,
+		Admin:               AdminConfig{Laddr: admin.DefaultAddr},
 	}
 }
 
@@ -569,7 +590,8 @@ func defaultSiteName() string {
 // LoadConfig reads, checks and resolves the configuration file at path. Every
 // error names the file and the field at fault, so an operator can fix it
 // without reading code. The certificate and key must be readable; when they
-// are not, the error says how to make a pair.
+// are not, the error says how to make a pair. (With listen.acme they are not
+// read; its directoryCA, if given, must be a PEM file.)
 func LoadConfig(path string) (*Config, error) {
 	data, err := readSmallFile(path, maxConfigFileBytes)
 	if err != nil {
@@ -583,7 +605,7 @@ func LoadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if err := checkReadable(cfg.Listen.CertPath, cfg.Listen.KeyPath); err != nil {
+	if err := cfg.Listen.checkFiles(); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return cfg, nil
@@ -625,7 +647,11 @@ func parseConfig(data []byte, dir string) (*Config, error) {
 	if !present["minFreeBytes"] {
 		cfg.MinFreeBytes = DefaultMinFreeBytes // 0 is a setting: no watermark
 	}
+	if !present["ntp.checkEveryMinutes"] {
+		cfg.NTP.CheckEveryMinutes = defaultNTPCheckEveryMinutes // 0 is a setting: off
+	}
 	cfg.Limits.fillDefaults(present) // 0 is a setting: no limit
+	cfg.Admin.fillDefaults(present)  // "" is a setting: off
 	if !present["accountsPerIdentity"] {
 		cfg.AccountsPerIdentity = DefaultAccountsPerIdentity // 0 is a setting: no bound
 	}
@@ -737,6 +763,9 @@ func (w *shapeWalker) value(t reflect.Type, path string) error {
 		return nil
 	}
 	w.present[path] = true
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem() // an optional object (listen.acme)
+	}
 	switch t.Kind() {
 	case reflect.Struct:
 		if tok != json.Delim('{') {
@@ -919,6 +948,9 @@ func (c *Config) validate(present map[string]bool) error {
 	if c.NTP.Retries < 0 || c.NTP.Retries > maxNTPRetries {
 		bad("ntp.retries", "%d is outside 0…%d", c.NTP.Retries, maxNTPRetries)
 	}
+	if c.NTP.CheckEveryMinutes < 0 || c.NTP.CheckEveryMinutes > maxNTPCheckEveryMinutes {
+		bad("ntp.checkEveryMinutes", "%d is outside 0…%d (0 turns the re-checks off)", c.NTP.CheckEveryMinutes, maxNTPCheckEveryMinutes)
+	}
 
 	switch c.Listen.Net {
 	case "tcp", "tcp4", "tcp6":
@@ -928,11 +960,15 @@ func (c *Config) validate(present map[string]bool) error {
 	if err := checkListenAddr(c.Listen.Laddr); err != nil {
 		bad("listen.laddr", "%v", err)
 	}
-	if c.Listen.CertPath == "" {
-		bad("listen.certPath", "must not be empty")
-	}
-	if c.Listen.KeyPath == "" {
-		bad("listen.keyPath", "must not be empty")
+	if c.Listen.ACME != nil {
+		c.Listen.ACME.validate(bad, present)
+	} else {
+		if c.Listen.CertPath == "" {
+			bad("listen.certPath", "must not be empty")
+		}
+		if c.Listen.KeyPath == "" {
+			bad("listen.keyPath", "must not be empty")
+		}
 	}
 
 	if c.Auth < 0 || c.Auth > 2 {
@@ -989,6 +1025,7 @@ func (c *Config) validate(present map[string]bool) error {
 	}
 	c.Limits.validate(bad)
 	c.ReceiveOnly.validate(bad)
+	c.Admin.validate(bad)
 	return errors.Join(errs...)
 }
 
@@ -1206,12 +1243,19 @@ func (c *Config) resolve(dir string) {
 		}
 		return filepath.Join(dir, p)
 	}
-	c.Listen.CertPath = abs(c.Listen.CertPath)
-	c.Listen.KeyPath = abs(c.Listen.KeyPath)
+	if c.Listen.CertPath != "" || c.Listen.ACME == nil { // unused with acme, and may be left out
+		c.Listen.CertPath = abs(c.Listen.CertPath)
+	}
+	if c.Listen.KeyPath != "" || c.Listen.ACME == nil {
+		c.Listen.KeyPath = abs(c.Listen.KeyPath)
+	}
 	if c.DataDir == "" {
 		c.DataDir = dir
 	} else {
 		c.DataDir = abs(c.DataDir)
+	}
+	if c.Listen.ACME != nil {
+		c.Listen.ACME.resolve(abs, c.DataDir)
 	}
 	if c.MaxPostBytes == 0 {
 		c.MaxPostBytes = qlib.DefaultMaxPostBytes
@@ -1219,6 +1263,7 @@ func (c *Config) resolve(dir string) {
 	if c.AuthBy == nil {
 		c.AuthBy = []AuthProvider{}
 	}
+	c.Admin.resolve(dir)
 }
 
 // checkReadable opens the certificate and key to catch a missing or unreadable

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"mnm/admin"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -39,7 +40,7 @@ func TestParseConfigValid(t *testing.T) {
 	}
 	want := &Config{
 		Name:   "Test Site",
-		NTP:    NTPConfig{Hosts: []string{"127.0.0.1:1123", "pool.ntp.org"}, Retries: 2},
+		NTP:    NTPConfig{Hosts: []string{"127.0.0.1:1123", "pool.ntp.org"}, Retries: 2, CheckEveryMinutes: defaultNTPCheckEveryMinutes},
 		Listen: ListenConfig{Net: "tcp", Laddr: "127.0.0.1:5443", CertPath: "/srv/mnm/tls/cert.pem", KeyPath: "/etc/mnm/key.pem"},
 		Auth:   1,
 		AuthBy: []AuthProvider{{}, {
@@ -53,6 +54,7 @@ func TestParseConfigValid(t *testing.T) {
 
 		AccountsPerIdentity: DefaultAccountsPerIdentity,
 		TokenMaxAgeSeconds:  DefaultTokenMaxAgeSeconds,
+		Admin:               AdminConfig{Laddr: admin.DefaultAddr},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("parseConfig =\n%+v\nwant\n%+v", cfg, want)

@@ -8,9 +8,11 @@ package main
 import (
 	"bytes"
 	"log/slog"
+	"mnm/admin"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -56,6 +58,10 @@ func v0Site(t *testing.T, laddr string) string {
 			t.Fatalf("%s lacks %s", v0ConfigFile, deployed)
 		}
 		data = bytes.Replace(data, []byte(deployed), []byte(`"laddr": "`+laddr+`"`), 1)
+		// A server started from it takes a free port for its admin
+		// listener too, rather than the default one.
+		start := bytes.IndexByte(data, '{')
+		data = slices.Concat(data[:start+1], []byte(`"admin": {"laddr": "127.0.0.1:0"},`), data[start+1:])
 	}
 	dir := t.TempDir()
 	if err := CreateSelfSigned(filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key"), []string{"localhost"}); err != nil {
@@ -79,7 +85,7 @@ func TestLoadConfigV0(t *testing.T) {
 	dir := filepath.Dir(path)
 	want := &Config{
 		Name: "Test Site",
-		NTP:  NTPConfig{Hosts: []string{"127.0.0.1"}, Retries: 2},
+		NTP:  NTPConfig{Hosts: []string{"127.0.0.1"}, Retries: 2, CheckEveryMinutes: defaultNTPCheckEveryMinutes},
 		Listen: ListenConfig{Net: "tcp", Laddr: "127.0.0.1:59771",
 			CertPath: filepath.Join(dir, "server.crt"), KeyPath: filepath.Join(dir, "server.key")},
 		Auth: 1,
@@ -99,6 +105,7 @@ func TestLoadConfigV0(t *testing.T) {
 
 		AccountsPerIdentity: DefaultAccountsPerIdentity,
 		TokenMaxAgeSeconds:  DefaultTokenMaxAgeSeconds,
+		Admin:               AdminConfig{Laddr: admin.DefaultAddr}, // on loopback, the default
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("LoadConfig =\n%+v\nwant\n%+v", cfg, want)

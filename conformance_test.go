@@ -48,7 +48,6 @@ import (
 	"log/slog"
 	"maps"
 	"math/big"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -367,15 +366,9 @@ func startReferenceServer(t *testing.T) *refServer {
 			"aud":   refAudience,
 		}},
 	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgPath := filepath.Join(dir, ConfigFileName)
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath := writeConfigFile(t, dir, cfg)
 	logger := slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var err error
 	s.d, err = startDaemon(cfgPath, logger)
 	if err != nil {
 		t.Fatalf("start: %v", err)

@@ -10,5 +10,6 @@ import "errors"
 const dataLockName = "mnm.lock"
 
 // ErrDataDirInUse is lockDataDir's refusal: the server (or another
-// command) is using the data directory.
-var ErrDataDirInUse = errors.New("data directory in use by a running server")
+// command) is using the data directory. The error wrapping it names the
+// holder's pid when the lock file tells it (the holder writes it there).
+var ErrDataDirInUse = errors.New("another mnm is using this data directory")

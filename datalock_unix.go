@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -24,11 +26,34 @@ func lockDataDir(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
+		defer f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
+			if pid := lockHolder(f); pid > 0 {
+				return nil, fmt.Errorf("%w (pid %d): %s", ErrDataDirInUse, pid, dir)
+			}
 			return nil, fmt.Errorf("%w: %s", ErrDataDirInUse, dir)
 		}
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
+	// The pid is for the message of whoever finds the lock taken; it
+	// needs no fsync: after a crash the lock is free and nobody reads it.
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
 	return f, nil
+}
+
+// maxLockFile bounds what lockHolder reads: a pid and a newline.
+const maxLockFile = 32
+
+// lockHolder returns the pid the lock's holder wrote into f, or 0 when it
+// has not (yet) or the file holds something else.
+func lockHolder(f *os.File) int {
+	buf := make([]byte, maxLockFile)
+	n, _ := f.ReadAt(buf, 0)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(buf[:n])))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
 }

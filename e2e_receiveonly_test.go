@@ -57,7 +57,7 @@ func TestE2EReceiveOnly(t *testing.T) {
 
 	// Everyone signed up receive-only; the operator cannot change that
 	// while the server runs.
-	if code, out := memberCmd(s, "promote", h.reg.UID); code != exitFailure || !strings.Contains(out, "data directory in use by a running server") {
+	if code, out := memberCmd(s, "promote", h.reg.UID); code != exitFailure || !strings.Contains(out, "another mnm is using this data directory") {
 		t.Fatalf("promote while running: exit %d: %s", code, out)
 	}
 	ack, err := o.c.Post([]testclient.Recipient{{ID: r.reg.UID, Type: 1}}, []byte("x"))

@@ -42,8 +42,13 @@ func newTestLogger() (*slog.Logger, *lockedBuffer) {
 }
 
 // writeConfigFile writes cfg as dir's mnm.config and returns its path.
+// Unless cfg says otherwise, its admin listener takes a free loopback port,
+// so that tests never contend for the default one.
 func writeConfigFile(t *testing.T, dir string, cfg map[string]any) string {
 	t.Helper()
+	if _, ok := cfg["admin"]; !ok {
+		cfg["admin"] = map[string]any{"laddr": "127.0.0.1:0"}
+	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		t.Fatal(err)

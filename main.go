@@ -6,7 +6,10 @@
 //	mnm load [flags]  the load benchmark (load.go, BENCHMARKS.md)
 //	mnm import-v0 OLD_SITE  take over a site of the deployed server (importv0.go)
 //	mnm check [-config F]   check a site's config, certificate and data directory (check.go)
+//	mnm check [-register] [-timeout D] [-ca FILE] [-json] ADDRESS   diagnose a TMTP server over the network (doctor.go)
 //	mnm member [-config F] promote|demote UID | list   receive-only members (member.go)
+//	mnm admin [-config F] [-json] status|users|user|queues|revoke-device|...   a running server, through its admin listener (admincmd.go)
+//	mnm backup [-config F] [-addr A] [-token NAME] DEST   an online backup of a running server into a new data directory (backupcmd.go)
 //
 // See README.md for operating it and Protocol.md for what it speaks.
 package main
@@ -21,15 +24,20 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
+	"mnm/admin"
 	"mnm/logflood"
 	"mnm/qlib"
 	"mnm/qlib/store"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // version is set at build time with -ldflags "-X main.version=..."; the
@@ -63,6 +71,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runCheck(args[1:], stdout, stderr)
 		case "member":
 			return runMember(args[1:], stdout, stderr)
+		case "admin":
+			return runAdmin(args[1:], stdout, stderr)
+		case "backup":
+			return runBackup(args[1:], stdout, stderr)
 		}
 		// A number N: simulate N members against an in-process server.
 		if n, ok := simMembers(args[0]); ok {
@@ -117,7 +129,7 @@ func newDaemonLogger(w io.Writer, level slog.Level) (*slog.Logger, func()) {
 
 // waitForStop serves until SIGINT/SIGTERM or a store failure, then shuts the
 // daemon down. SIGHUP reloads the certificate, so a renewed one takes effect
-// without dropping links.
+// without dropping links, and the configuration's live settings (reload.go).
 func waitForStop(d *daemon, logger *slog.Logger) int {
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -130,11 +142,7 @@ func waitForStop(d *daemon, logger *slog.Logger) int {
 				stop = true
 				break
 			}
-			if err := d.certs.Reload(); err != nil {
-				logger.Error("certificate reload failed; keeping the old one", "err", err)
-			} else {
-				logCertificate(logger, d.certs, "certificate reloaded")
-			}
+			d.reload()
 		case err := <-d.fatal:
 			// Fail stop: nothing more can be acknowledged safely.
 			logger.Error("shutting down after a storage failure", "err", err)
@@ -166,7 +174,8 @@ type daemon struct {
 	store  *store.Log
 	srv    *qlib.Server
 	ln     net.Listener
-	certs  *CertReloader // nil when the caller manages certificates
+	certs  *CertReloader // nil when the caller manages certificates, or with acme
+	acme   *acmeSource   // nil unless listen.acme is set
 	served chan error
 	fatal  chan error // the store (qlib.Config.OnFatal) or the userdb (SetOnFatal) failed
 	lock   *os.File   // holds the data directory's lock (lockDataDir); nil where there is none
@@ -174,6 +183,41 @@ type daemon struct {
 	// off and no sweep runs.
 	stopSweep chan struct{}
 	swept     chan struct{} // closed when the sweep has ended
+	// clock is the NTP-corrected clock, re-checked by its own goroutine
+	// (Clock.RunChecks) until stopClock is closed; clockDone is closed when
+	// it has ended. All nil when the caller manages the clock, or the
+	// re-checks are off.
+	clock     *Clock
+	stopClock chan struct{}
+	clockDone chan struct{}
+	// configPath is the file the configuration came from, read again on
+	// SIGHUP (reload.go); "" when the caller made the configuration.
+	configPath string
+	// reloadMu serialises reloads; applied is the configuration whose live
+	// settings are in force (nil: cfg's), guarded by it.
+	reloadMu sync.Mutex
+	applied  *Config
+
+	cfg      *Config
+	now      func() time.Time
+	started  time.Time
+	stopping chan struct{} // closed when shutdown begins: no longer ready
+	// registry holds the metrics (metrics.go); the admin listener serves
+	// them.
+	registry *prometheus.Registry
+	// ntpOffset reports the clock's offset from NTP at its last check;
+	// nil when the caller manages the clock.
+	ntpOffset func() time.Duration
+	// The admin listener (adminsite.go); nil when it is off.
+	admin     *admin.Server
+	adminHTTP *http.Server
+	adminAddr string // where it listens, "host:port"
+	adminDone chan struct{}
+	// recent keeps the latest warnings for the status page.
+	recent *admin.Recent
+	// statusEvery is the status page's sampling interval; 0 is the
+	// default. Tests shorten it (startDaemon's tune).
+	statusEvery time.Duration
 }
 
 // awaySweepEvery is how often the away sweep runs: the policy counts in
@@ -204,7 +248,12 @@ func (d *daemon) sweepAway(now func() time.Time) {
 }
 
 // startDaemon reads (or creates) the configuration and starts serving.
-func startDaemon(configPath string, logger *slog.Logger) (*daemon, error) {
+// Each tune adjusts the daemon before its admin listener starts (tests).
+func startDaemon(configPath string, logger *slog.Logger, tune ...func(*daemon)) (*daemon, error) {
+	// The status page shows the latest warnings: everything logged from
+	// here on passes by them.
+	recent := admin.NewRecent(recentWarnings)
+	logger = slog.New(recent.Handler(logger.Handler()))
 	if _, err := os.Stat(configPath); errors.Is(err, os.ErrNotExist) {
 		if _, _, err := EnsureConfig(filepath.Dir(configPath), logger); err != nil {
 			return nil, err
@@ -218,13 +267,38 @@ func startDaemon(configPath string, logger *slog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, err := NewCertReloader(cfg.Listen.CertPath, cfg.Listen.KeyPath)
+	// The certificate comes from the file pair or, with listen.acme, from
+	// an ACME CA (acme.go).
+	var (
+		certs   *CertReloader
+		acmeSrc *acmeSource
+		tlsConf *tls.Config
+	)
+	if cfg.Listen.ACME != nil {
+		if acmeSrc, err = newACMESource(cfg.Listen.ACME, logger); err != nil {
+			return nil, err
+		}
+		tlsConf = acmeSrc.TLSConfig()
+	} else {
+		if certs, err = NewCertReloader(cfg.Listen.CertPath, cfg.Listen.KeyPath); err != nil {
+			return nil, err
+		}
+		logCertificate(logger, certs, "tls certificate")
+		tlsConf = certs.TLSConfig()
+	}
+	var tokens []admin.Token
+	if cfg.Admin.TokenFile != "" {
+		if tokens, err = admin.LoadTokens(cfg.Admin.TokenFile); err != nil {
+			return nil, err
+		}
+	}
+	adminLn, err := adminListen(cfg)
 	if err != nil {
 		return nil, err
 	}
-	logCertificate(logger, certs, "tls certificate")
 	ln, err := net.Listen(cfg.Listen.Net, cfg.Listen.Laddr)
 	if err != nil {
+		closeListener(adminLn)
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	var verifier qlib.TokenVerifier
@@ -238,16 +312,34 @@ func startDaemon(configPath string, logger *slog.Logger) (*daemon, error) {
 		cancel()
 		if err != nil {
 			ln.Close()
+			closeListener(adminLn)
 			return nil, err
 		}
 		verifier = v
 	}
-	d, err := newDaemon(cfg, clock.Now, certs.TLSConfig(), ln, verifier, logger)
+	d, err := newDaemon(cfg, clock.Now, tlsConf, ln, verifier, logger)
 	if err != nil {
 		ln.Close()
+		closeListener(adminLn)
 		return nil, err
 	}
-	d.certs = certs
+	d.ntpOffset = clock.Offset
+	d.clock, d.configPath = clock, configPath
+	if every := time.Duration(cfg.NTP.CheckEveryMinutes) * time.Minute; every > 0 {
+		d.stopClock, d.clockDone = make(chan struct{}), make(chan struct{})
+		go clock.RunChecks(cfg.NTP, every, logger, d.stopClock, d.clockDone)
+	}
+	d.recent = recent
+	for _, fn := range tune {
+		fn(d)
+	}
+	if adminLn != nil {
+		d.startAdmin(adminLn, tokens)
+	}
+	d.certs, d.acme = certs, acmeSrc
+	if acmeSrc != nil {
+		acmeSrc.start() // now that the CA can reach the listener
+	}
 	logger.Info("mnm started", "version", version, "listen", ln.Addr().String(), "name", cfg.Name, "data", cfg.DataDir)
 	return d, nil
 }
@@ -266,6 +358,9 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	}
 	if _, err := os.Lstat(filepath.Join(cfg.DataDir, moveMarkerName)); err == nil {
 		return nil, ErrImportInterrupted
+	}
+	if _, err := os.Lstat(filepath.Join(cfg.DataDir, backupIncompleteName)); err == nil {
+		return nil, ErrBackupIncomplete
 	}
 	lock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
@@ -287,12 +382,16 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(store.Options{Dir: cfg.QStoreDir(), Now: now, Logger: logger, MinFree: cfg.MinFreeBytes})
+	commits := commitHistogram()
+	st, err := store.Open(store.Options{Dir: cfg.QStoreDir(), Now: now, Logger: logger, MinFree: cfg.MinFreeBytes,
+		CommitSeconds: commits})
 	if err != nil {
 		users.Close()
 		return nil, err
 	}
-	d := &daemon{log: logger, served: make(chan error, 1), fatal: make(chan error, 1)}
+	d := &daemon{log: logger, served: make(chan error, 1), fatal: make(chan error, 1),
+		cfg: cfg, now: now, started: now(), stopping: make(chan struct{}), registry: newRegistry()}
+	d.registry.MustRegister(commits)
 	users.SetOnFatal(d.failed)
 	srv, err := qlib.NewServer(qlib.Config{
 		Name:         cfg.Name,
@@ -308,6 +407,7 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		Limits:       cfg.Limits.Qlib(),
 		MaxLinks:     linkCap(cfg.MaxLinks, logger),
 		MayReach:     cfg.ReceiveOnly.MayReachSet(),
+		Registerer:   d.registry,
 	})
 	if err != nil {
 		st.Close()
@@ -315,8 +415,9 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		return nil, err
 	}
 	d.srv, d.users, d.store, d.ln, d.lock = srv, users, st, ln, lock
+	d.registerDataMetrics()
 	started = true
-	go func() { d.served <- srv.Serve(tls.NewListener(ln, tlsConf)) }()
+	go func() { d.served <- srv.Serve(serveListener(ln, tlsConf)) }()
 	if cfg.AwayAfterDays > 0 {
 		d.stopSweep, d.swept = make(chan struct{}), make(chan struct{})
 		go d.sweepAway(now)
@@ -335,6 +436,11 @@ func (d *daemon) failed(err error) {
 // shutdown stops the server gracefully, then closes the store and user
 // database so that everything acknowledged is on disk.
 func (d *daemon) shutdown() error {
+	close(d.stopping) // not ready from now on
+	if d.stopClock != nil {
+		close(d.stopClock)
+		<-d.clockDone
+	}
 	if d.stopSweep != nil {
 		close(d.stopSweep)
 		<-d.swept // no sweep writes once the store and userdb close
@@ -344,6 +450,11 @@ func (d *daemon) shutdown() error {
 	err := d.srv.Shutdown(ctx)
 	if serr := <-d.served; !errors.Is(serr, qlib.ErrServerClosed) {
 		err = errors.Join(err, serr)
+	}
+	// After the links: a backup streaming now still reads an open store.
+	err = errors.Join(err, d.stopAdmin(ctx))
+	if d.acme != nil {
+		d.acme.close()
 	}
 	err = errors.Join(err, d.store.Close(), d.users.Close())
 	if d.lock != nil {
@@ -376,4 +487,11 @@ func clientAuthBy(providers []AuthProvider) (list []byte, optional bool, err err
 	}
 	list, err = json.Marshal(out)
 	return list, optional, err
+}
+
+// closeListener closes ln unless it is nil.
+func closeListener(ln net.Listener) {
+	if ln != nil {
+		ln.Close()
+	}
 }

@@ -221,7 +221,7 @@ func TestMemberCommandRefusedWhileLocked(t *testing.T) {
 	}
 	var out, errOut bytes.Buffer
 	code := run([]string{"member", "-config", cfgPath, "demote", uid}, &out, &errOut)
-	if code != exitFailure || errOut.String() != "mnm member: data directory in use by a running server: "+cfg.DataDir+"\n" {
+	if code != exitFailure || errOut.String() != fmt.Sprintf("mnm member: another mnm is using this data directory (pid %d): %s\n", os.Getpid(), cfg.DataDir) {
 		t.Errorf("demote while locked: exit %d: %q", code, errOut.String())
 	}
 	if _, err := lockDataDir(cfg.DataDir); err == nil {

@@ -64,6 +64,7 @@ type simFlags struct {
 	drain     time.Duration
 	seed      uint64
 	addr      string // as given
+	admin     string // -admin: the in-process server's admin listener, or ""
 	pid       int
 
 	// From addr, if set: the dial address and TLS configuration.
@@ -89,6 +90,7 @@ func parseSimFlags(n int, args []string, stderr io.Writer) (*simFlags, bool) {
 	fs.Uint64Var(&f.seed, "seed", 0, "seed of the members' random choices (0: pick one)")
 	fs.StringVar(&f.addr, "addr", "", "server to simulate against: host:port or =host:port (certificate not verified), +host:port (verified); empty starts one in this process")
 	fs.IntVar(&f.pid, "pid", 0, "process id of the -addr server: the status lines show its RSS and CPU")
+	fs.StringVar(&f.admin, "admin", "", "serve the in-process server's status page and metrics at this address, e.g. 127.0.0.1:5480")
 	if err := fs.Parse(args); err != nil {
 		return nil, false
 	}
@@ -106,6 +108,10 @@ func parseSimFlags(n int, args []string, stderr io.Writer) (*simFlags, bool) {
 		bad = "-pid names the -addr server's process; without -addr the server is this process"
 	case f.pid < 0:
 		bad = "-pid must be a process id"
+	case f.admin != "" && f.addr != "":
+		bad = "-admin serves the in-process server's status page; with -addr, use that server's own"
+	case f.admin != "" && checkListenAddr(f.admin) != nil:
+		bad = "-admin: " + checkListenAddr(f.admin).Error()
 	case f.addr != "":
 		var err error
 		if f.dial, f.tls, err = simSite(f.addr); err != nil {
@@ -164,6 +170,16 @@ func runSimWith(n int, args []string, stdout, stderr io.Writer, adjust func(cfg 
 		}
 		cfg.Addr = e.Addr
 		cfg.Proc, cfg.ProcName = procStats(os.Getpid()), "server+members"
+		if f.admin != "" {
+			ln, err := net.Listen("tcp", f.admin)
+			if err != nil {
+				e.Close()
+				logger.Error("admin listener", "err", err)
+				return exitFailure
+			}
+			e.startAdmin(ln, nil)
+			fmt.Fprintf(stdout, "mnm: status page at http://%s/\n", ln.Addr())
+		}
 		fmt.Fprintf(stdout, "mnm: simulating %d members against a server in this process at %s (data in %s, removed at exit;"+
 			" server log: warnings only, on stderr; rss and cpu are of the whole process, server and members together)\n", n, e.Addr, e.dir)
 	} else {

@@ -220,12 +220,15 @@ func runSimCommand(t *testing.T, args []string, tamper func(*testclient.Frame)) 
 }
 
 func TestSimCommand(t *testing.T) {
-	code, stdout, stderr := runSimCommand(t, nil, nil)
+	code, stdout, stderr := runSimCommand(t, []string{"-admin", "127.0.0.1:0"}, nil)
 	if code != exitOK {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
 	}
 	if !strings.Contains(stdout, "sim: PASS") || !strings.Contains(stdout, "rss and cpu are of the whole process") {
 		t.Errorf("stdout:\n%s", stdout)
+	}
+	if !regexp.MustCompile(`status page at http://127\.0\.0\.1:\d+/`).MatchString(stdout) {
+		t.Errorf("-admin: no status page address in stdout:\n%s", stdout)
 	}
 	// The temporary data is gone.
 	m := regexp.MustCompile(`data in (\S+), removed at exit`).FindStringSubmatch(stdout)
@@ -266,6 +269,8 @@ func TestSimCommandUsage(t *testing.T) {
 		{[]string{"6", "-addr", "="}, "neither =host:port nor +host:port"},
 		{[]string{"6", "-addr", "no-port"}, `-addr "no-port"`},
 		{[]string{"6", "-addr", "127.0.0.1:1", "-pid", "2147483647"}, "-pid 2147483647"},
+		{[]string{"6", "-addr", "=127.0.0.1:1", "-admin", "127.0.0.1:0"}, "with -addr, use that server's own"},
+		{[]string{"6", "-admin", "not an address"}, `-admin: "not an address" is not host:port`},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

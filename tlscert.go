@@ -176,6 +176,17 @@ func (r *CertReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 // NotAfter is when the current certificate expires, for the start-up log.
 func (r *CertReloader) NotAfter() time.Time { return r.cert.Load().Leaf.NotAfter }
 
+// Names are the DNS names and IP addresses the current certificate is for,
+// for the admin status.
+func (r *CertReloader) Names() []string {
+	leaf := r.cert.Load().Leaf
+	names := slices.Clone(leaf.DNSNames)
+	for _, ip := range leaf.IPAddresses {
+		names = append(names, ip.String())
+	}
+	return names
+}
+
 // Fingerprint is the SHA-256 of the current certificate, as colon-separated
 // hex pairs: what `openssl x509 -noout -fingerprint -sha256` prints, so that
 // a member can compare the two.

@@ -48,6 +48,10 @@ package main
 //	UserDB.dropMu    serialises withdrawals of regular aliases (DropAlias,
 //	                 userdb_dropalias.go), which rewrite several records.
 //	                 Taken first, before any wmu, and by nothing else.
+//	UserDB.snapMu    held shared across each record file write
+//	                 (writeRecord), under the record's wmu; held exclusive
+//	                 by Snapshot alone, with no other lock, while it reads
+//	                 the files. So wmu → snapMu → mu.
 //	UserDB.mu        guards the maps (users, groups, names, identities) and
 //	                 the failed/closed state. Held only for map operations,
 //	                 never across file I/O, and never while taking a wmu:
@@ -94,6 +98,10 @@ type UserDB struct {
 
 	// dropMu serialises alias withdrawals (see the lock order above).
 	dropMu sync.Mutex
+
+	// snapMu is held shared by every record write, exclusive by Snapshot
+	// (userdb_snapshot.go) while it reads the record files.
+	snapMu sync.RWMutex
 
 	// mu guards the fields below. It is held only for map operations, never
 	// across file I/O.
@@ -249,4 +257,18 @@ func (db *UserDB) Close() error {
 	defer db.mu.Unlock()
 	db.closed = true
 	return nil
+}
+
+// UserCount is the number of members, for monitoring.
+func (db *UserDB) UserCount() int {
+	db.mu.RLock()
+	defer db.mu.RUnlock()
+	return len(db.users)
+}
+
+// GroupCount is the number of groups, for monitoring.
+func (db *UserDB) GroupCount() int {
+	db.mu.RLock()
+	defer db.mu.RUnlock()
+	return len(db.groups)
 }

@@ -172,6 +172,8 @@ func writeRecord[T any, P record[T]](db *UserDB, rec P) error {
 		return err
 	}
 	path := filepath.Join(db.kindDir(rec.kind()), rec.stem()+recordSuffix)
+	db.snapMu.RLock() // a snapshot sees the file before this write or after it
+	defer db.snapMu.RUnlock()
 	if err := durable.Replace(db.fs, path, data, recordPerm); err != nil {
 		if cause, ok := durable.InDoubt(err); ok {
 			db.fail(cause)

@@ -151,7 +151,8 @@ func (l *link) deliver() {
 		if len(out) > 0 || send != 0 {
 			// One write for everything ready: fewer system calls and
 			// TLS records than a write per frame.
-			if err := l.writeFrames(out, send); err != nil {
+			n, err := l.writeFrames(out, send)
+			if err != nil {
 				l.log.Info("delivery failed", "err", err)
 				l.stopDelivery()
 				return
@@ -165,6 +166,8 @@ func (l *link) deliver() {
 			if send != 0 {
 				inFlight = send
 				timer.Reset(l.srv.cfg.ResendAfter)
+				l.srv.metrics.deliveries.Inc()
+				l.srv.metrics.deliveryBytes.Add(float64(n))
 			}
 		}
 		if inFlight == 0 {
@@ -195,6 +198,7 @@ func (l *link) deliver() {
 			}
 		case <-timer.C:
 			l.log.Info("delivery not acked; resending", "id", inFlight.String())
+			l.srv.metrics.resends.Inc()
 			l.dmu.Lock()
 			if l.awaiting == inFlight {
 				l.awaiting = 0
@@ -255,6 +259,7 @@ func (l *link) onAck(idText string) error {
 	} else if err != nil {
 		return err
 	}
+	l.srv.metrics.acks.Inc()
 	select {
 	case l.acked <- id:
 	default:

@@ -3,11 +3,13 @@ package qlib
 import (
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -256,9 +258,10 @@ type remote struct {
 // limiter holds the state of one Server's limits. All methods are safe for
 // concurrent use; none blocks beyond its own short critical section.
 type limiter struct {
-	cfg Limits
-	now func() time.Time
-	log *slog.Logger
+	conf atomic.Pointer[Limits] // the limits in force, swapped whole by SetLimits (reload.go); read with cfg
+	now  func() time.Time
+	log  *slog.Logger
+	hits *prometheus.CounterVec // by limitHit; nil in tests that make a bare limiter
 
 	mu sync.Mutex
 	// Guarded by mu:
@@ -283,8 +286,7 @@ func newLimiter(cfg Limits, log *slog.Logger) *limiter {
 	if now == nil {
 		now = time.Now
 	}
-	return &limiter{
-		cfg:       cfg,
+	lm := &limiter{
 		now:       now,
 		log:       log,
 		links:     make(map[netip.Addr]int),
@@ -297,6 +299,8 @@ func newLimiter(cfg Limits, log *slog.Logger) *limiter {
 		invitees:  newTable[string, bucket](maxTrackedMembers, day),
 		notes:     newTable[string, note](maxLogKeys, logEvery),
 	}
+	lm.conf.Store(&cfg)
+	return lm
 }
 
 // remoteOf returns the counting key of a connection's peer and whether it
@@ -315,7 +319,7 @@ func (lm *limiter) remoteOf(a net.Addr) remote {
 	if !ip.IsValid() {
 		return remote{}
 	}
-	limited := !slices.ContainsFunc(lm.cfg.Exempt, func(p netip.Prefix) bool { return p.Contains(ip) })
+	limited := !slices.ContainsFunc(lm.cfg().Exempt, func(p netip.Prefix) bool { return p.Contains(ip) })
 	if ip.Is6() {
 		ip = netip.PrefixFrom(ip, v6Prefix).Masked().Addr()
 	}
@@ -325,26 +329,26 @@ func (lm *limiter) remoteOf(a net.Addr) remote {
 // openLink counts a new link from r; false if r is at its limit (the
 // caller closes the connection at once).
 func (lm *limiter) openLink(r remote) bool {
-	if !r.limited || lm.cfg.LinksPerAddr <= 0 {
+	if !r.limited || lm.cfg().LinksPerAddr <= 0 {
 		return true
 	}
 	lm.mu.Lock()
 	n := lm.links[r.addr]
-	ok := n < lm.cfg.LinksPerAddr
+	ok := n < lm.cfg().LinksPerAddr
 	if ok {
 		lm.links[r.addr] = n + 1
 	}
 	lm.mu.Unlock()
 	if !ok {
-		lm.hit("link refused: too many links from the address", "links "+r.addr.String(),
-			"remote", r.addr.String(), "limit", lm.cfg.LinksPerAddr)
+		lm.hit(hitLinksPerAddr, "link refused: too many links from the address", "links "+r.addr.String(),
+			"remote", r.addr.String(), "limit", lm.cfg().LinksPerAddr)
 	}
 	return ok
 }
 
 // closeLink uncounts a link that openLink counted.
 func (lm *limiter) closeLink(r remote) {
-	if !r.limited || lm.cfg.LinksPerAddr <= 0 {
+	if !r.limited || lm.cfg().LinksPerAddr <= 0 {
 		return
 	}
 	lm.mu.Lock()
@@ -358,16 +362,16 @@ func (lm *limiter) closeLink(r remote) {
 
 // allowRegister takes one of r's registrations; false when none is left.
 func (lm *limiter) allowRegister(r remote) bool {
-	if !r.limited || lm.cfg.RegisterPerHour <= 0 {
+	if !r.limited || lm.cfg().RegisterPerHour <= 0 {
 		return true
 	}
 	now := lm.now()
 	lm.mu.Lock()
-	ok := lm.registers.get(r.addr, now).take(now, lm.cfg.RegisterPerHour, time.Hour)
+	ok := lm.registers.get(r.addr, now).take(now, lm.cfg().RegisterPerHour, time.Hour)
 	lm.mu.Unlock()
 	if !ok {
-		lm.hit("register refused: too many registrations from the address", "register "+r.addr.String(),
-			"remote", r.addr.String(), "limit", lm.cfg.RegisterPerHour, "per", time.Hour)
+		lm.hit(hitRegistrations, "register refused: too many registrations from the address", "register "+r.addr.String(),
+			"remote", r.addr.String(), "limit", lm.cfg().RegisterPerHour, "per", time.Hour)
 	}
 	return ok
 }
@@ -383,12 +387,12 @@ func (lm *limiter) allowLogin(r remote, uid string) bool {
 	lm.mu.Lock()
 	var addrUntil, uidUntil time.Time
 	af := lm.addrFails.find(r.addr, now)
-	if af != nil && lm.cfg.LoginFailuresPerAddr > 0 && af.blocked(now) {
+	if af != nil && lm.cfg().LoginFailuresPerAddr > 0 && af.blocked(now) {
 		addrUntil = af.until
 	}
 	// A uid's backoff holds back only addresses that have failed lately,
 	// so that strangers failing logins to a uid cannot lock its member out.
-	if af != nil && af.failures > 0 && lm.cfg.LoginFailuresPerUID > 0 {
+	if af != nil && af.failures > 0 && lm.cfg().LoginFailuresPerUID > 0 {
 		if uf := lm.uidFails.find(uid, now); uf != nil && uf.blocked(now) {
 			uidUntil = uf.until
 		}
@@ -396,11 +400,11 @@ func (lm *limiter) allowLogin(r remote, uid string) bool {
 	lm.mu.Unlock()
 	switch {
 	case !addrUntil.IsZero():
-		lm.hit("login refused: the address is backing off after failed logins", "login "+r.addr.String(),
+		lm.hit(hitLoginBackoff, "login refused: the address is backing off after failed logins", "login "+r.addr.String(),
 			"remote", r.addr.String(), "until", addrUntil)
 		return false
 	case !uidUntil.IsZero():
-		lm.hit("login refused: the uid is backing off after failed logins", "login "+uid,
+		lm.hit(hitLoginBackoff, "login refused: the uid is backing off after failed logins", "login "+uid,
 			"remote", r.addr.String(), "uid", uid, "until", uidUntil)
 		return false
 	}
@@ -409,7 +413,7 @@ func (lm *limiter) allowLogin(r remote, uid string) bool {
 
 // loginLimited reports whether either login limit is on.
 func (lm *limiter) loginLimited() bool {
-	return lm.cfg.LoginFailuresPerAddr > 0 || lm.cfg.LoginFailuresPerUID > 0
+	return lm.cfg().LoginFailuresPerAddr > 0 || lm.cfg().LoginFailuresPerUID > 0
 }
 
 // loginFailed counts a failed login to uid from r.
@@ -423,12 +427,12 @@ func (lm *limiter) loginFailed(r remote, uid string) {
 	// The address's record is kept even when its own limit is off: it
 	// is what subjects the address to uids' backoffs.
 	af := lm.addrFails.get(r.addr, now)
-	if n := lm.cfg.LoginFailuresPerAddr; n > 0 {
+	if n := lm.cfg().LoginFailuresPerAddr; n > 0 {
 		addrFor = af.fail(now, n, addrBackoffMax)
 	} else {
 		af.failures++
 	}
-	if n := lm.cfg.LoginFailuresPerUID; n > 0 {
+	if n := lm.cfg().LoginFailuresPerUID; n > 0 {
 		uidFor = lm.uidFails.get(uid, now).fail(now, n, uidBackoffMax)
 	}
 	lm.mu.Unlock()
@@ -436,11 +440,11 @@ func (lm *limiter) loginFailed(r remote, uid string) {
 	// backoff interval at most.
 	if addrFor > 0 {
 		lm.log.Warn("login backoff: failed logins from the address", "remote", r.addr.String(),
-			"limit", lm.cfg.LoginFailuresPerAddr, "for", addrFor)
+			"limit", lm.cfg().LoginFailuresPerAddr, "for", addrFor)
 	}
 	if uidFor > 0 {
 		lm.log.Warn("login backoff: failed logins to the uid", "uid", uid, "remote", r.addr.String(),
-			"limit", lm.cfg.LoginFailuresPerUID, "for", uidFor)
+			"limit", lm.cfg().LoginFailuresPerUID, "for", uidFor)
 	}
 }
 
@@ -465,12 +469,12 @@ var (
 
 // allowPing takes one of uid's pings; the error is the ack error.
 func (lm *limiter) allowPing(uid string) error {
-	return lm.allowDaily(lm.pings, uid, lm.cfg.PingsPerDay, errPingLimit, "ping refused: limit reached")
+	return lm.allowDaily(hitPings, lm.pings, uid, lm.cfg().PingsPerDay, errPingLimit, "ping refused: limit reached")
 }
 
 // allowInvite takes one of uid's invitations; the error is the ack error.
 func (lm *limiter) allowInvite(uid string) error {
-	return lm.allowDaily(lm.invites, uid, lm.cfg.InvitesPerDay, errInviteLimit, "invitation refused: limit reached")
+	return lm.allowDaily(hitInvitations, lm.invites, uid, lm.cfg().InvitesPerDay, errInviteLimit, "invitation refused: limit reached")
 }
 
 // Ack errors of allowGroup and allowInvitee, with the limit after them as
@@ -482,13 +486,13 @@ var (
 
 // allowGroup takes one of uid's group creations; the error is the ack error.
 func (lm *limiter) allowGroup(uid string) error {
-	return lm.allowDaily(lm.groups, uid, lm.cfg.GroupsPerDay, errGroupLimit, "group refused: limit reached")
+	return lm.allowDaily(hitGroups, lm.groups, uid, lm.cfg().GroupsPerDay, errGroupLimit, "group refused: limit reached")
 }
 
 // allowInvitee takes one of uid's invitations of invitee; the error is the
 // ack error.
 func (lm *limiter) allowInvitee(uid, invitee string) error {
-	return lm.allowDaily(lm.invitees, inviteeKey(uid, invitee), lm.cfg.InvitesPerInviteePerDay, errInviteeLimit,
+	return lm.allowDaily(hitInvitee, lm.invitees, inviteeKey(uid, invitee), lm.cfg().InvitesPerInviteePerDay, errInviteeLimit,
 		"invitation refused: limit for the invitee reached")
 }
 
@@ -496,7 +500,7 @@ func (lm *limiter) allowInvitee(uid, invitee string) error {
 // hold no space, so the pair has one spelling.
 func inviteeKey(uid, invitee string) string { return uid + " " + invitee }
 
-func (lm *limiter) allowDaily(t *table[string, bucket], uid string, limit int, limitErr error, msg string) error {
+func (lm *limiter) allowDaily(kind limitHit, t *table[string, bucket], uid string, limit int, limitErr error, msg string) error {
 	if limit <= 0 {
 		return nil
 	}
@@ -507,7 +511,7 @@ func (lm *limiter) allowDaily(t *table[string, bucket], uid string, limit int, l
 	if ok {
 		return nil
 	}
-	lm.hit(msg, msg+" "+uid, "uid", uid, "limit", limit, "per", day)
+	lm.hit(kind, msg, msg+" "+uid, "uid", uid, "limit", limit, "per", day)
 	return fmt.Errorf("%w: %d per 24 hours", limitErr, limit)
 }
 
@@ -522,14 +526,14 @@ var errQueueFull = errors.New("recipient queue full")
 // threshold, not a reservation: requests accepted while a queue is under
 // it may take it over by their own size, which maxPostBytes bounds.
 func (l *link) roomFor(devs []string, owner func(dev string) string) error {
-	limit := l.srv.limits.cfg.QueueBytesPerDevice
+	limit := l.srv.limits.cfg().QueueBytesPerDevice
 	if limit <= 0 {
 		return nil
 	}
 	for _, d := range devs {
 		if n := l.srv.cfg.Store.QueueBytes(d); n >= limit {
 			uid := owner(d)
-			l.srv.limits.hit("message refused: recipient queue full", "queue "+d,
+			l.srv.limits.hit(hitQueueBytes, "message refused: recipient queue full", "queue "+d,
 				"uid", l.uid, "recipient", uid, "device", d, "bytes", n, "limit", limit)
 			return fmt.Errorf("%w: %s", errQueueFull, uid)
 		}
@@ -558,7 +562,10 @@ type note struct {
 // logBurst). A line stands for the hits of its key since the key's last
 // line ("hits"), and reports the lines dropped overall since the last one
 // written ("silenced").
-func (lm *limiter) hit(msg, key string, attrs ...any) {
+func (lm *limiter) hit(kind limitHit, msg, key string, attrs ...any) {
+	if lm.hits != nil {
+		lm.hits.WithLabelValues(string(kind)).Inc()
+	}
 	now := lm.now()
 	lm.mu.Lock()
 	n := lm.notes.get(key, now)

@@ -490,10 +490,10 @@ func TestDailyLimits(t *testing.T) {
 func TestLogThrottle(t *testing.T) {
 	lm, clock, logs := testLimiter(Limits{})
 	for range 1000 {
-		lm.hit("limit hit", "one key")
+		lm.hit(hitPings, "limit hit", "one key")
 	}
 	clock.Advance(logEvery)
-	lm.hit("limit hit", "one key")
+	lm.hit(hitPings, "limit hit", "one key")
 	out := logs.String()
 	if n := strings.Count(out, "limit hit"); n != 2 {
 		t.Fatalf("%d lines for 1001 hits of one key over a minute, want 2:\n%s", n, out)
@@ -503,13 +503,13 @@ func TestLogThrottle(t *testing.T) {
 	}
 	lm, clock, logs = testLimiter(Limits{})
 	for i := range 10 * logBurst {
-		lm.hit("limit hit", fmt.Sprint(i))
+		lm.hit(hitPings, "limit hit", fmt.Sprint(i))
 	}
 	if n := strings.Count(logs.String(), "limit hit"); n != logBurst {
 		t.Fatalf("%d lines for %d keys within a minute, want %d", n, 10*logBurst, logBurst)
 	}
 	clock.Advance(logEvery)
-	lm.hit("limit hit", "late")
+	lm.hit(hitPings, "limit hit", "late")
 	if !strings.Contains(logs.String(), fmt.Sprintf("silenced=%d", 9*logBurst)) {
 		t.Fatalf("the line after a silence does not count the lines dropped:\n%s", logs)
 	}

@@ -31,6 +31,7 @@ type link struct {
 	uid, dev string
 
 	accepted time.Time     // when the connection arrived
+	reqStart time.Time     // when the current request's header arrived (metrics)
 	stranger *list.Element // in Server.strangers until login; guarded by Server.mu
 
 	// state is owned by the goroutine serving the link (see run).
@@ -165,6 +166,7 @@ func (l *link) loop() (idle bool) {
 			l.readFailed(l.state, err)
 			return false
 		}
+		l.reqStart = time.Now()
 		state := l.state
 		if state == stateLoggedIn {
 			l.in.extend(l.srv.cfg.IdleTimeout)
@@ -192,6 +194,9 @@ func (l *link) loop() (idle bool) {
 		var pe *tmtp.ProtocolError
 		switch {
 		case err == nil:
+			if h.Op == tmtp.OpPost || h.Op == tmtp.OpPostNotify {
+				l.srv.metrics.postBytes.Add(float64(h.Datalen))
+			}
 		case errors.As(err, &pe):
 			l.quit(pe.Reason)
 			return false
@@ -241,7 +246,7 @@ func (l *link) readFailed(state linkState, err error) {
 	case errors.Is(err, tmtp.ErrLongHeaderRefused):
 		// Counted in the budget (Stats.PreLoginRefused); the line is
 		// throttled, since a flood of strangers is what spends it.
-		l.srv.limits.hit("link refused: links not logged in hold all the memory they may", "prelogin",
+		l.srv.limits.hit(hitPreLoginBytes, "link refused: links not logged in hold all the memory they may", "prelogin",
 			"limit", l.srv.preLogin.limit)
 		if state != stateNew {
 			l.quit(quitBusy)
@@ -271,6 +276,7 @@ func (l *link) readFailed(state linkState, err error) {
 // quit sends {"error":reason,"op":"quit"}; the caller then closes the link.
 func (l *link) quit(reason string) {
 	l.log.Info("link quit", "reason", reason)
+	l.srv.metrics.quits.WithLabelValues(quitLabel(reason)).Inc()
 	l.write(tmtp.Quit(reason))
 }
 
@@ -340,21 +346,20 @@ const writeBufSize = 16 << 10
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
 
 // writeFrames sends frames and then, unless id is 0, stored message id, in
-// one buffered write.
-func (l *link) writeFrames(frames [][]byte, id store.ID) error {
+// one buffered write. n is the stored message's bytes.
+func (l *link) writeFrames(frames [][]byte, id store.ID) (n int64, err error) {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	l.conn.SetWriteDeadline(time.Now().Add(l.srv.cfg.WriteTimeout))
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(l.conn)
-	var err error
 	for _, f := range frames {
 		if _, err = bw.Write(f); err != nil {
 			break
 		}
 	}
 	if err == nil && id != 0 {
-		_, err = l.srv.cfg.Store.WriteTo(bw, id)
+		n, err = l.srv.cfg.Store.WriteTo(bw, id)
 	}
 	if err == nil {
 		err = bw.Flush()
@@ -364,5 +369,5 @@ func (l *link) writeFrames(frames [][]byte, id store.ID) error {
 	if err != nil {
 		l.conn.Close()
 	}
-	return err
+	return n, err
 }

@@ -147,6 +147,7 @@ func (l *link) opRegister(h *tmtp.Header) error {
 		}
 	}
 	l.log.Info("register", "uid", uid, "dev", dev)
+	l.srv.metrics.registrations.Inc()
 	if err := l.write(tmtp.AppendFrame(nil, f...)); err != nil {
 		return err
 	}
@@ -163,19 +164,24 @@ func (l *link) opLogin(h *tmtp.Header) error {
 	// one is refused too, so that backing off cannot be told apart from
 	// a wrong guess.
 	rem := l.srv.remote(l)
+	m := l.srv.metrics
 	if !l.srv.limits.allowLogin(rem, h.UID) {
+		m.loginFailed(failBackoff)
 		return &tmtp.ProtocolError{Reason: tmtp.QuitLoginFailed}
 	}
 	node, err := tmtp.Base32.DecodeString(h.Node)
 	if err != nil {
+		m.loginFailed(failMalformed)
 		return &tmtp.ProtocolError{Reason: tmtp.QuitBase32}
 	}
 	dir := l.srv.cfg.Directory
 	dev, err := dir.Login(h.UID, node)
 	if err != nil {
 		if errors.Is(err, ErrLoginFailed) {
+			m.loginFailed(failCredentials)
 			l.srv.limits.loginFailed(rem, h.UID)
 		} else {
+			m.loginFailed(failError)
 			l.log.Error("login lookup failed", "err", err)
 		}
 		return &tmtp.ProtocolError{Reason: tmtp.QuitLoginFailed}
@@ -184,19 +190,30 @@ func (l *link) opLogin(h *tmtp.Header) error {
 		// The token must name the account the user signed up with.
 		claims, err := l.verifyToken(h.Oidc)
 		if err != nil {
+			m.loginFailed(failToken)
 			return err
 		}
 		kept, err := dir.Claims(h.UID)
 		if err != nil {
+			m.loginFailed(failError)
 			return &tmtp.ProtocolError{Reason: tmtp.QuitLoginFailed}
 		}
 		if kept != nil && !sameSubject(claims, kept) {
+			m.loginFailed(failToken)
 			l.log.Info("login token names another account")
 			return &tmtp.ProtocolError{Reason: tmtp.QuitAuthRequired}
 		}
 	}
 	l.srv.limits.loginSucceeded(rem, h.UID)
-	return l.startSession(h.UID, dev, true)
+	if err := l.startSession(h.UID, dev, true); err != nil {
+		var pe *tmtp.ProtocolError
+		if errors.As(err, &pe) {
+			m.loginFailed(failTakenOver)
+		}
+		return err
+	}
+	m.logins.Inc()
+	return nil
 }
 
 // Auth levels (Config.Auth).
@@ -317,6 +334,7 @@ func formatPosted(t time.Time) string { return t.UTC().Format(postedLayout) }
 
 // ackStored answers a request that stored a message.
 func (l *link) ackStored(reqID string, r store.Receipt) error {
+	l.srv.metrics.posted(l.reqStart)
 	return l.write(ackFrame(reqID, r))
 }
 

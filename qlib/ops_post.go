@@ -20,7 +20,7 @@ var (
 
 // opPost stores a post (op 7) for its recipients (SPEC §4, §5).
 func (l *link) opPost(h *tmtp.Header) error {
-	if h.Datalen > l.srv.cfg.MaxPostBytes {
+	if h.Datalen > l.srv.maxPostBytes() {
 		return &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
 	}
 	if !l.mayPost(h.For) {
@@ -57,6 +57,7 @@ const maxInflight = 32
 // fsync; the ack is queued for the link when the commit is durable. Commits
 // of one link complete in order, so its acks go out in request order.
 func (l *link) commitPost(d store.Draft, reqID string, msgs ...store.Message) error {
+	start := l.reqStart
 	l.inflight <- struct{}{}
 	err := d.CommitAsync(func(rs []store.Receipt, err error) {
 		defer func() { <-l.inflight }()
@@ -70,6 +71,7 @@ func (l *link) commitPost(d store.Draft, reqID string, msgs ...store.Message) er
 			return
 		}
 		l.queueAck(ackFrame(reqID, rs[0]))
+		l.srv.metrics.posted(start)
 	}, msgs...)
 	if err != nil {
 		<-l.inflight
@@ -109,7 +111,7 @@ func (l *link) drainAcks() {
 // always goes to the sender's other devices too, which keep what the member
 // sent, as they keep its pings and invitations (SPEC §4 op 8; keepSent).
 func (l *link) opPostNotify(h *tmtp.Header) error {
-	if h.Datalen > l.srv.cfg.MaxPostBytes {
+	if h.Datalen > l.srv.maxPostBytes() {
 		return &tmtp.ProtocolError{Reason: tmtp.QuitDataTooLong}
 	}
 	if !l.mayPost(h.For, h.Notefor) {
@@ -279,7 +281,7 @@ var errTooManyRecipients = errors.New("too many recipients")
 // 64 KiB frame can repeat the name of a large group.
 func (l *link) recipients(list, also []tmtp.Recipient, withSender bool) ([]string, error) {
 	dir := l.srv.cfg.Directory
-	limit := l.srv.limits.cfg.DevicesPerPost
+	limit := l.srv.limits.cfg().DevicesPerPost
 	// A device key names one device of one user, so the devices of users
 	// expanded once each are distinct: to needs no check of its own.
 	expanded := make(map[string]bool) // users whose devices are in to
@@ -412,7 +414,7 @@ func distinct(rs []tmtp.Recipient) []tmtp.Recipient {
 // tooManyRecipients logs a post refused for DevicesPerPost and returns its
 // ack error.
 func (l *link) tooManyRecipients(limit int) error {
-	l.srv.limits.hit("post refused: too many recipient devices", "recipients "+l.uid,
+	l.srv.limits.hit(hitDevicesPerPost, "post refused: too many recipient devices", "recipients "+l.uid,
 		"uid", l.uid, "limit", limit)
 	return fmt.Errorf("%w: over %d devices", errTooManyRecipients, limit)
 }

@@ -265,8 +265,9 @@ func escapedLen(s string) int {
 // the "revoke" extension): a lost phone. In this order: the device is
 // retired durably in the directory, so its nodeid logs in no more; its live
 // link, if any, is closed; its queue is deleted; the member's remaining
-// devices are told. A device cannot drop itself, so a member always keeps
-// at least the one that asked.
+// devices are told (revoked, shared with the operator's RevokeDevice). A
+// device cannot drop itself, so a member always keeps at least the one that
+// asked.
 func (l *link) dropNode(h *tmtp.Header) error {
 	dir := l.srv.cfg.Directory
 	nodes, err := dir.Nodes(l.uid)
@@ -281,12 +282,7 @@ func (l *link) dropNode(h *tmtp.Header) error {
 		return l.ackError(h.ID, l.clientError(err))
 	}
 	l.log.Info("device revoked", "revoked", dev)
-	l.srv.evictDevice(dev)
-	if err := l.srv.dropQueue(dev); err != nil {
-		return fmt.Errorf("dropnode: %w", err)
-	}
-	if err := l.announce(tmtp.String("dropnode", h.DropNode), tmtp.String("label", label),
-		tmtp.String("op", "user")); err != nil {
+	if err := l.srv.revoked(l.uid, dev, h.DropNode, label); err != nil {
 		return fmt.Errorf("dropnode: %w", err)
 	}
 	return l.ackOK(h.ID)

@@ -32,14 +32,14 @@ func (l *link) mayPost(lists ...[]tmtp.Recipient) bool {
 		for _, r := range list {
 			switch {
 			case r.Type != tmtp.ForUser:
-				if !l.srv.cfg.MayReach[r.ID] {
+				if !l.srv.mayReach()[r.ID] {
 					return false
 				}
 			case r.ID == l.uid:
 			default:
 				if reach == nil {
 					reach = make(map[string]bool)
-					for name := range l.srv.cfg.MayReach {
+					for name := range l.srv.mayReach() {
 						if uid, ok := dir.AliasUID(name); ok {
 							reach[uid] = true
 						}
@@ -58,5 +58,5 @@ func (l *link) mayPost(lists ...[]tmtp.Recipient) bool {
 // member may, except a receive-only one, which may ping only the MayReach
 // aliases.
 func (l *link) mayPing(to string) bool {
-	return l.srv.cfg.MayReach[to] || !l.srv.cfg.Directory.ReceiveOnly(l.uid)
+	return l.srv.mayReach()[to] || !l.srv.cfg.Directory.ReceiveOnly(l.uid)
 }

@@ -14,6 +14,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"sync"
@@ -85,6 +86,10 @@ type Config struct {
 	// (limits.go); nil = DefaultLimits().
 	Limits *Limits
 
+	// Registerer takes the server's metrics (metrics.go); nil: they are
+	// kept but not exported.
+	Registerer prometheus.Registerer
+
 	// OnFatal is called (once, from a link goroutine or from the store's
 	// writer goroutine, for a commit that failed there, so it must not
 	// block) when the store has failed and nothing more can be
@@ -104,6 +109,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	limits *limiter
+	live   liveConfig // settings a reload changes (reload.go)
 
 	wg        sync.WaitGroup // one per running link goroutine
 	fatalOnce sync.Once
@@ -111,6 +117,7 @@ type Server struct {
 	parked    atomic.Int64 // links waiting for input in resume
 	evicted   atomic.Int64 // links not logged in closed to make room (PreLoginLinks)
 	preLogin  *budget      // long-header buffers of links not logged in; nil = unbounded
+	metrics   *metrics
 
 	// mu guards the fields below it. It nests outside the links' locks and
 	// the Store's (locksordering.txt).
@@ -151,7 +158,7 @@ func NewServer(cfg Config) (*Server, error) {
 	if limits.PreLoginBytes > 0 {
 		preLogin = &budget{limit: limits.PreLoginBytes}
 	}
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		limits:    newLimiter(limits, cfg.Logger),
@@ -161,7 +168,11 @@ func NewServer(cfg Config) (*Server, error) {
 		devices:   make(map[string]*link),
 		users:     make(map[string][]*link),
 		ohi:       make(map[string]map[string]bool),
-	}, nil
+	}
+	s.live.init(&cfg)
+	s.metrics = newMetrics(s, cfg.Registerer)
+	s.limits.hits = s.metrics.limitHits
+	return s, nil
 }
 
 func setDefault(d *time.Duration, def time.Duration) {
@@ -275,17 +286,17 @@ func (s *Server) ServeConn(conn net.Conn) bool {
 		s.limits.closeLink(rem)
 		s.refused.Add(1)
 		// Throttled: a flood of connections is what reaches the limit.
-		s.limits.hit("link refused: at the link limit", "maxlinks", "limit", s.cfg.MaxLinks)
+		s.limits.hit(hitMaxLinks, "link refused: at the link limit", "maxlinks", "limit", s.cfg.MaxLinks)
 		return false
 	}
 	var evicted *link
-	if limit := s.limits.cfg.PreLoginLinks; limit > 0 && s.strangers.Len() >= limit {
+	if limit := s.limits.cfg().PreLoginLinks; limit > 0 && s.strangers.Len() >= limit {
 		oldest := s.strangers.Front().Value.(*link)
 		if s.limits.now().Sub(oldest.accepted) < preLoginEvictAge {
 			s.mu.Unlock()
 			s.limits.closeLink(rem)
 			s.refused.Add(1)
-			s.limits.hit("link refused: too many links not logged in", "prelogin-links", "limit", limit)
+			s.limits.hit(hitPreLoginLinks, "link refused: too many links not logged in", "prelogin-links", "limit", limit)
 			return false
 		}
 		s.strangers.Remove(oldest.stranger)
@@ -299,8 +310,8 @@ func (s *Server) ServeConn(conn net.Conn) bool {
 	s.mu.Unlock()
 	if evicted != nil {
 		s.evicted.Add(1)
-		s.limits.hit("link closed: the oldest link not logged in, to make room", "prelogin-evict",
-			"limit", s.limits.cfg.PreLoginLinks)
+		s.limits.hit(hitPreLoginEvict, "link closed: the oldest link not logged in, to make room", "prelogin-evict",
+			"limit", s.limits.cfg().PreLoginLinks)
 		evicted.closeHard()
 	}
 	go func() {

@@ -152,7 +152,8 @@ type message struct {
 	envLen uint32
 	refs   int32 // queue entries
 	prio   Priority
-	secret bool // Message.Secret: never copied to another queue, scrubbed once dead
+	secret bool  // Message.Secret: never copied to another queue, scrubbed once dead
+	at     int64 // queued at, Unix nanoseconds (Backlog)
 }
 
 // idQueue is one priority's entries of a device queue, in id order, as a

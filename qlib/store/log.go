@@ -28,6 +28,15 @@ type Options struct {
 	// disk is actually full. Acks, queue copies and compaction go on: they
 	// free space or need little of it. 0 = no watermark.
 	MinFree int64
+	// CommitSeconds, if set, observes how long each durable write takes:
+	// writing a batch of commits and fsyncing it, in seconds. Called from
+	// the writer goroutine: it must be quick.
+	CommitSeconds Observer
+}
+
+// Observer takes one measurement; a Prometheus histogram is one.
+type Observer interface {
+	Observe(float64)
 }
 
 const (
@@ -113,6 +122,9 @@ type Log struct {
 
 	// Counters for tests and benchmarks.
 	nSyncs, nCommits atomic.Int64
+
+	opened        int64    // when Open was called, Unix nanoseconds (Backlog)
+	commitSeconds Observer // Options.CommitSeconds; nil: none
 
 	mu sync.Mutex
 	// Guarded by mu: the index.
@@ -239,19 +251,20 @@ func Open(opts Options) (*Log, error) {
 		return nil, errors.New("store: no directory")
 	}
 	l := &Log{
-		fs:          opts.FS,
-		dir:         opts.Dir,
-		now:         opts.Now,
-		segSize:     opts.SegmentSize,
-		log:         opts.Logger,
-		minFree:     opts.MinFree,
-		msgs:        map[ID]*message{},
-		queues:      map[string]*devQueue{},
-		cache:       newMsgCache(defaultCacheBudget),
-		stop:        make(chan struct{}),
-		compactC:    make(chan chan struct{}, 1),
-		writerDone:  make(chan struct{}),
-		compactDone: make(chan struct{}),
+		fs:            opts.FS,
+		dir:           opts.Dir,
+		now:           opts.Now,
+		segSize:       opts.SegmentSize,
+		log:           opts.Logger,
+		minFree:       opts.MinFree,
+		commitSeconds: opts.CommitSeconds,
+		msgs:          map[ID]*message{},
+		queues:        map[string]*devQueue{},
+		cache:         newMsgCache(defaultCacheBudget),
+		stop:          make(chan struct{}),
+		compactC:      make(chan chan struct{}, 1),
+		writerDone:    make(chan struct{}),
+		compactDone:   make(chan struct{}),
 	}
 	if l.fs == nil {
 		l.fs = durable.OSFS{}
@@ -259,6 +272,7 @@ func Open(opts Options) (*Log, error) {
 	if l.now == nil {
 		l.now = time.Now
 	}
+	l.opened = l.now().UnixNano()
 	if l.segSize <= 0 {
 		l.segSize = defaultSegmentSize
 	}
@@ -661,7 +675,7 @@ func (l *Log) appendCommit(d *draft, msgs []Message, fixed ID, done func([]Recei
 		if m.Envelope != nil {
 			env = m.Envelope(ids[i], posted, ids)
 		}
-		rms[i] = recMsg{id: ids[i], prio: m.Prio, secret: m.Secret, off: m.Off, n: m.Len, env: env, devs: dedup(m.To)}
+		rms[i] = recMsg{id: ids[i], prio: m.Prio, secret: m.Secret, off: m.Off, n: m.Len, env: env, devs: dedup(m.To), at: posted.UnixNano()}
 		if len(rms[i].devs) > 0 {
 			rms[i].cache = cacheCopy(d, env, m.Off, m.Len)
 		}
@@ -836,7 +850,12 @@ func (l *Log) run() {
 
 		err := l.failure()
 		if err == nil {
-			if werr := l.writeBatch(b); werr != nil {
+			start := time.Now()
+			werr := l.writeBatch(b)
+			if werr == nil && b.sync && l.commitSeconds != nil {
+				l.commitSeconds.Observe(time.Since(start).Seconds())
+			}
+			if werr != nil {
 				l.fail(werr)
 				err = l.failure()
 				l.pendMu.Lock()
@@ -1048,6 +1067,10 @@ func (l *Log) newMessage(b *blob, rm *recMsg) *message {
 		refs:   int32(len(rm.devs)),
 		prio:   rm.prio,
 		secret: rm.secret,
+		at:     rm.at,
+	}
+	if m.at == 0 {
+		m.at = l.opened // recovered: the log has no commit times
 	}
 	l.blobRef(b)
 	return m

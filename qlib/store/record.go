@@ -186,6 +186,9 @@ type recMsg struct {
 	ref   bool
 	set   setHash
 	cache []byte // envelope and data for the cache (see cache.go), or nil
+	// at is when the commit was made, in Unix nanoseconds, for Backlog;
+	// never written (0 when decoded).
+	at int64
 }
 
 // setHash names a device set: the SHA-256 of its canonical form. The whole
