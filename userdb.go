@@ -95,6 +95,10 @@ type UserDB struct {
 
 	awayAfter time.Duration // the away policy; 0 = off
 	opened    time.Time     // when OpenUserDB ran: see deviceRecord.LastLogin
+	// logins holds each device's last login since OpenUserDB (device key
+	// → time.Time), in memory only: the disk records logins only for the
+	// away policy (Login), and the operator wants the exact time.
+	logins sync.Map
 
 	// dropMu serialises alias withdrawals (see the lock order above).
 	dropMu sync.Mutex

@@ -29,17 +29,19 @@ type memberDevice struct {
 	Num   int
 	Label string
 	Away  bool
-	// LastLogin is when the device last logged in, as recorded: only
-	// under an away policy, to a day (awayGranularity); zero when not
-	// recorded.
+	// LastLogin is when the device last logged in: exactly for a login
+	// since the server started, else as recorded on disk, which is only
+	// under an away policy and to a day (awayGranularity); zero when
+	// neither knows.
 	LastLogin time.Time
 }
 
 // Dev is the device's key, as the store's queues and qlib name it.
 func (d memberDevice) Dev(uid string) string { return devKey(uid, d.Num) }
 
-// info copies what an operator sees of r.
-func (r *userRecord) info() memberInfo {
+// info copies what an operator sees of r, with its devices' logins
+// since the database opened.
+func (db *UserDB) info(r *userRecord) memberInfo {
 	m := memberInfo{
 		UID:         r.UID,
 		Aliases:     slices.Clone(r.Aliases),
@@ -52,15 +54,19 @@ func (r *userRecord) info() memberInfo {
 	slices.Sort(m.Blocks)
 	for _, d := range r.Devices {
 		if !d.Defunct {
-			m.Devices = append(m.Devices, d.info())
+			m.Devices = append(m.Devices, db.deviceInfo(r.UID, d))
 		}
 	}
 	return m
 }
 
-// info copies what an operator sees of d.
-func (d deviceRecord) info() memberDevice {
-	return memberDevice{Num: d.Num, Label: d.Label, Away: d.Away, LastLogin: d.LastLogin}
+// deviceInfo copies what an operator sees of uid's device d.
+func (db *UserDB) deviceInfo(uid string, d deviceRecord) memberDevice {
+	last := d.LastLogin
+	if t, ok := db.logins.Load(devKey(uid, d.Num)); ok && t.(time.Time).After(last) {
+		last = t.(time.Time)
+	}
+	return memberDevice{Num: d.Num, Label: d.Label, Away: d.Away, LastLogin: last}
 }
 
 // matches reports whether match is a substring of r's uid or of one of its
@@ -95,7 +101,7 @@ func (db *UserDB) Members(match string, limit int) []memberInfo {
 			break
 		}
 		if rec := e.u.rec.Load(); rec != nil && rec.matches(match) {
-			out = append(out, rec.info())
+			out = append(out, db.info(rec))
 		}
 	}
 	return out
@@ -113,7 +119,7 @@ func (db *UserDB) Member(name string) (memberInfo, bool) {
 			return memberInfo{}, false
 		}
 	}
-	return rec.info(), true
+	return db.info(rec), true
 }
 
 // MemberGroups returns the gids of the groups uid has joined, sorted. It
@@ -155,7 +161,7 @@ func (db *UserDB) DeviceOf(dev string) (uid string, d memberDevice, ok bool) {
 	if i < 0 {
 		return "", memberDevice{}, false
 	}
-	return uid, rec.Devices[i].info(), true
+	return uid, db.deviceInfo(uid, rec.Devices[i]), true
 }
 
 // splitDevKey returns the member and the device number of a device key

@@ -81,7 +81,9 @@ func (db *UserDB) Register(label string, claims map[string]any) (uid, nodeid, de
 			return "", "", "", err
 		}
 		db.logger.Info("user registered", "uid", uid)
-		return uid, nodeids[0], devKey(uid, 0), nil
+		dev = devKey(uid, 0)
+		db.logins.Store(dev, db.now().UTC()) // registering logs the device in
+		return uid, nodeids[0], dev, nil
 	}
 }
 
@@ -340,7 +342,9 @@ func (db *UserDB) Login(uid string, node []byte) (string, error) {
 			return "", err
 		}
 	}
-	return devKey(uid, d.Num), nil
+	dev := devKey(uid, d.Num)
+	db.logins.Store(dev, db.now().UTC())
+	return dev, nil
 }
 
 // Devices returns the keys of uid's live devices in creation order.
