@@ -67,7 +67,8 @@ type Store interface {
 	// entries come and go, so it costs no more than Len.
 	QueueBytes(dev string) int64
 
-	// Close flushes pending work and releases the store. Drafts and commits in
-	// progress fail with store.ErrClosed.
+	// Close flushes pending work and releases the store. A commit under way
+	// either completes (and is then durable) or fails with store.ErrClosed;
+	// drafts, and commits made after Close, fail with store.ErrClosed.
 	Close() error
 }
