@@ -66,7 +66,7 @@ type ACMEConfig struct {
 	Hosts []string `json:"hosts"`
 	// Email is the contact the CA writes to about expiring or revoked
 	// certificates. Optional.
-	Email string `json:"email"`
+	Email string `json:"email,omitempty"`
 	// CacheDir keeps the account key and the certificates across
 	// restarts; without it every start would order anew and soon meet the
 	// CA's rate limits. Default: "acme" in the data directory.
@@ -78,7 +78,7 @@ type ACMEConfig struct {
 	// directory's HTTPS certificate, trusted instead of the system's. It
 	// is for test and private ACME servers only (pebble, a company CA);
 	// the public CAs need none.
-	DirectoryCA string `json:"directoryCA"`
+	DirectoryCA string `json:"directoryCA,omitempty"`
 }
 
 // validate checks listen.acme; present says which fields the file gives,

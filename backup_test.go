@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -339,4 +341,57 @@ func TestBackupUnpackRefuses(t *testing.T) {
 	if _, err := unpackBackup(&buf, t.TempDir()); err == nil {
 		t.Error("a file given twice was accepted")
 	}
+}
+
+// FuzzUnpackBackup: whatever a server (or something posing as one) sends,
+// the unpacker never panics and never writes anything but regular files and
+// directories inside DEST's userdb/ and qstore/.
+func FuzzUnpackBackup(f *testing.F) {
+	whole := fuzzTar(f, map[string]string{"userdb/user/U.json": "{}\n", "qstore/00000001.seg": "log"})
+	f.Add(whole)                                                   // a whole backup
+	f.Add(whole[:len(whole)-512])                                  // its end marker cut short
+	f.Add(whole[:700])                                             // cut inside an entry
+	f.Add(fuzzTar(f, map[string]string{"userdb/../../evil": "x"})) // climbing out
+	f.Add(fuzzTar(f, map[string]string{"elsewhere/file": "x"}))    // outside the two folders
+	f.Add([]byte("not a tar stream at all"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		root := t.TempDir()
+		dest := filepath.Join(root, "dest")
+		if err := os.Mkdir(dest, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		unpackBackup(bytes.NewReader(data), dest) // any error is fine; what it wrote is checked
+		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || p == root || p == dest {
+				return err
+			}
+			rel, _ := filepath.Rel(dest, p)
+			top, _, _ := strings.Cut(filepath.ToSlash(rel), "/")
+			if top != backupUserDB && top != backupQStore {
+				t.Fatalf("wrote %s, outside %s/ and %s/", p, backupUserDB, backupQStore)
+			}
+			if !d.Type().IsRegular() && !d.IsDir() {
+				t.Fatalf("wrote %s of type %v", p, d.Type())
+			}
+			return nil
+		})
+	})
+}
+
+// fuzzTar is backupTar for a fuzz target's seeds.
+func fuzzTar(f *testing.F, files map[string]string) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o600, Size: int64(len(files[name]))}); err != nil {
+			f.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, files[name]); err != nil {
+			f.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		f.Fatal(err)
+	}
+	return buf.Bytes()
 }

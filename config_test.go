@@ -592,6 +592,9 @@ func FuzzParseConfig(f *testing.F) {
 		`{"authby":[{"std":"oidc"}]}`, // the old string std
 		`[`,                           // truncated
 		"{\"name\":\"\xff\"}",         // invalid UTF-8
+		`{"name":"s","listen":{"net":"tcp","laddr":":443","acme":{"hosts":["mnm.example.net"],"email":"ops@example.net"}}}`, // ACME instead of files
+		`{"listen":{"acme":{"hosts":["192.0.2.1","*.x"],"directoryURL":"http://x"}}}`,                                       // ACME refusals
+		`{"admin":{"laddr":"","tokenFile":"tokens"},"ntp":{"checkEveryMinutes":-1}}`,                                        // admin off, bad recheck
 	} {
 		f.Add([]byte(seed))
 	}

@@ -85,3 +85,29 @@ func TestLoadTokens(t *testing.T) {
 		t.Fatalf("a bad file: %v", err)
 	}
 }
+
+// FuzzParseTokens: the token file never panics the parser, and what it
+// accepts holds its rules: names unique and short, secrets long enough,
+// no spaces in either.
+func FuzzParseTokens(f *testing.F) {
+	f.Add([]byte("alice 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\n")) // one admin
+	f.Add([]byte("# comment\n\nalice 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\nbob Hk2vQp8sXz4LmN7cTg5Wd1Ye0u\n"))
+	f.Add([]byte("alice short\n"))                                                      // secret too short
+	f.Add([]byte("alice 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\nalice Hk2vQp8sXz4LmN7cTg5Wd1Ye0u\n")) // twice
+	f.Add([]byte("a b c\n"))                                                            // three fields
+	f.Add([]byte("\xff\xfe 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\r\n"))                            // bytes, CRLF
+	f.Fuzz(func(t *testing.T, data []byte) {
+		tokens, err := ParseTokens(data)
+		if err != nil {
+			return
+		}
+		seen := map[string]bool{}
+		for _, tk := range tokens {
+			if seen[tk.Name] || len(tk.Name) > maxNameLen || len(tk.Secret) < minSecretLen ||
+				strings.ContainsAny(tk.Name+tk.Secret, " \t\n") || tk.Name == "" {
+				t.Fatalf("accepted %q", tk)
+			}
+			seen[tk.Name] = true
+		}
+	})
+}
