@@ -92,10 +92,10 @@ func TestLoadTokens(t *testing.T) {
 func FuzzParseTokens(f *testing.F) {
 	f.Add([]byte("alice 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\n")) // one admin
 	f.Add([]byte("# comment\n\nalice 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\nbob Hk2vQp8sXz4LmN7cTg5Wd1Ye0u\n"))
-	f.Add([]byte("alice short\n"))                                                      // secret too short
+	f.Add([]byte("alice short\n"))                                                        // secret too short
 	f.Add([]byte("alice 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\nalice Hk2vQp8sXz4LmN7cTg5Wd1Ye0u\n")) // twice
-	f.Add([]byte("a b c\n"))                                                            // three fields
-	f.Add([]byte("\xff\xfe 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\r\n"))                            // bytes, CRLF
+	f.Add([]byte("a b c\n"))                                                              // three fields
+	f.Add([]byte("\xff\xfe 8Zq3tY0pV1mFq2Jx9wLk3Rb7Hn\r\n"))                              // bytes, CRLF
 	f.Fuzz(func(t *testing.T, data []byte) {
 		tokens, err := ParseTokens(data)
 		if err != nil {
