@@ -254,6 +254,9 @@ func sameSubject(a, b map[string]any) bool {
 // startSession makes l the live link of dev, replies info, stores the login
 // notice (for Login, not Register) and starts delivery.
 func (l *link) startSession(uid, dev string, notice bool) error {
+	if err := l.srv.claimSession(l, dev); err != nil {
+		return &tmtp.ProtocolError{Reason: tmtp.QuitNodeConnected}
+	}
 	l.uid, l.dev = uid, dev
 	l.inflight = make(chan struct{}, maxInflight)
 	ohi, ok := l.srv.claimDevice(l)

@@ -90,6 +90,10 @@ type Config struct {
 	// kept but not exported.
 	Registerer prometheus.Registerer
 
+	// Sessions coordinates the devices' links with a site's other
+	// frontends (sessions.go); nil: this server is the only one.
+	Sessions Sessions
+
 	// OnFatal is called (once, from a link goroutine or from the store's
 	// writer goroutine, for a commit that failed there, so it must not
 	// block) when the store has failed and nothing more can be
@@ -527,18 +531,23 @@ func (s *Server) forgetDeviceLocked(l *link) {
 // still online.
 func (s *Server) dropLink(l *link) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.limits.closeLink(s.links[l])
 	delete(s.links, l)
 	if l.stranger != nil {
 		s.strangers.Remove(l.stranger)
 		l.stranger = nil
 	}
-	if l.dev == "" || s.devices[l.dev] != l {
-		return
+	live := l.dev != "" && s.devices[l.dev] == l
+	if live {
+		s.forgetDeviceLocked(l)
+		if len(s.users[l.uid]) == 0 {
+			s.userOfflineLocked(l.uid)
+		}
 	}
-	s.forgetDeviceLocked(l)
-	if len(s.users[l.uid]) == 0 {
-		s.userOfflineLocked(l.uid)
+	s.mu.Unlock()
+	// The session goes with the device's live link; a link taken over on
+	// this server, or evicted for another frontend, has none to give up.
+	if live && s.cfg.Sessions != nil {
+		s.cfg.Sessions.Release(l.dev)
 	}
 }
