@@ -1,6 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 
@@ -43,7 +47,69 @@ func newAdminClient(configPath, addr, tokenName string) (*admin.Client, error) {
 	} else if tokenName != "" {
 		return nil, fmt.Errorf("%s: -token %q, but admin.tokenFile is not set", configPath, tokenName)
 	}
-	return admin.NewClient(addr, secret), nil
+	var tc *tls.Config
+	if cfg.Admin.TLS {
+		if tc, err = adminClientTLS(cfg); err != nil {
+			return nil, err
+		}
+	}
+	return admin.NewClient(addr, secret, tc), nil
+}
+
+// adminClientTLS is how mnm admin checks an admin listener that speaks TLS
+// with the TMTP listener's certificate. The client dials an address (often
+// loopback) that the certificate need not name, so the usual check by
+// address does not fit: it accepts the very certificate the config's file
+// pair holds (a self-signed one included), or a chain the system trusts
+// for the certificate's own name (an ACME host, a CA-issued pair renewed
+// since the file was read).
+func adminClientTLS(cfg *Config) (*tls.Config, error) {
+	var pinned *x509.Certificate
+	var names []string
+	if cfg.Listen.ACME != nil {
+		names = cfg.Listen.ACME.Hosts
+	} else {
+		pair, err := tls.LoadX509KeyPair(cfg.Listen.CertPath, cfg.Listen.KeyPath)
+		if err != nil {
+			return nil, fmt.Errorf("admin listener certificate: %w", err)
+		}
+		pinned = pair.Leaf
+		names = pinned.DNSNames
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		// The chain is checked by VerifyConnection below, not by
+		// address: the address dialled is not a name the certificate
+		// must hold.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verifyAdminCert(cs.PeerCertificates, pinned, names)
+		},
+	}, nil
+}
+
+// verifyAdminCert accepts certs when their leaf is pinned, or when the
+// system's roots vouch for it under one of names.
+func verifyAdminCert(certs []*x509.Certificate, pinned *x509.Certificate, names []string) error {
+	if len(certs) == 0 {
+		return errors.New("admin listener sent no certificate")
+	}
+	if pinned != nil && bytes.Equal(certs[0].Raw, pinned.Raw) {
+		return nil
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	var errs []error
+	for _, name := range names {
+		_, err := certs[0].Verify(x509.VerifyOptions{DNSName: name, Intermediates: inter})
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("admin listener's certificate is neither the configured one nor trusted for %v: %w", names, errors.Join(errs...))
 }
 
 // dialableAddr turns a listen address into one to dial: an unspecified

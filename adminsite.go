@@ -53,7 +53,7 @@ func (d *daemon) startAdmin(ln net.Listener, tokens []admin.Token) {
 			d.log.Error("admin listener stopped", "err", err)
 		}
 	}()
-	d.log.Info("admin listener", "addr", ln.Addr().String(), "tokens", len(tokens))
+	d.log.Info("admin listener", "addr", ln.Addr().String(), "tokens", len(tokens), "tls", d.cfg.Admin.TLS)
 }
 
 // stopAdmin closes the admin listener, letting requests in flight finish

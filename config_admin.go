@@ -16,6 +16,12 @@ type AdminConfig struct {
 	// admin.LoadTokens) that admit requests not from loopback; absent or
 	// empty: only loopback is admitted. Relative to the config file.
 	TokenFile string `json:"tokenFile,omitempty"`
+	// TLS serves the listener over HTTPS with the TMTP listener's
+	// certificate (its file pair, or ACME's), so that tokens and member
+	// data do not cross a network in clear. mnm admin and mnm backup then
+	// trust that very certificate (a self-signed one included) or, for
+	// another, the system's roots for the certificate's name.
+	TLS bool `json:"tls,omitempty"`
 }
 
 // validate checks the admin section.

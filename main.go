@@ -334,6 +334,9 @@ func startDaemon(configPath string, logger *slog.Logger, tune ...func(*daemon)) 
 		fn(d)
 	}
 	if adminLn != nil {
+		if cfg.Admin.TLS {
+			adminLn = tls.NewListener(adminLn, tlsConf)
+		}
 		d.startAdmin(adminLn, tokens)
 	}
 	d.certs, d.acme = certs, acmeSrc

@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,9 +25,13 @@ type Client struct {
 const clientTimeout = 30 * time.Second
 
 // NewClient returns a client of the admin listener at addr ("host:port"),
-// sending token (when not empty) with every request.
-func NewClient(addr, token string) *Client {
-	return &Client{base: "http://" + addr, token: token, http: &http.Client{}}
+// sending token (when not empty) with every request. With tc it speaks
+// HTTPS, checking the listener's certificate as tc says; nil: plain HTTP.
+func NewClient(addr, token string, tc *tls.Config) *Client {
+	if tc == nil {
+		return &Client{base: "http://" + addr, token: token, http: &http.Client{}}
+	}
+	return &Client{base: "https://" + addr, token: token, http: &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}}
 }
 
 // Get calls GET path and decodes the JSON reply into v.
