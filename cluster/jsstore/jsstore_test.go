@@ -1,0 +1,324 @@
+package jsstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"mnm/cluster/natstest"
+	"mnm/qlib"
+	"mnm/qlib/store"
+	"mnm/qlib/storetest"
+)
+
+// testTimeout bounds a test's JetStream calls and waits.
+const testTimeout = 20 * time.Second
+
+// harness opens stores on one shared cluster, each on a stream and subject
+// prefix of its own; Reopen opens a new Store on the old one's stream.
+type harness struct {
+	c     *natstest.Cluster
+	mu    sync.Mutex
+	n     int
+	where map[qlib.Store]place
+}
+
+type place struct {
+	stream, prefix string
+	node           uint8
+}
+
+func newHarness(t *testing.T, c *natstest.Cluster) *harness {
+	return &harness{c: c, where: map[qlib.Store]place{}}
+}
+
+// open opens a Store on pl with its own connection (so that a crash can
+// cut it).
+func (h *harness) open(t *testing.T, pl place, maxBatch int) *Store {
+	t.Helper()
+	nc := h.c.Connect(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	s, err := Open(ctx, Options{
+		JS: js, Conn: nc, Stream: pl.stream, Prefix: pl.prefix, Node: pl.node, MaxBatch: maxBatch,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	h.mu.Lock()
+	h.where[s] = pl
+	h.mu.Unlock()
+	return s
+}
+
+func (h *harness) fresh() place {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.n++
+	return place{stream: fmt.Sprintf("S%d", h.n), prefix: fmt.Sprintf("p%d", h.n)}
+}
+
+func (h *harness) Open(t *testing.T) qlib.Store { return h.open(t, h.fresh(), 0) }
+
+func (h *harness) Reopen(t *testing.T, old qlib.Store) qlib.Store {
+	h.mu.Lock()
+	pl, ok := h.where[old]
+	h.mu.Unlock()
+	if !ok {
+		t.Fatal("Reopen of a store the harness did not open")
+	}
+	return h.open(t, pl, 0)
+}
+
+// Crash is a frontend's crash: its connection is cut with commits in
+// flight. JetStream itself keeps what it acknowledged (fsynced on a
+// quorum); a power loss of the servers is not simulated here.
+func (h *harness) Crash(t *testing.T, old qlib.Store) qlib.Store {
+	old.(*Store).crash()
+	return h.Reopen(t, old)
+}
+
+func TestContract(t *testing.T) {
+	c := natstest.Start(t, natstest.Options{})
+	storetest.Run(t, newHarness(t, c))
+}
+
+// TestCluster runs the checks of what the contract suite cannot see:
+// atomic batches, ids across frontends, wakes across frontends.
+func TestCluster(t *testing.T) {
+	const serverLimit = 20
+	c := natstest.Start(t, natstest.Options{MaxBatchSize: serverLimit})
+	h := newHarness(t, c)
+
+	t.Run("BatchOverServerLimit", func(t *testing.T) {
+		// The store believes the limit is higher than the server's: the
+		// server refuses the batch, and none of it is stored.
+		s := h.open(t, h.fresh(), 1000)
+		defer s.Close()
+		devs := make([]string, serverLimit) // 1 record + 2 per device > limit
+		for i := range devs {
+			devs[i] = fmt.Sprint("d", i)
+		}
+		d := s.Draft()
+		d.Write([]byte("big group"))
+		_, err := d.Commit(store.Message{To: devs, Len: 9, Envelope: func(store.ID, time.Time, []store.ID) []byte { return []byte("e") }})
+		if err == nil {
+			t.Fatal("commit of a batch over the server's limit succeeded")
+		}
+		var api *jetstream.APIError
+		if !errors.As(err, &api) {
+			t.Errorf("error %v: want the server's refusal", err)
+		}
+		for _, kind := range []string{"m", "q", "r"} {
+			if n := stored(t, s, kind); n != 0 {
+				t.Errorf("%d %s. messages stored by a refused batch", n, kind)
+			}
+		}
+		for _, dev := range devs {
+			if n := s.Len(dev); n != 0 {
+				t.Fatalf("Len(%s) = %d after a refused batch", dev, n)
+			}
+		}
+		// The store still works afterwards.
+		d = s.Draft()
+		if _, err := d.Commit(store.Message{To: []string{"d0"}, Envelope: func(store.ID, time.Time, []store.ID) []byte { return []byte("e") }}); err != nil {
+			t.Fatalf("commit after a refused one: %v", err)
+		}
+		if n := s.Len("d0"); n != 1 {
+			t.Errorf("Len(d0) = %d, want 1", n)
+		}
+	})
+
+	t.Run("TooManyRecipients", func(t *testing.T) {
+		s := h.open(t, h.fresh(), serverLimit)
+		defer s.Close()
+		devs := make([]string, serverLimit/2) // 1 + 2*10 > 20
+		for i := range devs {
+			devs[i] = fmt.Sprint("d", i)
+		}
+		called := false
+		err := s.Draft().CommitAsync(func([]store.Receipt, error) { called = true }, store.Message{To: devs})
+		if !errors.Is(err, ErrTooManyRecipients) {
+			t.Errorf("CommitAsync = %v, want ErrTooManyRecipients", err)
+		}
+		if _, err := s.Draft().Commit(store.Message{To: devs[:9]}); err != nil {
+			t.Errorf("commit of 19 stream messages: %v", err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if called {
+			t.Error("done called for a refused commit")
+		}
+	})
+
+	t.Run("NobodyFirst", func(t *testing.T) {
+		// A message for nobody stores no record: its commit's batch is
+		// empty, or only an id ceiling.
+		s := h.open(t, h.fresh(), 0)
+		defer s.Close()
+		rs, err := s.Draft().Commit(store.Message{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.WriteTo(io.Discard, rs[0].ID); !errors.Is(err, store.ErrNoMessage) {
+			t.Errorf("WriteTo of a message for nobody = %v, want ErrNoMessage", err)
+		}
+		r2, err := s.Draft().Commit(store.Message{To: []string{"a"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r2[0].ID <= rs[0].ID {
+			t.Errorf("id %v after %v", r2[0].ID, rs[0].ID)
+		}
+	})
+
+	t.Run("Reclaim", func(t *testing.T) {
+		// Data once: a large draft's chunks stay while any message reading
+		// them is queued, and go with the last ack; a spilled draft whose
+		// messages read none of its data leaves no chunk behind.
+		pl := h.fresh()
+		s := h.open(t, pl, 0)
+		defer s.Close()
+		left := func(kind string) int { return stored(t, s, kind) }
+		data := make([]byte, 3*chunkSize+100)
+		d := s.Draft()
+		d.Write(data)
+		env := func(store.ID, time.Time, []store.ID) []byte { return []byte("e") }
+		rs, err := d.Commit(
+			store.Message{To: []string{"a", "b"}, Off: 10, Len: chunkSize, Envelope: env},
+			store.Message{To: []string{"c"}, Off: chunkSize, Len: 2*chunkSize + 100, Envelope: env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := left("c"); n != 4 {
+			t.Fatalf("%d chunks stored, want 4", n)
+		}
+		for _, a := range []struct {
+			dev    string
+			id     store.ID
+			chunks int
+		}{{"a", rs[0].ID, 4}, {"c", rs[1].ID, 4}, {"b", rs[0].ID, 0}} {
+			if err := s.Ack(a.dev, a.id); err != nil {
+				t.Fatal(err)
+			}
+			if n := left("c"); n != a.chunks {
+				t.Errorf("after %s's ack: %d chunks left, want %d", a.dev, n, a.chunks)
+			}
+		}
+		for _, kind := range []string{"m", "q", "r", "d"} {
+			if n := left(kind); n != 0 {
+				t.Errorf("%d %s. messages left after every ack", n, kind)
+			}
+		}
+
+		d = s.Draft()
+		d.Write(data)
+		if _, err := d.Commit(store.Message{To: []string{"a"}, Envelope: env}); err != nil {
+			t.Fatal(err)
+		}
+		if n := left("c"); n != 0 {
+			t.Errorf("%d chunks left of a draft no message reads", n)
+		}
+		d = s.Draft()
+		d.Write(data)
+		d.Abort()
+		if n := left("c"); n != 0 {
+			t.Errorf("%d chunks left of an aborted draft", n)
+		}
+	})
+
+	t.Run("IDsAcrossFrontends", func(t *testing.T) {
+		pl := h.fresh()
+		// The higher node first: if both issued in one time slot, the
+		// second store's id would be the lower one.
+		pl.node = 7
+		a := h.open(t, pl, 0)
+		defer a.Close()
+		pl.node = 3
+		b := h.open(t, pl, 0)
+		defer b.Close()
+		var last store.ID
+		for i := range 20 {
+			s := []*Store{a, b}[i%2]
+			rs, err := s.Draft().Commit(store.Message{To: []string{"x"}}, store.Message{To: []string{"y"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rs[0].ID <= last || rs[1].ID != rs[0].ID+1 {
+				t.Fatalf("commit %d on node %d: ids %v, %v after %v", i, s.opts.Node, rs[0].ID, rs[1].ID, last)
+			}
+			if node := uint8(rs[0].ID >> countBits); node != s.opts.Node {
+				t.Errorf("id %v does not carry node %d", rs[0].ID, s.opts.Node)
+			}
+			last = rs[1].ID
+		}
+		// Either store sees the queue both filled.
+		if n, m := a.Len("x"), b.Len("x"); n != 20 || m != 20 {
+			t.Errorf("Len(x) = %d on a, %d on b; want 20", n, m)
+		}
+	})
+
+	t.Run("WakeAcrossFrontends", func(t *testing.T) {
+		pl := h.fresh()
+		pl.node = 1
+		a := h.open(t, pl, 0)
+		defer a.Close()
+		pl.node = 2
+		b := h.open(t, pl, 0)
+		defer b.Close()
+		woken := make(chan store.ID, 10)
+		b.Watch("dev", func() {
+			if id, ok := b.Head("dev"); ok {
+				woken <- id
+			}
+		})
+		rs, err := a.Draft().Commit(store.Message{To: []string{"dev"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case id := <-woken:
+			if id != rs[0].ID {
+				t.Errorf("b's watcher saw %v, committed %v", id, rs[0].ID)
+			}
+		case <-time.After(testTimeout):
+			t.Fatal("b's watcher not called for a commit on a")
+		}
+		// b acknowledges, a sees the message gone.
+		if err := b.Ack("dev", rs[0].ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.WriteTo(nil, rs[0].ID); !errors.Is(err, store.ErrNoMessage) {
+			t.Errorf("WriteTo on a after b's ack = %v, want ErrNoMessage", err)
+		}
+	})
+}
+
+// stored counts the messages of s's stream under p.<kind>.>.
+func stored(t *testing.T, s *Store, kind string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(s.p+"."+kind+".>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range info.State.Subjects {
+		n += int(c)
+	}
+	return n
+}

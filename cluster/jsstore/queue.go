@@ -1,0 +1,429 @@
+package jsstore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"mnm/qlib/store"
+)
+
+// entry is the body of a queue entry: the message id, the size of what
+// WriteTo sends for it (for QueueBytes without reading the record), whether
+// it is secret (for CopyQueue without reading the record), and where its
+// ref is, relative to the entry's own sequence. The ref is always the next
+// message of the same batch (1), in commits and in copies alike.
+//
+// The entry does not point at its record by sequence: CopyQueue publishes
+// entries before it can know their sequences, and the record is found by
+// subject anyway (p.m.<id> holds one message).
+type entry struct {
+	id     store.ID
+	size   int64
+	secret bool
+	refOff int64
+}
+
+func (e entry) marshal() []byte {
+	sec := 0
+	if e.secret {
+		sec = 1
+	}
+	return fmt.Appendf(nil, "%s %d %d %d", e.id, e.size, sec, e.refOff)
+}
+
+func parseEntry(b []byte) (entry, error) {
+	f := strings.Fields(string(b))
+	if len(f) != 4 {
+		return entry{}, fmt.Errorf("jsstore: entry %q: want 4 fields", b)
+	}
+	id, err := store.ParseID(f[0])
+	if err != nil {
+		return entry{}, err
+	}
+	size, err1 := strconv.ParseInt(f[1], 10, 64)
+	sec, err2 := strconv.Atoi(f[2])
+	off, err3 := strconv.ParseInt(f[3], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil || size < 0 || off == 0 {
+		return entry{}, fmt.Errorf("jsstore: entry %q: bad fields", b)
+	}
+	return entry{id: id, size: size, secret: sec == 1, refOff: off}, nil
+}
+
+// queued is an entry where it lies in the stream.
+type queued struct {
+	entry
+	seq  uint64
+	prio store.Priority
+}
+
+// first returns the first entry of dev's queue of priority prio.
+func (s *Store) first(dev string, prio store.Priority) (queued, bool, error) {
+	return s.next(dev, prio, 1)
+}
+
+// next returns the first entry of dev's queue of priority prio at or after
+// stream sequence seq, from the leader by the subject index.
+func (s *Store) next(dev string, prio store.Priority, seq uint64) (queued, bool, error) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	m, err := s.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(s.queueSubj(dev, prio)))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return queued{}, false, nil
+	}
+	if err != nil {
+		return queued{}, false, fmt.Errorf("jsstore: read queue: %w", err)
+	}
+	e, err := parseEntry(m.Data)
+	if err != nil {
+		return queued{}, false, err
+	}
+	return queued{entry: e, seq: m.Sequence, prio: prio}, true, nil
+}
+
+// entries returns dev's queue in delivery order. It costs one read per
+// entry (plus two): fine for the away sweep and tests; Len and QueueBytes
+// use it too, which a device with a long queue would feel.
+func (s *Store) entries(dev string) ([]queued, error) {
+	var out []queued
+	for _, prio := range []store.Priority{store.High, store.Normal} {
+		for seq := uint64(1); ; {
+			q, ok, err := s.next(dev, prio, seq)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				break
+			}
+			out = append(out, q)
+			seq = q.seq + 1
+		}
+	}
+	return out, nil
+}
+
+// Head returns the first entry of dev's queue. The stream holds a device's
+// entries of one priority in the order committed, which for one frontend
+// is id order; entries committed on different frontends at once lie in the
+// order the stream got them. A read error reads as an empty queue (logged):
+// the device's link asks again at its next wake or reconnect.
+func (s *Store) Head(dev string) (store.ID, bool) {
+	if s.isClosed() {
+		return 0, false
+	}
+	for _, prio := range []store.Priority{store.High, store.Normal} {
+		q, ok, err := s.first(dev, prio)
+		if err != nil {
+			s.log.Warn("jsstore head", "err", err)
+			return 0, false
+		}
+		if ok {
+			s.hintMu.Lock()
+			s.hints[dev] = entryRef{id: q.id, seq: q.seq, refOff: q.refOff}
+			s.hintMu.Unlock()
+			return q.id, true
+		}
+	}
+	return 0, false
+}
+
+// Len reports the number of entries in dev's queue.
+func (s *Store) Len(dev string) int {
+	qs, err := s.entries(dev)
+	if err != nil {
+		s.log.Warn("jsstore len", "err", err)
+	}
+	return len(qs)
+}
+
+// Queue returns the ids of dev's queue in delivery order.
+func (s *Store) Queue(dev string) []store.ID {
+	qs, err := s.entries(dev)
+	if err != nil {
+		s.log.Warn("jsstore queue", "err", err)
+	}
+	ids := make([]store.ID, len(qs))
+	for i, q := range qs {
+		ids[i] = q.id
+	}
+	return ids
+}
+
+// QueueBytes reports the sum of WriteTo's sizes over dev's entries.
+func (s *Store) QueueBytes(dev string) int64 {
+	qs, err := s.entries(dev)
+	if err != nil {
+		s.log.Warn("jsstore queue bytes", "err", err)
+	}
+	var n int64
+	for _, q := range qs {
+		n += q.size
+	}
+	return n
+}
+
+// find returns dev's entry for id by a scan of the queue.
+func (s *Store) find(dev string, id store.ID) (queued, bool, error) {
+	qs, err := s.entries(dev)
+	if err != nil {
+		return queued{}, false, err
+	}
+	for _, q := range qs {
+		if q.id == id {
+			return q, true, nil
+		}
+	}
+	return queued{}, false, nil
+}
+
+// Ack removes id from dev's queue: its entry, then its ref, and, if that
+// was the message's last ref, the message.
+func (s *Store) Ack(dev string, id store.ID) error {
+	if s.isClosed() {
+		return store.ErrClosed
+	}
+	// Head's hint names the entry by sequence, and sequences are never
+	// reused: if a message is still there, it is that entry, and the
+	// delete needs no read first. If it is gone (acknowledged, or
+	// replaced by CopyQueue), look in the queue.
+	s.hintMu.Lock()
+	h, hinted := s.hints[dev]
+	delete(s.hints, dev)
+	s.hintMu.Unlock()
+	if hinted && h.id == id {
+		err := s.deleteSeq(h.seq, false)
+		if err == nil {
+			return s.ackRest(id, h.seq, h.refOff)
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
+	}
+	q, ok, err := s.find(dev, id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return store.ErrNotQueued
+	}
+	if err := s.deleteSeq(q.seq, false); err != nil {
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return store.ErrNotQueued // acknowledged at the same time elsewhere
+		}
+		return err
+	}
+	return s.ackRest(id, q.seq, q.refOff)
+}
+
+// ackRest finishes an ack once the entry at seq is deleted: its ref, then
+// the message if that was its last ref.
+func (s *Store) ackRest(id store.ID, seq uint64, refOff int64) error {
+	if err := s.deleteSeq(uint64(int64(seq)+refOff), false); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return err
+	}
+	return s.reclaim(id)
+}
+
+// deleteSeq deletes the message at seq (overwriting it if secure).
+// jetstream.ErrMsgNotFound if there is none.
+func (s *Store) deleteSeq(seq uint64, secure bool) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	del := s.stream.DeleteMsg
+	if secure {
+		del = s.stream.SecureDeleteMsg
+	}
+	err := del(ctx, seq)
+	if err == nil {
+		return nil
+	}
+	// The server's reply to deleting a missing message is an unsuccessful
+	// delete, not a not-found code: look.
+	if _, gerr := s.stream.GetMsg(ctx, seq); errors.Is(gerr, jetstream.ErrMsgNotFound) {
+		return jetstream.ErrMsgNotFound
+	}
+	return fmt.Errorf("jsstore: delete %d: %w", seq, err)
+}
+
+// reclaim deletes message id if no ref to it is left.
+//
+// Every holder of a ref deletes its ref first and looks second, and both
+// go to the stream leader, which applies deletes in one order. So when two
+// frontends acknowledge the last two refs of one message at once, the one
+// whose delete is applied last cannot see the other's ref: at least one of
+// them finds none and deletes the message (both may; deleting twice is
+// harmless). No message is kept for ever by a race, and none is deleted
+// while a ref is left, because a ref is only ever added with its entry in
+// the batch that also holds the record (commit) or while another ref
+// exists (CopyQueue, whose source entry is in place).
+func (s *Store) reclaim(id store.ID) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	_, err := s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(s.refsSubj(id)))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("jsstore: look for refs of %v: %w", id, err)
+	}
+	rec, err := s.stream.GetLastMsgForSubject(ctx, s.recordSubj(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // reclaimed by another ack
+	}
+	if err != nil {
+		return fmt.Errorf("jsstore: read record %v: %w", id, err)
+	}
+	secret := rec.Header.Get(hdrSecret) == "1"
+	if err := s.deleteSeq(rec.Sequence, secret); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return err
+	}
+	draft := rec.Header.Get(hdrDraft)
+	if draft == "" {
+		return nil
+	}
+	// Chunks are shared by the messages of one draft; they go with the
+	// last marker, by the same delete-then-look rule as refs.
+	if err := s.stream.Purge(ctx, jetstream.WithPurgeSubject(s.markerSubj(draft, id))); err != nil {
+		return fmt.Errorf("jsstore: delete marker of %v: %w", id, err)
+	}
+	_, err = s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(s.p+".d."+draft+".>"))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("jsstore: look for markers of draft %s: %w", draft, err)
+	}
+	s.purgeChunks(draft)
+	s.log.Debug("jsstore reclaimed chunks", "draft", draft)
+	return nil
+}
+
+// WriteTo writes message id, envelope then data, to w.
+func (s *Store) WriteTo(w io.Writer, id store.ID) (int64, error) {
+	if s.isClosed() {
+		return 0, store.ErrClosed
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	rec, err := s.stream.GetLastMsgForSubject(ctx, s.recordSubj(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, store.ErrNoMessage
+	}
+	if err != nil {
+		return 0, fmt.Errorf("jsstore: read record %v: %w", id, err)
+	}
+	draft := rec.Header.Get(hdrDraft)
+	if draft == "" {
+		n, err := w.Write(rec.Data)
+		return int64(n), err
+	}
+	length, err1 := strconv.ParseInt(rec.Header.Get(hdrLen), 10, 64)
+	off, err2 := strconv.ParseInt(rec.Header.Get(hdrOff), 10, 64)
+	cs, err3 := strconv.ParseInt(rec.Header.Get(hdrChunk), 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil || length < 0 || off < 0 || cs <= 0 {
+		return 0, fmt.Errorf("jsstore: record %v: bad chunk headers", id)
+	}
+	n, err := w.Write(rec.Data)
+	total := int64(n)
+	if err != nil {
+		return total, err
+	}
+	for pos, end := off, off+length; pos < end; {
+		k := pos / cs
+		c, err := s.stream.GetLastMsgForSubject(ctx, s.chunkSubj(draft, k))
+		if err != nil {
+			return total, fmt.Errorf("jsstore: read chunk %d of %v: %w", k, id, err)
+		}
+		from := pos - k*cs
+		to := min(int64(len(c.Data)), end-k*cs)
+		if from >= to {
+			return total, fmt.Errorf("jsstore: chunk %d of %v: %d bytes, short", k, id, len(c.Data))
+		}
+		n, err := w.Write(c.Data[from:to])
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+		pos = k*cs + to
+	}
+	return total, nil
+}
+
+// CopyQueue gives dst the entries of src's queue but for secret messages,
+// replacing dst's: the new entries (and their refs) first, in atomic
+// batches, then the old ones go. A crash in between leaves dst both: a
+// device may get a message twice, but never loses one.
+func (s *Store) CopyQueue(src, dst string) error {
+	if s.isClosed() {
+		return store.ErrClosed
+	}
+	if src == dst {
+		return nil
+	}
+	from, err := s.entries(src)
+	if err != nil {
+		return err
+	}
+	old, err := s.entries(dst)
+	if err != nil {
+		return err
+	}
+	var batch []queued
+	for _, q := range from {
+		if !q.secret {
+			batch = append(batch, q)
+		}
+	}
+	copied := len(batch)
+	per := max(1, s.opts.MaxBatch/2) // an entry and its ref each
+	for len(batch) > 0 {
+		n := min(per, len(batch))
+		if err := s.copyBatch(dst, batch[:n]); err != nil {
+			return err
+		}
+		batch = batch[n:]
+	}
+	for _, q := range old {
+		if err := s.deleteSeq(q.seq, false); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
+		if err := s.deleteSeq(uint64(int64(q.seq)+q.refOff), false); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return err
+		}
+		if err := s.reclaim(q.id); err != nil {
+			return err
+		}
+	}
+	if copied > 0 {
+		s.wake([]string{dst})
+	}
+	s.log.Info("jsstore copied queue", "entries", copied, "replaced", len(old))
+	return nil
+}
+
+// copyBatch publishes entries and refs for dst as one atomic batch and
+// waits for it, through the commit pipeline (so it is ordered with this
+// frontend's commits).
+func (s *Store) copyBatch(dst string, qs []queued) error {
+	done := make(chan error, 1)
+	j := &job{done: func(_ []store.Receipt, err error) { done <- err }}
+	for _, q := range qs {
+		e := q.entry
+		e.refOff = 1
+		j.batch = append(j.batch,
+			&nats.Msg{Subject: s.queueSubj(dst, q.prio), Data: e.marshal()},
+			&nats.Msg{Subject: s.refSubj(q.id, dst)})
+	}
+	if err := s.enqueue(j); err != nil {
+		return err
+	}
+	if err := <-done; err != nil {
+		return fmt.Errorf("jsstore: copy queue: %w", err)
+	}
+	return nil
+}
