@@ -1,10 +1,10 @@
 package main
 
 // Two frontends of one site over a 3-node JetStream cluster: each a real
-// qlib.Server with its own bus (cluster/bus) for the devices' sessions. The
-// store and the user database are shared in-process until their clustered
-// backends take their place (cluster/DESIGN.md, steps 2 and 3); what this
-// tests is the takeover of a device across frontends through the real bus.
+// qlib.Server with its own bus (cluster/bus) for the devices' sessions and,
+// in the tests that say so, its own JetStream store (cluster/jsstore) on
+// the site's one stream. The user database is shared in-process until its
+// clustered backend takes its place (cluster/DESIGN.md, step 3).
 
 import (
 	"context"
@@ -12,13 +12,16 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"mnm/cluster"
 	"mnm/cluster/bus"
+	"mnm/cluster/jsstore"
 	"mnm/cluster/natstest"
 	"mnm/qlib"
 	"mnm/qlib/store"
@@ -34,8 +37,35 @@ type frontend struct {
 	logs *lockedBuffer
 }
 
-// startFrontends starts n frontends named fe0…, sharing users and st.
-func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, st *store.Log, ttl time.Duration) []*frontend {
+// siteStore gives frontend i its store: one shared in-process, or its own
+// on the cluster.
+type siteStore func(t *testing.T, i int, nc *nats.Conn) qlib.Store
+
+// sharedStore is a siteStore handing every frontend st.
+func sharedStore(st *store.Log) siteStore {
+	return func(*testing.T, int, *nats.Conn) qlib.Store { return st }
+}
+
+// jetStreamStore is a siteStore giving each frontend its own jsstore.Store
+// on the site's stream, node number i.
+func jetStreamStore(t *testing.T, i int, nc *nats.Conn) qlib.Store {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := jsstore.Open(ctx, jsstore.Options{JS: js, Conn: nc, Node: uint8(i), Logger: quietLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// startFrontends starts n frontends named fe0…, sharing users, each with
+// the store stores gives it.
+func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, stores siteStore, ttl time.Duration) []*frontend {
 	t.Helper()
 	dir := t.TempDir()
 	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
@@ -65,6 +95,7 @@ func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, st 
 		if err != nil {
 			t.Fatal(err)
 		}
+		st := stores(t, i, fe.nc)
 		fe.srv, err = qlib.NewServer(qlib.Config{Name: "cluster", Directory: users, Store: st, Logger: logger,
 			Sessions: &cluster.Sessions{Bus: fe.bus, Log: logger}})
 		if err != nil {
@@ -83,6 +114,9 @@ func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, st 
 			fe.srv.Shutdown(ctx)
 			<-served
 			fe.bus.Close()
+			if js, ok := st.(*jsstore.Store); ok {
+				js.Close()
+			}
 			if t.Failed() {
 				t.Logf("frontend %d log:\n%s", i, fe.logs.String())
 			}
@@ -96,20 +130,28 @@ func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, st 
 // frontend 1 and back. Each time the link on the frontend it left is closed
 // before the new login is answered, and the member gets every message once,
 // in order, wherever it is: what was in flight first, then what was posted
-// meanwhile on either frontend.
+// meanwhile on either frontend. With a store shared in-process, and with
+// each frontend's own JetStream store.
 func TestClusterTakeoverAcrossFrontends(t *testing.T) {
 	c := natstest.Start(t, natstest.Options{})
+	t.Run("shared store", func(t *testing.T) {
+		st, err := store.Open(store.Options{Dir: t.TempDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		testTakeoverAcrossFrontends(t, c, sharedStore(st))
+	})
+	t.Run("jetstream", func(t *testing.T) { testTakeoverAcrossFrontends(t, c, jetStreamStore) })
+}
+
+func testTakeoverAcrossFrontends(t *testing.T, c *natstest.Cluster, stores siteStore) {
 	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { users.Close() })
-	st, err := store.Open(store.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	fes := startFrontends(t, c, 2, users, st, 2*time.Second)
+	fes := startFrontends(t, c, 2, users, stores, 2*time.Second)
 
 	sender, _, err := testclient.Register(fes[0].addr, "laptop", "_", testclient.Options{})
 	if err != nil {
@@ -181,7 +223,8 @@ func TestClusterTakeoverAcrossFrontends(t *testing.T) {
 // TestClusterFrontendDies: a frontend stops at once (its connection to the
 // cluster dropped, its links cut, nothing released): its member logs in on
 // the other frontend, which takes the device once the dead frontend's
-// liveness has run out, and delivers what was queued meanwhile.
+// liveness has run out, and delivers from the site's stream what was
+// queued meanwhile.
 func TestClusterFrontendDies(t *testing.T) {
 	c := natstest.Start(t, natstest.Options{})
 	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
@@ -189,13 +232,8 @@ func TestClusterFrontendDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { users.Close() })
-	st, err := store.Open(store.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	const ttl = time.Second
-	fes := startFrontends(t, c, 2, users, st, ttl)
+	fes := startFrontends(t, c, 2, users, jetStreamStore, ttl)
 
 	sender, _, err := testclient.Register(fes[1].addr, "laptop", "_", testclient.Options{})
 	if err != nil {
@@ -238,4 +276,85 @@ func TestClusterFrontendDies(t *testing.T) {
 			break
 		}
 	}
+}
+
+// TestClusterDeliveryAcrossFrontends: two senders on two frontends post to
+// a member with two devices, one online on frontend 1, the other away. Each
+// device gets every post exactly once and each sender's posts in order: the
+// online one as they come, on the frontend the posts did not arrive at, the
+// away one when it logs in, on the other frontend.
+func TestClusterDeliveryAcrossFrontends(t *testing.T) {
+	c := natstest.Start(t, natstest.Options{})
+	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { users.Close() })
+	fes := startFrontends(t, c, 2, users, jetStreamStore, 5*time.Second)
+
+	var senders [2]*testclient.Client
+	for i := range senders {
+		s, _, err := testclient.Register(fes[i].addr, "laptop", "_", testclient.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		senders[i] = s
+	}
+	online, reg, err := testclient.Register(fes[1].addr, "laptop", "_", testclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer online.Close()
+	awayNode, _, err := users.AddDevice(reg.UID, "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const perSender = 40
+	var wg sync.WaitGroup
+	for i, s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range perSender {
+				ack, err := s.Post([]testclient.Recipient{{ID: reg.UID, Type: testclient.ToUser}}, fmt.Appendf(nil, "%d %d", i, n))
+				if err != nil || ack.Error != "" {
+					t.Errorf("sender %d post %d: %v %s", i, n, err, ack.Error)
+					return
+				}
+			}
+		}()
+	}
+	// check reads 2 × perSender deliveries on c, acking each, and checks
+	// that each sender's come once and in order.
+	check := func(who string, c *testclient.Client) {
+		t.Helper()
+		next := [2]int{}
+		for got := 0; got < 2*perSender; {
+			f := recv(t, c)
+			c.Ack(f.Str("id"))
+			if f.Op() != "delivery" {
+				continue
+			}
+			var i, n int
+			if _, err := fmt.Sscanf(string(f.Data), "%d %d", &i, &n); err != nil || i < 0 || i > 1 {
+				t.Fatalf("%s: delivery %q", who, f.Data)
+			}
+			if n != next[i] {
+				t.Fatalf("%s: sender %d's post %d came after %d (lost, repeated or out of order)", who, i, n, next[i]-1)
+			}
+			next[i]++
+			got++
+		}
+	}
+	check("the online device", online)
+	wg.Wait()
+
+	away, _, err := testclient.Login(fes[0].addr, reg.UID, awayNode, testclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer away.Close()
+	check("the device that was away", away)
 }
