@@ -358,3 +358,140 @@ func TestClusterDeliveryAcrossFrontends(t *testing.T) {
 	defer away.Close()
 	check("the device that was away", away)
 }
+
+// TestClusterStreamLeaderKilled: the node leading the site's stream is
+// killed while a sender posts through frontend 0 to a member online on
+// frontend 1. The cluster elects another leader and posts resume; the
+// sender sends again whatever was not acked (reconnecting when its link
+// ends), and the member gets every acked post, in order, a post repeated
+// only where its ack was lost. The killed node, restarted from its data,
+// catches up with the stream.
+func TestClusterStreamLeaderKilled(t *testing.T) {
+	c := natstest.Start(t, natstest.Options{})
+	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { users.Close() })
+	fes := startFrontends(t, c, 2, users, jetStreamStore, 5*time.Second)
+
+	sender, sreg, err := testclient.Register(fes[0].addr, "laptop", "_", testclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	member, reg, err := testclient.Register(fes[1].addr, "laptop", "_", testclient.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const total, killAt = 80, 30
+	// The member acks what it gets; when its link ends (an ack the store
+	// could not record during the election ends it), it logs in again, as
+	// a client does, and what it had not acked comes again.
+	received := make(chan int, 4*total)
+	stop := make(chan struct{})
+	defer close(stop)
+	// drain acks and reports c's posts until its link ends; false when
+	// the test is over.
+	drain := func(c *testclient.Client) bool {
+		defer c.Close()
+		for {
+			select {
+			case f, ok := <-c.Messages():
+				if !ok {
+					return true
+				}
+				c.Ack(f.Str("id"))
+				var n int
+				if _, err := fmt.Sscanf(string(f.Data), "post %d", &n); f.Op() == "delivery" && err == nil {
+					received <- n
+				}
+			case <-c.Done():
+				return true
+			case <-stop:
+				return false
+			}
+		}
+	}
+	go func() {
+		c := member
+		for i := 0; drain(c); i++ {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var err error
+				if c, _, err = testclient.Login(fes[i%2].addr, reg.UID, reg.NodeID, testclient.Options{}); err == nil {
+					break
+				}
+			}
+		}
+	}()
+
+	killed, killedAt := -1, time.Time{}
+	deadline := time.Now().Add(90 * time.Second)
+	for n := 0; n < total; {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d posts acked in 90 s", n, total)
+		}
+		if n == killAt && killed < 0 {
+			killed = c.Leader(jsstore.DefaultStream)
+			if killed < 0 {
+				t.Fatal("no leader for the site's stream")
+			}
+			c.Kill(killed)
+			killedAt = time.Now()
+			t.Logf("killed node %d, the stream's leader, after %d acked posts", killed, n)
+		}
+		ack, err := sender.Post([]testclient.Recipient{{ID: reg.UID, Type: testclient.ToUser}}, fmt.Appendf(nil, "post %d", n))
+		switch {
+		case err == nil && ack.Error == "":
+			if n == killAt {
+				t.Logf("posts resumed %v after the kill", time.Since(killedAt).Round(time.Millisecond))
+			}
+			n++
+		case err == nil:
+			t.Logf("post %d refused: %s; sending again", n, ack.Error)
+		default:
+			// The link ended (the store could not take the post): log
+			// in again, on either frontend, and send it again.
+			sender.Close()
+			for {
+				sender, _, err = testclient.Login(fes[n%2].addr, sreg.UID, sreg.NodeID, testclient.Options{AutoAck: true})
+				if err == nil || time.Now().After(deadline) {
+					break
+				}
+			}
+			if err != nil {
+				t.Fatalf("sender cannot log in again: %v", err)
+			}
+		}
+	}
+	sender.Close()
+
+	// Every acked post, in order; a repeat only of what came before.
+	last, repeats := -1, 0
+	for last < total-1 {
+		select {
+		case n := <-received:
+			switch {
+			case n <= last:
+				repeats++
+			case n == last+1:
+				last = n
+			default:
+				t.Fatalf("post %d after post %d: lost or out of order", n, last)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the member has posts up to %d of %d", last, total-1)
+		}
+	}
+	t.Logf("all %d posts delivered in order, %d repeated", total, repeats)
+
+	restart := time.Now()
+	c.Restart(killed)
+	c.WaitStreamCurrent(jsstore.DefaultStream)
+	t.Logf("the killed node restarted and caught up in %v", time.Since(restart).Round(time.Millisecond))
+}
