@@ -245,7 +245,11 @@ func (c *adminCmd) status() error {
 		fmt.Fprintf(tw, "certificate\t%s, until %s (%s)%s\n", strings.Join(st.CertNames, ", "),
 			st.CertUntil.Local().Format(time.DateOnly), untilAge(st.CertUntil.Sub(st.Now)), how)
 	}
-	fmt.Fprintf(tw, "clock\t%+.3fs from NTP\n", st.NTPOffset)
+	if st.NTPSynced.IsZero() {
+		fmt.Fprintf(tw, "clock\tthe local clock: NTP has not answered\n")
+	} else {
+		fmt.Fprintf(tw, "clock\t%+.3fs from NTP, checked %s\n", st.NTPOffset, ago(c.now, st.NTPSynced))
+	}
 	fmt.Fprintf(tw, "links\t%d open, %d logged in, %d parked\n", st.LinksOpen, st.LinksLoggedIn, st.LinksParked)
 	fmt.Fprintf(tw, "members\t%d, %d online; %d groups\n", st.Users, st.UsersOnline, st.Groups)
 	fmt.Fprintf(tw, "queued\t%d messages, %s, for %d devices", st.Queued, byteSize(st.QueuedBytes), st.BackloggedDevs)

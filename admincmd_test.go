@@ -125,7 +125,7 @@ func TestAdminCmdMembers(t *testing.T) {
 		t.Fatalf("status %+v, backlog %+v", st, bl)
 	}
 	out := s.adminOK("status")
-	for _, want := range []string{"site", "e2e", "ready", "yes", "members      3, 2 online; 0 groups",
+	for _, want := range []string{"site", "e2e", "ready", "yes", "members      3, 2 online; 0 groups", "from NTP, checked",
 		fmt.Sprintf("%d messages, %s, for %d devices", bl.Messages, byteSize(bl.Bytes), bl.Devices)} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("status lacks %q:\n%s", want, out)

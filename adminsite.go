@@ -109,6 +109,9 @@ func (d *daemon) Status() admin.Status {
 	if d.ntpOffset != nil {
 		st.NTPOffset = d.ntpOffset().Seconds()
 	}
+	if d.clock != nil {
+		st.NTPSynced = d.clock.Synced()
+	}
 	return st
 }
 

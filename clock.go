@@ -59,6 +59,9 @@ type Clock struct {
 	base  time.Time                  // time.Now() at the start, with its monotonic reading; never changes
 	state atomic.Pointer[clockState] // the offset being applied
 	last  atomic.Int64               // the latest time Now returned, Unix nanoseconds
+	// synced is when NTP last gave a usable answer, Unix nanoseconds of
+	// the local clock; 0: never, the local clock is used as it is.
+	synced atomic.Int64
 }
 
 // slewRate is the largest rate at which the applied offset changes: 1/2000
@@ -158,7 +161,9 @@ func SyncClock(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption) (*Clock,
 		}
 		logger.Log(context.Background(), level, "ntp clock synced", "host", agreed.host, "offset", agreed.offset,
 			"rtt", agreed.rtt, "agreeing", agreed.agreeing, "asked", len(cfg.Hosts))
-		return newClock(agreed.offset), nil
+		c := newClock(agreed.offset)
+		c.synced.Store(time.Now().UnixNano())
+		return c, nil
 	}
 	if cfg.Required {
 		return nil, fmt.Errorf("ntp: required, but no usable answer: %w", err)
@@ -370,6 +375,15 @@ func (c *Clock) Now() time.Time {
 // when NTP was never used. Now may still be slewing toward it.
 func (c *Clock) Offset() time.Duration { return c.state.Load().target }
 
+// Synced is when NTP last gave a usable answer (by the local clock), or the
+// zero time when it never has and the local clock is used as it is.
+func (c *Clock) Synced() time.Time {
+	if ns := c.synced.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
 // Adjust makes offset the clock's target, slewed toward from the offset
 // applied now, and returns the previous target.
 func (c *Clock) Adjust(offset time.Duration) (prev time.Duration) {
@@ -395,6 +409,7 @@ func (c *Clock) Recheck(cfg NTPConfig, logger *slog.Logger, opts ...ClockOption)
 		return err
 	}
 	prev := c.Adjust(agreed.offset)
+	c.synced.Store(time.Now().UnixNano())
 	level := slog.LevelDebug
 	if (agreed.offset - prev).Abs() > ntpOffsetWarn {
 		level = slog.LevelWarn

@@ -35,10 +35,17 @@ func TestClockRecheck(t *testing.T) {
 	if off := c.Offset(); !near(off, 2*time.Second) {
 		t.Fatalf("offset %v at start, want 2s", off)
 	}
+	synced := c.Synced()
+	if synced.IsZero() || !LocalClock().Synced().IsZero() {
+		t.Fatalf("synced at %v after an answer; a local clock says %v", synced, LocalClock().Synced())
+	}
 	r.setOffset(-3 * time.Second) // a negative step of 5 s
 	before := c.Now()
 	if err := c.Recheck(cfg, logger, WithNTPTimeout(time.Second)); err != nil {
 		t.Fatal(err)
+	}
+	if !c.Synced().After(synced) {
+		t.Errorf("the re-check's answer did not move Synced from %v", synced)
 	}
 	if off := c.Offset(); !near(off, -3*time.Second) {
 		t.Fatalf("offset %v after the re-check, want -3s", off)

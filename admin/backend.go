@@ -73,7 +73,8 @@ type Status struct {
 	CertNames []string  `json:"certNames,omitempty"`
 	CertUntil time.Time `json:"certUntil,omitzero"`
 	CertACME  bool      `json:"certACME,omitempty"`
-	NTPOffset float64   `json:"ntpOffsetSeconds"` // the clock's offset from NTP at the last check
+	NTPOffset float64   `json:"ntpOffsetSeconds"`   // the clock's offset from NTP at the last check
+	NTPSynced time.Time `json:"ntpSynced,omitzero"` // when NTP last answered; zero: never, the local clock is used
 
 	LinksOpen     int `json:"linksOpen"`
 	LinksLoggedIn int `json:"linksLoggedIn"`
