@@ -52,6 +52,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -137,11 +138,12 @@ type Store struct {
 	jobs    []*job   // handed over, not yet published
 	jobSeq  uint64   // numbers jobs for reply subjects and batch ids
 	drafts  uint64   // numbers drafts
-	waiting map[uint64]*job
+	waiting map[uint64]*batch
 
 	kick     chan struct{} // a job was queued or Close began; capacity 1
-	complete chan *job     // published jobs, in order, to the completer
+	complete chan *batch   // published batches, in order, to the completer
 	slots    chan struct{} // batches in flight
+	batches  atomic.Int64  // batches sent, for tests
 	pipeDone chan struct{} // the completer has finished
 
 	watch watchers
@@ -217,9 +219,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		log:      opts.Logger.With("stream", opts.Stream),
 		tag:      hex.EncodeToString(tag[:]),
 		dead:     make(chan struct{}),
-		waiting:  map[uint64]*job{},
+		waiting:  map[uint64]*batch{},
 		kick:     make(chan struct{}, 1),
-		complete: make(chan *job, maxInflight),
+		complete: make(chan *batch, maxInflight),
 		slots:    make(chan struct{}, maxInflight),
 		pipeDone: make(chan struct{}),
 		hints:    map[string]entryRef{},

@@ -141,6 +141,117 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("MergedBatches", func(t *testing.T) {
+		// Concurrent commits share batches, within the batch limit (each
+		// commit is 5 stream messages: at most 4 fit in 20), and still lie
+		// in id order in a queue they share.
+		s := h.open(t, h.fresh(), serverLimit)
+		defer s.Close()
+		const committers, each = 32, 8
+		before := s.batches.Load()
+		var wg sync.WaitGroup
+		for g := range committers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var last store.ID
+				for range each {
+					rs, err := s.Draft().Commit(store.Message{To: []string{"all", fmt.Sprint("g", g)}})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if rs[0].ID <= last {
+						t.Errorf("committer %d: id %v after %v", g, rs[0].ID, last)
+					}
+					last = rs[0].ID
+				}
+			}()
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		batches := s.batches.Load() - before
+		if batches >= committers*each {
+			t.Errorf("%d commits in %d batches: none merged", committers*each, batches)
+		}
+		t.Logf("%d commits in %d batches", committers*each, batches)
+		ids := s.Queue("all")
+		if len(ids) != committers*each {
+			t.Fatalf("Len(all) = %d, want %d", len(ids), committers*each)
+		}
+		for i := 1; i < len(ids); i++ {
+			if ids[i] <= ids[i-1] {
+				t.Fatalf("queue not in id order: %v at %d after %v", ids[i], i, ids[i-1])
+			}
+		}
+	})
+
+	t.Run("MergedBatchRefused", func(t *testing.T) {
+		// Commits that each fit the server's limit are merged into a
+		// batch that does not (the store believes the limit is higher):
+		// every commit of it fails, in call order, and none is stored.
+		s := h.open(t, h.fresh(), 1000)
+		defer s.Close()
+		// Take every slot, so that the commits queue up and go out as
+		// one batch once the slots are given back.
+		for range maxInflight {
+			s.slots <- struct{}{}
+		}
+		before := s.batches.Load()
+		const commits = 10 // 3 stream messages each: 30 > 20
+		type result struct {
+			i   int
+			rs  []store.Receipt
+			err error
+		}
+		results := make(chan result, commits)
+		for i := range commits {
+			err := s.Draft().CommitAsync(func(rs []store.Receipt, err error) { results <- result{i, rs, err} },
+				store.Message{To: []string{fmt.Sprint("d", i)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range maxInflight {
+			<-s.slots
+		}
+		for want := range commits {
+			var r result
+			select {
+			case r = <-results:
+			case <-time.After(testTimeout):
+				t.Fatalf("commit %d not reported", want)
+			}
+			if r.i != want {
+				t.Errorf("done of commit %d called before commit %d's", r.i, want)
+			}
+			var api *jetstream.APIError
+			if !errors.As(r.err, &api) {
+				t.Errorf("commit %d: error %v, want the server's refusal", r.i, r.err)
+			}
+			if r.rs != nil {
+				t.Errorf("commit %d: receipts %v with the error", r.i, r.rs)
+			}
+		}
+		if n := s.batches.Load() - before; n != 1 {
+			t.Errorf("%d commits sent in %d batches, want 1", commits, n)
+		}
+		for _, kind := range []string{"m", "q", "r"} {
+			if n := stored(t, s, kind); n != 0 {
+				t.Errorf("%d %s. messages stored by a refused batch", n, kind)
+			}
+		}
+		// The store still works afterwards.
+		if _, err := s.Draft().Commit(store.Message{To: []string{"d0"}}); err != nil {
+			t.Fatalf("commit after a refused batch: %v", err)
+		}
+		if n := s.Len("d0"); n != 1 {
+			t.Errorf("Len(d0) = %d, want 1", n)
+		}
+	})
+
 	t.Run("TooManyRecipients", func(t *testing.T) {
 		s := h.open(t, h.fresh(), serverLimit)
 		defer s.Close()

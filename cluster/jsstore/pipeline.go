@@ -16,18 +16,28 @@ import (
 )
 
 // The commit pipeline. CommitAsync queues jobs in id order under the append
-// lock. One publisher goroutine sends each job's batch on the connection,
-// the commit message last with a reply subject of this Store, without
-// waiting for the reply: up to maxInflight batches are in flight at once.
-// Because one connection sends them in order, the server commits them in
-// order, so a device's entries lie in id order in the stream (what Head
-// relies on). One completer goroutine waits for the replies in the same
-// order and calls each done, so dones run in call order.
+// lock. One publisher goroutine takes the jobs queued, as many as fit, and
+// sends their messages as one atomic batch on the connection, the commit
+// message last with a reply subject of this Store, without waiting for the
+// reply: up to maxInflight batches are in flight at once. So under load one
+// Raft round and one fsync cover many commits, and while every slot is
+// taken the queue grows into the next batch. Because one connection sends
+// the batches in order, and a batch keeps its jobs' order, the server
+// commits them in order, so a device's entries lie in id order in the
+// stream (what Head relies on). One completer goroutine waits for the
+// replies in the same order and calls each job's done, so dones run in
+// call order. A batch is atomic: when it fails, every commit in it fails.
 
 // commitTimeout bounds the wait for a batch's reply: longer than the
 // server's 10 s batch timeout, so that a batch still open on the server is
 // not reported failed, plus room for a leader election.
 const commitTimeout = 20 * time.Second
+
+// maxBatchBytes bounds the bytes of a batch of several jobs: the server
+// holds a batch in memory until its commit message, and large drafts'
+// chunks are published before their commits, so commits are small and 8
+// MiB holds hundreds of them. A single job is sent whatever its size.
+const maxBatchBytes = 8 << 20
 
 // job is one commit on its way.
 type job struct {
@@ -39,9 +49,31 @@ type job struct {
 	ceiling    store.ID // id ceiling carried by the batch, or 0
 	usesChunks bool     // some record reads chunks of chunkDraft
 	chunkDraft string
-	resp       chan *nats.Msg // the batch's reply; capacity 1
-	sendErr    error          // set by the publisher before the job reaches the completer
-	sent       time.Time
+}
+
+// size is about the bytes j's messages take on the wire.
+func (j *job) size() int {
+	n := 0
+	for _, m := range j.batch {
+		n += len(m.Subject) + len(m.Data)
+		for k, vs := range m.Header {
+			for _, v := range vs {
+				n += len(k) + len(v) + 4
+			}
+		}
+	}
+	return n
+}
+
+// batch is one atomic batch on its way: the messages of its jobs, in the
+// jobs' order. Jobs with no message ride along and do not fail with it.
+type batch struct {
+	num     uint64 // the first job's number: names the batch and its reply
+	jobs    []*job
+	msgs    []*nats.Msg
+	resp    chan *nats.Msg // the batch's reply; capacity 1
+	sendErr error          // set by the publisher before the batch reaches the completer
+	sent    time.Time
 }
 
 // enqueue hands j to the pipeline.
@@ -57,7 +89,6 @@ func (s *Store) enqueue(j *job) error {
 
 // queueLocked appends j to the jobs to publish; s.mu is held.
 func (s *Store) queueLocked(j *job) {
-	j.resp = make(chan *nats.Msg, 1)
 	s.jobSeq++
 	j.num = s.jobSeq
 	s.jobs = append(s.jobs, j)
@@ -67,8 +98,9 @@ func (s *Store) queueLocked(j *job) {
 	}
 }
 
-// publisher sends queued batches in order until Close has begun and the
-// queue is empty.
+// publisher sends queued jobs in order until Close has begun and the queue
+// is empty. It takes a slot before it takes jobs, so that the jobs queued
+// while every slot is taken go out together.
 func (s *Store) publisher() {
 	defer close(s.complete)
 	for {
@@ -82,31 +114,57 @@ func (s *Store) publisher() {
 			s.mu.Unlock()
 			return
 		}
-		j := s.jobs[0]
-		s.jobs = s.jobs[1:]
-		if len(j.batch) > 0 {
-			s.waiting[j.num] = j
-		}
 		s.mu.Unlock()
 		s.slots <- struct{}{}
-		if len(j.batch) > 0 {
-			j.sendErr = s.send(j)
+		s.mu.Lock()
+		b := s.takeLocked()
+		if len(b.msgs) > 0 {
+			s.waiting[b.num] = b
 		}
-		j.sent = time.Now()
-		s.complete <- j
+		s.mu.Unlock()
+		if len(b.msgs) > 0 {
+			b.sendErr = s.send(b)
+			s.batches.Add(1)
+		}
+		b.sent = time.Now()
+		s.complete <- b
 	}
 }
 
-// send publishes j's batch; the commit message carries the reply subject.
-func (s *Store) send(j *job) error {
-	id := fmt.Sprintf("%s-%d", s.tag, j.num)
-	for i, m := range j.batch {
+// takeLocked takes the next batch off the queue: the first job, and the
+// ones after it while the batch stays within the server's batch limit and
+// maxBatchBytes. Every job fits the limit alone (check), id ceiling
+// included. s.mu is held and the queue is not empty.
+func (s *Store) takeLocked() *batch {
+	b := &batch{num: s.jobs[0].num, resp: make(chan *nats.Msg, 1)}
+	size := 0
+	n := 0
+	for _, j := range s.jobs {
+		js := j.size()
+		if len(b.jobs) > 0 && (len(b.msgs)+len(j.batch) > s.opts.MaxBatch || size+js > maxBatchBytes) {
+			break
+		}
+		b.jobs = append(b.jobs, j)
+		b.msgs = append(b.msgs, j.batch...)
+		size += js
+		n++
+	}
+	clear(s.jobs[:n])
+	s.jobs = s.jobs[n:]
+	return b
+}
+
+// send publishes b's messages; the commit message carries the reply
+// subject.
+func (s *Store) send(b *batch) error {
+	id := fmt.Sprintf("%s-%d", s.tag, b.num)
+	for i, m := range b.msgs {
 		m.Header = cloneHeader(m.Header)
 		m.Header.Set(jetstreamext.BatchIDHeader, id)
 		m.Header.Set(jetstreamext.BatchSeqHeader, strconv.Itoa(i+1))
-		if i == len(j.batch)-1 {
+		if i == len(b.msgs)-1 {
 			m.Header.Set(jetstreamext.BatchCommitHeader, "1")
-			m.Reply = s.replyPrefix + "." + strconv.FormatUint(j.num, 10)
+			m.Reply = s.replyPrefix + "." + strconv.FormatUint(b.num, 10)
 		}
 		if err := s.nc.PublishMsg(m); err != nil {
 			return fmt.Errorf("jsstore: publish batch %s: %w", id, err)
@@ -123,18 +181,18 @@ func cloneHeader(h nats.Header) nats.Header {
 	return out
 }
 
-// onReply hands a batch reply to its job.
+// onReply hands a batch reply to its batch.
 func (s *Store) onReply(m *nats.Msg) {
 	num, err := strconv.ParseUint(m.Subject[strings.LastIndexByte(m.Subject, '.')+1:], 10, 64)
 	if err != nil {
 		return
 	}
 	s.mu.Lock()
-	j := s.waiting[num]
+	b := s.waiting[num]
 	delete(s.waiting, num)
 	s.mu.Unlock()
-	if j != nil {
-		j.resp <- m
+	if b != nil {
+		b.resp <- m
 	}
 }
 
@@ -145,89 +203,110 @@ type batchReply struct {
 	Count uint64              `json:"count"`
 }
 
-// completer waits for each job's reply in order and reports it.
+// completer waits for each batch's reply in order and reports it to its
+// jobs, in order.
 func (s *Store) completer() {
 	defer close(s.pipeDone)
-	for j := range s.complete {
-		err := s.await(j)
+	for b := range s.complete {
+		err := s.await(b)
 		<-s.slots
 		if err != nil {
-			s.failed(j, err)
+			s.failed(b, err)
 			continue
 		}
-		j.done(j.receipts, nil)
-		s.wake(j.devs)
-		if j.ceiling != 0 {
+		var devs []string
+		ceiling := false
+		for _, j := range b.jobs {
+			j.done(j.receipts, nil)
+			devs = append(devs, j.devs...)
+			ceiling = ceiling || j.ceiling != 0
+		}
+		s.wake(devs)
+		if ceiling {
 			s.trimCeiling()
 		}
 	}
 }
 
-// await waits for j's batch to be acknowledged.
-func (s *Store) await(j *job) error {
-	if j.sendErr != nil {
-		s.forget(j)
-		return j.sendErr
+// await waits for b to be acknowledged.
+func (s *Store) await(b *batch) error {
+	if b.sendErr != nil {
+		s.forget(b)
+		return b.sendErr
 	}
-	if len(j.batch) == 0 {
+	if len(b.msgs) == 0 {
 		return nil
 	}
 	var m *nats.Msg
 	select {
-	case m = <-j.resp:
+	case m = <-b.resp:
 	case <-s.dead:
-		s.forget(j)
+		s.forget(b)
 		return store.ErrClosed
-	case <-time.After(time.Until(j.sent.Add(commitTimeout))):
-		s.forget(j)
-		return fmt.Errorf("jsstore: batch of %d: no reply within %s", len(j.batch), commitTimeout)
+	case <-time.After(time.Until(b.sent.Add(commitTimeout))):
+		s.forget(b)
+		return fmt.Errorf("jsstore: batch of %d: no reply within %s", len(b.msgs), commitTimeout)
 	}
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
 		// Nothing listened on the subject: the batch reached no stream.
-		return fmt.Errorf("jsstore: batch of %d: %w", len(j.batch), nats.ErrNoResponders)
+		return fmt.Errorf("jsstore: batch of %d: %w", len(b.msgs), nats.ErrNoResponders)
 	}
 	var r batchReply
 	if err := json.Unmarshal(m.Data, &r); err != nil {
 		return fmt.Errorf("jsstore: batch reply %q: %w", m.Data, err)
 	}
 	if r.Error != nil {
-		return fmt.Errorf("jsstore: batch of %d refused: %w", len(j.batch), r.Error)
+		return fmt.Errorf("jsstore: batch of %d refused: %w", len(b.msgs), r.Error)
 	}
-	if r.Count != uint64(len(j.batch)) || r.Seq < r.Count {
-		return fmt.Errorf("jsstore: batch of %d acknowledged as %d ending at %d", len(j.batch), r.Count, r.Seq)
+	if r.Count != uint64(len(b.msgs)) || r.Seq < r.Count {
+		return fmt.Errorf("jsstore: batch of %d acknowledged as %d ending at %d", len(b.msgs), r.Count, r.Seq)
 	}
 	return nil
 }
 
-// forget stops waiting for j's reply.
-func (s *Store) forget(j *job) {
+// forget stops waiting for b's reply.
+func (s *Store) forget(b *batch) {
 	s.mu.Lock()
-	delete(s.waiting, j.num)
+	delete(s.waiting, b.num)
 	s.mu.Unlock()
 }
 
-// failed reports a commit that is not known to be stored. Its chunks are
-// purged only when the server refused the batch: after a timeout or a lost
-// connection the batch may have been stored after all, and its records
-// would then read them.
-func (s *Store) failed(j *job, err error) {
-	s.log.Warn("jsstore commit failed", "messages", len(j.receipts), "batch", len(j.batch), "err", err)
-	if j.ceiling != 0 {
+// failed reports the commits of a batch that is not known to be stored;
+// jobs with no message in it succeed all the same. Chunks are purged only
+// when the server refused the batch: after a timeout or a lost connection
+// the batch may have been stored after all, and its records would then
+// read them.
+func (s *Store) failed(b *batch, err error) {
+	s.log.Warn("jsstore commit failed", "commits", len(b.jobs), "batch", len(b.msgs), "err", err)
+	var ceiling store.ID
+	for _, j := range b.jobs {
+		if j.ceiling != 0 {
+			ceiling = j.ceiling
+		}
+	}
+	if ceiling != 0 {
 		// The ceiling may not be stored: have the next commit carry one.
 		s.mu.Lock()
-		if s.ceiling == j.ceiling {
+		if s.ceiling == ceiling {
 			s.ceiling = s.last
 		}
 		s.mu.Unlock()
 	}
 	var api *jetstream.APIError
-	if j.usesChunks && errors.As(err, &api) {
-		s.purgeChunks(j.chunkDraft)
-	}
+	refused := errors.As(err, &api)
 	if s.isClosed() && !errors.Is(err, store.ErrClosed) {
 		err = fmt.Errorf("%w: %w", store.ErrClosed, err)
 	}
-	j.done(nil, err)
+	for _, j := range b.jobs {
+		if len(j.batch) == 0 {
+			j.done(j.receipts, nil)
+			continue
+		}
+		if j.usesChunks && refused {
+			s.purgeChunks(j.chunkDraft)
+		}
+		j.done(nil, err)
+	}
 }
 
 // trimCeiling drops superseded id ceilings of this node: only the last
