@@ -116,20 +116,35 @@ func (s *Store) Head(dev string) (store.ID, bool) {
 	if s.isClosed() {
 		return 0, false
 	}
-	for _, prio := range []store.Priority{store.High, store.Normal} {
-		q, ok, err := s.first(dev, prio)
-		if err != nil {
-			s.log.Warn("jsstore head", "err", err)
-			return 0, false
-		}
-		if ok {
-			s.hintMu.Lock()
-			s.hints[dev] = entryRef{id: q.id, seq: q.seq, refOff: q.refOff}
-			s.hintMu.Unlock()
-			return q.id, true
-		}
+	// Both reads at once: one leader round instead of two when High is
+	// empty. Normal's result only counts when High has no entry, so its
+	// error does not hide a High entry.
+	type result struct {
+		q   queued
+		ok  bool
+		err error
 	}
-	return 0, false
+	normal := make(chan result, 1)
+	go func() {
+		q, ok, err := s.first(dev, store.Normal)
+		normal <- result{q, ok, err}
+	}()
+	q, ok, err := s.first(dev, store.High)
+	if err == nil && !ok {
+		r := <-normal
+		q, ok, err = r.q, r.ok, r.err
+	}
+	if err != nil {
+		s.log.Warn("jsstore head", "err", err)
+		return 0, false
+	}
+	if !ok {
+		return 0, false
+	}
+	s.hintMu.Lock()
+	s.hints[dev] = entryRef{id: q.id, seq: q.seq, refOff: q.refOff}
+	s.hintMu.Unlock()
+	return q.id, true
 }
 
 // Len reports the number of entries in dev's queue.
@@ -261,17 +276,33 @@ func (s *Store) deleteSeq(seq uint64, secure bool) error {
 // while a ref is left, because a ref is only ever added with its entry in
 // the batch that also holds the record (commit) or while another ref
 // exists (CopyQueue, whose source entry is in place).
+//
+// The record is read at the same time as the look, not after it: both are
+// reads, the record's sequence and headers never change, and a record
+// deleted in between makes the delete below find nothing, as a record
+// reclaimed by another ack does. One leader round instead of two, at the
+// cost of a read wasted when refs are left.
 func (s *Store) reclaim(id store.ID) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
+	type read struct {
+		rec *jetstream.RawStreamMsg
+		err error
+	}
+	record := make(chan read, 1)
+	go func() {
+		rec, err := s.stream.GetLastMsgForSubject(ctx, s.recordSubj(id))
+		record <- read{rec, err}
+	}()
 	_, err := s.stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(s.refsSubj(id)))
+	r := <-record
 	if err == nil {
 		return nil
 	}
 	if !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return fmt.Errorf("jsstore: look for refs of %v: %w", id, err)
 	}
-	rec, err := s.stream.GetLastMsgForSubject(ctx, s.recordSubj(id))
+	rec, err := r.rec, r.err
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil // reclaimed by another ack
 	}
