@@ -63,6 +63,18 @@ func jetStreamStore(t *testing.T, i int, nc *nats.Conn) qlib.Store {
 	return st
 }
 
+// siteUsers is the user database the frontends share, in process, until
+// the clustered directory takes its place.
+func siteUsers(t *testing.T) *UserDB {
+	t.Helper()
+	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { users.Close() })
+	return users
+}
+
 // startFrontends starts n frontends named fe0…, sharing users, each with
 // the store stores gives it.
 func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, stores siteStore, ttl time.Duration) []*frontend {
@@ -146,11 +158,7 @@ func TestClusterTakeoverAcrossFrontends(t *testing.T) {
 }
 
 func testTakeoverAcrossFrontends(t *testing.T, c *natstest.Cluster, stores siteStore) {
-	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { users.Close() })
+	users := siteUsers(t)
 	fes := startFrontends(t, c, 2, users, stores, 2*time.Second)
 
 	sender, _, err := testclient.Register(fes[0].addr, "laptop", "_", testclient.Options{})
@@ -227,11 +235,7 @@ func testTakeoverAcrossFrontends(t *testing.T, c *natstest.Cluster, stores siteS
 // queued meanwhile.
 func TestClusterFrontendDies(t *testing.T) {
 	c := natstest.Start(t, natstest.Options{})
-	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { users.Close() })
+	users := siteUsers(t)
 	const ttl = time.Second
 	fes := startFrontends(t, c, 2, users, jetStreamStore, ttl)
 
@@ -285,11 +289,7 @@ func TestClusterFrontendDies(t *testing.T) {
 // away one when it logs in, on the other frontend.
 func TestClusterDeliveryAcrossFrontends(t *testing.T) {
 	c := natstest.Start(t, natstest.Options{})
-	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { users.Close() })
+	users := siteUsers(t)
 	fes := startFrontends(t, c, 2, users, jetStreamStore, 5*time.Second)
 
 	var senders [2]*testclient.Client
@@ -368,11 +368,7 @@ func TestClusterDeliveryAcrossFrontends(t *testing.T) {
 // catches up with the stream.
 func TestClusterStreamLeaderKilled(t *testing.T) {
 	c := natstest.Start(t, natstest.Options{})
-	users, err := OpenUserDB(UserDBOptions{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { users.Close() })
+	users := siteUsers(t)
 	fes := startFrontends(t, c, 2, users, jetStreamStore, 5*time.Second)
 
 	sender, sreg, err := testclient.Register(fes[0].addr, "laptop", "_", testclient.Options{})

@@ -46,7 +46,7 @@ func (s *Server) RevokeDevice(uid, num string) error {
 // RevokeDevice): its live link is closed, its queue deleted, and the
 // member's remaining devices, if any, are told.
 func (s *Server) revoked(uid, dev, num, label string) error {
-	s.evictDevice(dev)
+	s.evictDevice(dev, "link of a revoked device closed")
 	if err := s.dropQueue(dev); err != nil {
 		return err
 	}

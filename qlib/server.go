@@ -483,13 +483,14 @@ func (s *Server) claimDevice(l *link) (ohi []string, ok bool) {
 	return ohi, true
 }
 
-// evictDevice closes the live link of a device just retired (UserEdit
-// dropnode), at once, as a takeover closes the link it replaces: the device
-// is forgotten under s.mu, which stops its delivery, and the connection
-// closed after. A login of the device that passed the directory before the
-// retirement and claims it after this is refused by startSession's second
-// look. The member stays online: the requesting device is.
-func (s *Server) evictDevice(dev string) {
+// evictDevice closes the live link of dev at once, as a takeover closes the
+// link it replaces: the device is forgotten under s.mu, which stops its
+// delivery, and the connection closed after. It serves a device just
+// retired (UserEdit dropnode, an operator's revoke: a login that passed the
+// directory before the retirement and claims the device after this is
+// refused by startSession's second look) and a device another frontend
+// has taken (EvictDevice). why is the log line of the closing.
+func (s *Server) evictDevice(dev, why string) {
 	s.mu.Lock()
 	old := s.devices[dev]
 	if old != nil {
@@ -500,7 +501,7 @@ func (s *Server) evictDevice(dev string) {
 	}
 	s.mu.Unlock()
 	if old != nil {
-		old.log.Info("link of a revoked device closed")
+		old.log.Info(why)
 		old.closeHard()
 	}
 }

@@ -54,18 +54,4 @@ func (s *Server) claimSession(l *link, dev string) error {
 // member's and may log in here again. It returns once the link can deliver
 // nothing more: the device is forgotten (its queue unwatched) under s.mu
 // and its connection closed.
-func (s *Server) EvictDevice(dev string) {
-	s.mu.Lock()
-	old := s.devices[dev]
-	if old != nil {
-		s.forgetDeviceLocked(old)
-		if len(s.users[old.uid]) == 0 {
-			s.userOfflineLocked(old.uid)
-		}
-	}
-	s.mu.Unlock()
-	if old != nil {
-		old.log.Info("device taken over by another frontend")
-		old.closeHard()
-	}
-}
+func (s *Server) EvictDevice(dev string) { s.evictDevice(dev, "device taken over by another frontend") }
