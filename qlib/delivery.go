@@ -152,7 +152,20 @@ func (l *link) deliver() {
 			// One write for everything ready: fewer system calls and
 			// TLS records than a write per frame.
 			n, err := l.writeFrames(out, send)
-			if err != nil {
+			gone := errors.Is(err, errGone)
+			if gone {
+				// The frames before it went out; the entry whose
+				// message is gone is dropped and the queue moves on.
+				if !l.skipGone(send) {
+					// Left in place it would come back at once:
+					// the link ends, and the client's next one
+					// tries again.
+					l.stopDelivery()
+					l.closeHard()
+					return
+				}
+				send, n = 0, 0
+			} else if err != nil {
 				l.log.Info("delivery failed", "err", err)
 				l.stopDelivery()
 				return
@@ -168,6 +181,9 @@ func (l *link) deliver() {
 				timer.Reset(l.srv.cfg.ResendAfter)
 				l.srv.metrics.deliveries.Inc()
 				l.srv.metrics.deliveryBytes.Add(float64(n))
+			}
+			if gone {
+				continue // the next entry, at once
 			}
 		}
 		if inFlight == 0 {
@@ -265,4 +281,29 @@ func (l *link) onAck(idText string) error {
 	default:
 	}
 	return nil
+}
+
+// errGone is writeFrames's report that the queue's head names a message the
+// store no longer holds (store.ErrNoMessage), after writing the frames
+// before it. A clustered store can come to that: a queue copied while the
+// message's last other entry was acked on another frontend, or an entry
+// whose ack's deletes were cut short. On one machine it does not happen.
+var errGone = errors.New("queued message is gone")
+
+// skipGone drops the link's device's queue entry id, whose message the
+// store no longer holds: it could never be delivered, and leaving it would
+// stop the queue behind it for good, on every reconnect. false: the entry
+// could not be dropped.
+func (l *link) skipGone(id store.ID) bool {
+	l.log.Warn("queued message is gone from the store; its entry is dropped", "id", id.String())
+	l.dmu.Lock()
+	if l.awaiting == id {
+		l.awaiting = 0
+	}
+	l.dmu.Unlock()
+	if err := l.srv.cfg.Store.Ack(l.dev, id); err != nil && !errors.Is(err, store.ErrNotQueued) {
+		l.log.Warn("dropping the entry of a message that is gone failed", "id", id.String(), "err", err)
+		return false
+	}
+	return true
 }

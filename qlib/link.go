@@ -346,7 +346,9 @@ const writeBufSize = 16 << 10
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
 
 // writeFrames sends frames and then, unless id is 0, stored message id, in
-// one buffered write. n is the stored message's bytes.
+// one buffered write. n is the stored message's bytes. errGone: the store
+// no longer holds id; the frames went out, the message did not, and the
+// link is still up.
 func (l *link) writeFrames(frames [][]byte, id store.ID) (n int64, err error) {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
@@ -361,6 +363,12 @@ func (l *link) writeFrames(frames [][]byte, id store.ID) (n int64, err error) {
 	if err == nil && id != 0 {
 		n, err = l.srv.cfg.Store.WriteTo(bw, id)
 	}
+	gone := errors.Is(err, store.ErrNoMessage)
+	if gone {
+		// Nothing of the message was written (store.go): the frames
+		// before it are whole and go out.
+		n, err = 0, nil
+	}
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -368,6 +376,10 @@ func (l *link) writeFrames(frames [][]byte, id store.ID) (n int64, err error) {
 	writerPool.Put(bw)
 	if err != nil {
 		l.conn.Close()
+		return n, err
 	}
-	return n, err
+	if gone {
+		return 0, errGone
+	}
+	return n, nil
 }

@@ -33,7 +33,9 @@ type Store interface {
 	Head(dev string) (id store.ID, ok bool)
 
 	// WriteTo writes message id (its envelope, then its data) to w.
-	// store.ErrNoMessage if the store does not hold id.
+	// store.ErrNoMessage if the store does not hold id; nothing has been
+	// written to w then, so the server can skip a queue entry whose
+	// message is gone and go on writing the link.
 	WriteTo(w io.Writer, id store.ID) (int64, error)
 
 	// Ack removes id from dev's queue; store.ErrNotQueued if it is not

@@ -18,7 +18,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -192,11 +191,18 @@ func content(t *testing.T, s qlib.Store, id store.ID) []byte {
 	return buf.Bytes()
 }
 
-// gone checks that the store no longer holds id.
+// gone checks that the store no longer holds id, and that WriteTo then
+// writes nothing (the server skips such an entry and goes on writing the
+// link).
 func gone(t *testing.T, s qlib.Store, id store.ID, why string) {
 	t.Helper()
-	if _, err := s.WriteTo(io.Discard, id); !errors.Is(err, store.ErrNoMessage) {
+	var buf bytes.Buffer
+	n, err := s.WriteTo(&buf, id)
+	if !errors.Is(err, store.ErrNoMessage) {
 		t.Errorf("WriteTo(%v) %s = %v, want ErrNoMessage", id, why, err)
+	}
+	if n != 0 || buf.Len() != 0 {
+		t.Errorf("WriteTo(%v) %s wrote %d bytes (said %d), want none", id, why, buf.Len(), n)
 	}
 }
 
