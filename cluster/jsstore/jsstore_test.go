@@ -1,6 +1,7 @@
 package jsstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -348,6 +349,49 @@ func TestCluster(t *testing.T) {
 		d.Abort()
 		if n := left("c"); n != 0 {
 			t.Errorf("%d chunks left of an aborted draft", n)
+		}
+	})
+
+	t.Run("OrphanEntry", func(t *testing.T) {
+		// Ack deletes the entry and its ref at once: if only the ref's
+		// delete succeeds, the entry is left without its ref, and
+		// another device's ack may reclaim the message. The entry then
+		// names a message that is gone: WriteTo writes nothing and says
+		// ErrNoMessage (qlib drops the entry on that), and acking the
+		// entry removes it.
+		s := h.open(t, h.fresh(), 0)
+		defer s.Close()
+		rs, err := s.Draft().Commit(store.Message{To: []string{"a", "b"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := rs[0].ID
+		q, ok, err := s.find("a", id)
+		if err != nil || !ok {
+			t.Fatalf("find(a, %v) = %v, %v", id, ok, err)
+		}
+		if err := s.deleteSeq(uint64(int64(q.seq)+q.refOff), false); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Ack("b", id); err != nil {
+			t.Fatal(err)
+		}
+		if n := stored(t, s, "m"); n != 0 {
+			t.Fatalf("%d records left after the last ref's ack", n)
+		}
+		if head, ok := s.Head("a"); !ok || head != id {
+			t.Fatalf("Head(a) = %v, %v; want the orphan entry %v", head, ok, id)
+		}
+		var buf bytes.Buffer
+		n, err := s.WriteTo(&buf, id)
+		if !errors.Is(err, store.ErrNoMessage) || n != 0 || buf.Len() != 0 {
+			t.Errorf("WriteTo of the orphan = %d (%d bytes), %v; want none, ErrNoMessage", n, buf.Len(), err)
+		}
+		if err := s.Ack("a", id); err != nil {
+			t.Errorf("Ack of the orphan: %v", err)
+		}
+		if n := s.Len("a"); n != 0 {
+			t.Errorf("Len(a) = %d after acking the orphan, want 0", n)
 		}
 	})
 

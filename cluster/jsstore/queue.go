@@ -196,8 +196,19 @@ func (s *Store) find(dev string, id store.ID) (queued, bool, error) {
 	return queued{}, false, nil
 }
 
-// Ack removes id from dev's queue: its entry, then its ref, and, if that
-// was the message's last ref, the message.
+// Ack removes id from dev's queue: its entry and its ref, both at once,
+// then, if that was the message's last ref, the message.
+//
+// The two deletes are independent leader rounds, so they go out together:
+// one round's wait instead of two. If the entry's fails and the ref's
+// succeeds, the entry is left without its ref and Ack returns the error.
+// The entry comes back at the device's next Head: while the message is
+// there (other refs, or this ack's look never ran), the device gets it
+// again, a counted redelivery; once an ack elsewhere has reclaimed it,
+// WriteTo says ErrNoMessage having written nothing, and qlib drops the
+// entry (an Ack that finds no ref and no record). So the worst case is an
+// orphan entry, never a lost message: a ref goes only in an ack, after the
+// device got the message.
 func (s *Store) Ack(dev string, id store.ID) error {
 	if s.isClosed() {
 		return store.ErrClosed
@@ -205,18 +216,19 @@ func (s *Store) Ack(dev string, id store.ID) error {
 	// Head's hint names the entry by sequence, and sequences are never
 	// reused: if a message is still there, it is that entry, and the
 	// delete needs no read first. If it is gone (acknowledged, or
-	// replaced by CopyQueue), look in the queue.
+	// replaced by CopyQueue), look in the queue; the ref deleted with it
+	// was that gone entry's own, which its remover deletes too.
 	s.hintMu.Lock()
 	h, hinted := s.hints[dev]
 	delete(s.hints, dev)
 	s.hintMu.Unlock()
 	if hinted && h.id == id {
-		err := s.deleteSeq(h.seq, false)
-		if err == nil {
-			return s.ackRest(id, h.seq, h.refOff)
+		entryErr, refErr := s.deleteEntry(h.seq, h.refOff)
+		if entryErr == nil {
+			return s.ackRest(id, refErr)
 		}
-		if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return err
+		if !errors.Is(entryErr, jetstream.ErrMsgNotFound) {
+			return entryErr
 		}
 	}
 	q, ok, err := s.find(dev, id)
@@ -226,20 +238,30 @@ func (s *Store) Ack(dev string, id store.ID) error {
 	if !ok {
 		return store.ErrNotQueued
 	}
-	if err := s.deleteSeq(q.seq, false); err != nil {
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
+	entryErr, refErr := s.deleteEntry(q.seq, q.refOff)
+	if entryErr != nil {
+		if errors.Is(entryErr, jetstream.ErrMsgNotFound) {
 			return store.ErrNotQueued // acknowledged at the same time elsewhere
 		}
-		return err
+		return entryErr
 	}
-	return s.ackRest(id, q.seq, q.refOff)
+	return s.ackRest(id, refErr)
 }
 
-// ackRest finishes an ack once the entry at seq is deleted: its ref, then
-// the message if that was its last ref.
-func (s *Store) ackRest(id store.ID, seq uint64, refOff int64) error {
-	if err := s.deleteSeq(uint64(int64(seq)+refOff), false); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return err
+// deleteEntry deletes the entry at seq and its ref at seq+refOff at once,
+// and returns when both deletes have completed, with each one's error.
+func (s *Store) deleteEntry(seq uint64, refOff int64) (entryErr, refErr error) {
+	ref := make(chan error, 1)
+	go func() { ref <- s.deleteSeq(uint64(int64(seq)+refOff), false) }()
+	entryErr = s.deleteSeq(seq, false)
+	return entryErr, <-ref
+}
+
+// ackRest finishes an ack once its entry is deleted and its ref delete has
+// completed (refErr): the message goes if that was its last ref.
+func (s *Store) ackRest(id store.ID, refErr error) error {
+	if refErr != nil && !errors.Is(refErr, jetstream.ErrMsgNotFound) {
+		return refErr
 	}
 	return s.reclaim(id)
 }
@@ -267,15 +289,17 @@ func (s *Store) deleteSeq(seq uint64, secure bool) error {
 
 // reclaim deletes message id if no ref to it is left.
 //
-// Every holder of a ref deletes its ref first and looks second, and both
-// go to the stream leader, which applies deletes in one order. So when two
-// frontends acknowledge the last two refs of one message at once, the one
-// whose delete is applied last cannot see the other's ref: at least one of
-// them finds none and deletes the message (both may; deleting twice is
-// harmless). No message is kept for ever by a race, and none is deleted
-// while a ref is left, because a ref is only ever added with its entry in
-// the batch that also holds the record (commit) or while another ref
-// exists (CopyQueue, whose source entry is in place).
+// Every holder of a ref deletes its ref first and looks second (Ack sends
+// its entry delete alongside the ref's, but looks only once the ref's has
+// completed), and both go to the stream leader, which applies deletes in
+// one order. So when two frontends acknowledge the last two refs of one
+// message at once, the one whose delete is applied last cannot see the
+// other's ref: at least one of them finds none and deletes the message
+// (both may; deleting twice is harmless). No message is kept for ever by
+// a race, and none is deleted while a ref is left, because a ref is only
+// ever added with its entry in the batch that also holds the record
+// (commit) or while another ref exists (CopyQueue, whose source entry is
+// in place).
 //
 // The record is read at the same time as the look, not after it: both are
 // reads, the record's sequence and headers never change, and a record
