@@ -442,25 +442,32 @@ func (c *Cluster) Leader(stream string) int {
 // restart: a node can call itself current before it has caught up.
 func (c *Cluster) WaitStreamCurrent(stream string) {
 	c.t.Helper()
-	c.waitFor("stream "+stream+" current on every node", func() bool {
+	c.waitFor("stream "+stream+" current on every replica", func() bool {
 		l := c.Leader(stream)
 		if l < 0 {
 			return false
 		}
-		want, ok := c.StreamState(l, stream)
-		if !ok {
+		lead, ok := c.streamDetail(l, stream)
+		if !ok || lead.Cluster == nil || lead.Config == nil {
 			return false
 		}
-		for i := range c.opts.Nodes {
-			s := c.Node(i)
-			if s == nil || i == l || !s.JetStreamIsStreamAssigned(Account, stream) {
-				continue
-			}
-			if !s.JetStreamIsStreamCurrent(Account, stream) {
+		// The leader names every replica: a node just restarted that
+		// has not been given its replica yet must not be passed over.
+		if len(lead.Cluster.Replicas) != lead.Config.Replicas-1 {
+			return false
+		}
+		for _, p := range lead.Cluster.Replicas {
+			if !p.Current || p.Offline || p.Pending || p.Lag > 0 {
 				return false
 			}
+			i := c.nodeIndex(p.Name)
+			if i < 0 || c.Node(i) == nil || !c.Node(i).JetStreamIsStreamCurrent(Account, stream) {
+				return false
+			}
+			// JetStreamIsStreamCurrent can say so before the replica
+			// has applied what it caught up on: compare what it holds.
 			got, ok := c.StreamState(i, stream)
-			if !ok || got.LastSeq != want.LastSeq || got.Msgs != want.Msgs {
+			if !ok || got.LastSeq != lead.State.LastSeq || got.Msgs != lead.State.Msgs {
 				return false
 			}
 		}
@@ -473,22 +480,42 @@ func (c *Cluster) WaitStreamCurrent(stream string) {
 // killed or holds no replica of stream.
 func (c *Cluster) StreamState(i int, stream string) (state server.StreamState, ok bool) {
 	c.t.Helper()
+	sd, ok := c.streamDetail(i, stream)
+	return sd.State, ok
+}
+
+// streamDetail is node i's report on a stream: its state, configuration
+// and, on the leader, its replicas.
+func (c *Cluster) streamDetail(i int, stream string) (server.StreamDetail, bool) {
+	c.t.Helper()
 	s := c.Node(i)
 	if s == nil {
-		return server.StreamState{}, false
+		return server.StreamDetail{}, false
 	}
-	info, err := s.Jsz(&server.JSzOptions{Account: Account, Streams: true})
+	info, err := s.Jsz(&server.JSzOptions{Account: Account, Streams: true, Config: true})
 	if err != nil {
 		c.t.Fatalf("natstest: node %d jsz: %v", i, err)
 	}
 	for _, acc := range info.AccountDetails {
 		for _, sd := range acc.Streams {
 			if sd.Name == stream {
-				return sd.State, true
+				return sd, true
 			}
 		}
 	}
-	return server.StreamState{}, false
+	return server.StreamDetail{}, false
+}
+
+// nodeIndex is the index of the node named name, or -1.
+func (c *Cluster) nodeIndex(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, n := range c.nodes {
+		if n.opts.ServerName == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // testLog keeps the servers' log lines so that a failing test can show them
