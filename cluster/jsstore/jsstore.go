@@ -39,7 +39,9 @@
 //     JetStream, not this process, holds the durable state.
 //   - CopyQueue racing with the last ack of a message on src, on another
 //     frontend, can leave dst an entry whose message is gone (WriteTo says
-//     ErrNoMessage): the copy read src's entry before the ack deleted it.
+//     ErrNoMessage, writing nothing): the copy read src's entry before the
+//     ack deleted it. The server drops such an entry and goes on (qlib's
+//     skipGone); the device misses nothing it had not been sent.
 package jsstore
 
 import (
