@@ -13,6 +13,7 @@ import (
 
 	"mnm/admin"
 	"mnm/durable"
+	"mnm/qlib/store"
 )
 
 // adminListen opens the admin listener's socket of cfg, or returns nil
@@ -74,7 +75,10 @@ func (d *daemon) stopAdmin(ctx context.Context) error {
 // Status is admin.Backend's summary of the daemon.
 func (d *daemon) Status() admin.Status {
 	qs := d.srv.Stats()
-	bl := d.store.Backlog()
+	var bl store.Backlog // a frontend of a cluster holds no queues of its own
+	if d.store != nil {
+		bl = d.store.Backlog()
+	}
 	st := admin.Status{
 		Version:        version,
 		Site:           d.cfg.Name,
@@ -123,7 +127,11 @@ func (d *daemon) Ready() error {
 		return errors.New("shutting down")
 	default:
 	}
-	if err := d.store.Writable(); err != nil {
+	if d.site != nil {
+		if err := d.site.Writable(); err != nil {
+			return err
+		}
+	} else if err := d.store.Writable(); err != nil {
 		return err
 	}
 	if err := d.users.writable(); err != nil {

@@ -72,8 +72,8 @@ func (d *daemon) User(name string) (*admin.UserDetail, error) {
 			Online:      online[dev],
 			Away:        dv.Away,
 			LastLogin:   dv.LastLogin,
-			Queued:      d.store.Len(dev),
-			QueuedBytes: d.store.QueueBytes(dev),
+			Queued:      d.qstore.Len(dev),
+			QueuedBytes: d.qstore.QueueBytes(dev),
 		})
 	}
 	return u, nil
@@ -85,6 +85,9 @@ func (d *daemon) User(name string) (*admin.UserDetail, error) {
 func (d *daemon) Queues(top int) ([]admin.QueueInfo, error) {
 	if top < 1 {
 		return nil, fmt.Errorf("%w: top must be positive", admin.ErrInvalid)
+	}
+	if d.store == nil {
+		return nil, fmt.Errorf("%w: a frontend of a cluster lists no queues: the queues are the cluster's (nats stream info)", admin.ErrInvalid)
 	}
 	stats := d.store.Deepest(top)
 	devs := make([]string, 0, len(stats))
@@ -128,7 +131,7 @@ func (d *daemon) RevokeDevice(uid string, num int) error {
 // the user database at every post, so it holds from the member's next
 // request; its devices are not told (Protocol.md, receiveonly).
 func (d *daemon) SetReceiveOnly(uid string, on bool) (bool, error) {
-	changed, err := d.users.SetReceiveOnly(uid, on)
+	changed, err := d.directory.SetReceiveOnly(uid, on)
 	if errors.Is(err, qlib.ErrNoUser) {
 		return false, noMember(uid)
 	}

@@ -33,6 +33,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"path"
@@ -46,10 +47,17 @@ const (
 	backupQStore = "qstore"
 )
 
+// errClusterBackup refuses a backup of a frontend of a cluster, which holds
+// nothing of the site's: its data is the JetStream cluster's.
+var errClusterBackup = errors.New("backup: a frontend of a cluster keeps no data of its own; back up the NATS cluster's streams and buckets (nats stream backup, README \"Running on several machines\")")
+
 // Backup is admin.Backend's online backup: a tar stream of userdb/ and
 // qstore/, ended by tar's end marker only if everything was written, so
 // that a reader can tell a complete backup from one cut short.
 func (d *daemon) Backup(w io.Writer) error {
+	if d.site != nil {
+		return errClusterBackup
+	}
 	start := time.Now()
 	users, err := d.users.Snapshot()
 	if err != nil {

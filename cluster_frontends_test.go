@@ -75,9 +75,20 @@ func siteUsers(t *testing.T) *UserDB {
 	return users
 }
 
+// frontendOption changes a frontend's setup: withPresence.
+type frontendOption func(*frontendSetup)
+
+// frontendSetup is what the options of startFrontends set.
+type frontendSetup struct {
+	presence bool // presence across frontends (cluster.Presence)
+}
+
+// withPresence gives each frontend a cluster.Presence over its bus.
+func withPresence() frontendOption { return func(s *frontendSetup) { s.presence = true } }
+
 // startFrontends starts n frontends named fe0…, sharing users, each with
 // the store stores gives it.
-func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, stores siteStore, ttl time.Duration) []*frontend {
+func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, stores siteStore, ttl time.Duration, opts ...frontendOption) []*frontend {
 	t.Helper()
 	dir := t.TempDir()
 	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
@@ -89,6 +100,10 @@ func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, sto
 		t.Fatal(err)
 	}
 	tlsConf := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	var setup frontendSetup
+	for _, o := range opts {
+		o(&setup)
+	}
 	fes := make([]*frontend, n)
 	for i := range fes {
 		fe := &frontend{}
@@ -96,22 +111,36 @@ func startFrontends(t *testing.T, c *natstest.Cluster, n int, users *UserDB, sto
 		fe.logs, logger = logs, logger.With("frontend", i)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		fe.nc = c.Connect(t)
-		fe.bus, err = bus.New(ctx, bus.Options{
+		busOpts := bus.Options{
 			Conn:        fe.nc,
 			Frontend:    fmt.Sprintf("fe%d", i),
 			LivenessTTL: ttl,
 			Logger:      logger,
 			OnEvict:     func(dev string) { fe.srv.EvictDevice(dev) },
-		})
+		}
+		var presence *cluster.Presence
+		if setup.presence {
+			presence = &cluster.Presence{Log: logger}
+			busOpts.OnPresence, busOpts.OnUserGone = presence.OnPresence, presence.OnUserGone
+		}
+		fe.bus, err = bus.New(ctx, busOpts)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
 		}
 		st := stores(t, i, fe.nc)
-		fe.srv, err = qlib.NewServer(qlib.Config{Name: "cluster", Directory: users, Store: st, Logger: logger,
-			Sessions: &cluster.Sessions{Bus: fe.bus, Log: logger}})
+		cfg := qlib.Config{Name: "cluster", Directory: users, Store: st, Logger: logger,
+			Sessions: &cluster.Sessions{Bus: fe.bus, Log: logger}}
+		if presence != nil {
+			presence.Bus = fe.bus
+			cfg.Presence = presence
+		}
+		fe.srv, err = qlib.NewServer(cfg)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if presence != nil {
+			presence.Attach(fe.srv)
 		}
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

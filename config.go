@@ -227,6 +227,9 @@ type Config struct {
 	// Admin is the admin listener (config_admin.go); on loopback by
 	// default.
 	Admin AdminConfig `json:"admin"`
+	// Cluster runs the server as one frontend of a site over a NATS
+	// JetStream cluster (config_cluster.go); absent, a single machine.
+	Cluster *ClusterConfig `json:"cluster,omitempty"`
 }
 
 // ReceiveOnlyConfig says who is receive-only when they sign up, and what a
@@ -652,6 +655,9 @@ func parseConfig(data []byte, dir string) (*Config, error) {
 	}
 	cfg.Limits.fillDefaults(present) // 0 is a setting: no limit
 	cfg.Admin.fillDefaults(present)  // "" is a setting: off
+	if cfg.Cluster != nil {
+		cfg.Cluster.fillDefaults()
+	}
 	if !present["accountsPerIdentity"] {
 		cfg.AccountsPerIdentity = DefaultAccountsPerIdentity // 0 is a setting: no bound
 	}
@@ -1026,6 +1032,9 @@ func (c *Config) validate(present map[string]bool) error {
 	c.Limits.validate(bad)
 	c.ReceiveOnly.validate(bad)
 	c.Admin.validate(bad)
+	if c.Cluster != nil {
+		c.Cluster.validate(c, present, bad)
+	}
 	return errors.Join(errs...)
 }
 
@@ -1256,6 +1265,9 @@ func (c *Config) resolve(dir string) {
 	}
 	if c.Listen.ACME != nil {
 		c.Listen.ACME.resolve(abs, c.DataDir)
+	}
+	if c.Cluster != nil {
+		c.Cluster.resolve(abs)
 	}
 	if c.MaxPostBytes == 0 {
 		c.MaxPostBytes = qlib.DefaultMaxPostBytes

@@ -83,6 +83,8 @@ type crashRun struct {
 	sent     int
 	ackedN   int
 	failures []string
+	// logs returns the servers' logs for a failure; nil uses none.
+	logs func() string
 }
 
 func (r *crashRun) fail(format string, args ...any) {
@@ -97,14 +99,7 @@ func TestCrashRun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	kills := 10
-	if s := os.Getenv("MNM_CRASH_KILLS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			t.Fatalf("MNM_CRASH_KILLS=%q: want a positive number", s)
-		}
-		kills = n
-	}
+	kills := envKills(t, "MNM_CRASH_KILLS", 10)
 	dir := t.TempDir()
 	bin := buildBinary(t, dir)
 	cfg := writeTestConfig(t, dir, "127.0.0.1:0")
@@ -170,6 +165,21 @@ func TestCrashRun(t *testing.T) {
 		len(r.regs), r.newDevs, r.invites, r.renames, len(segs), filepath.Base(segs[0]))
 }
 
+// envKills is the number of kills the environment variable name asks
+// for, or def.
+func envKills(t *testing.T, name string, def int) int {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a positive number", name, s)
+	}
+	return n
+}
+
 // setup registers the members and makes the group of all of them.
 func (r *crashRun) setup(addr string) {
 	t := r.t
@@ -207,7 +217,12 @@ func (r *crashRun) setup(addr string) {
 // connect logs in every known device; each records the posts it receives,
 // and the nodeids of new devices of its member, before acking them.
 func (r *crashRun) connect(p *process) map[string]*testclient.Client {
-	addr := p.addr
+	return r.connectAt(func(*crashDevice) *process { return p })
+}
+
+// connectAt is connect with each device logging in to the server at(d)
+// names: one of a cluster's frontends.
+func (r *crashRun) connectAt(at func(d *crashDevice) *process) map[string]*testclient.Client {
 	clients := map[string]*testclient.Client{}
 	r.mu.Lock()
 	devs := make([]*crashDevice, 0, len(r.devices))
@@ -216,7 +231,8 @@ func (r *crashRun) connect(p *process) map[string]*testclient.Client {
 	}
 	r.mu.Unlock()
 	for _, d := range devs {
-		c, _, err := testclient.Login(addr, d.uid, d.nodeid, testclient.Options{AutoAck: true, OnMessage: r.receiver(d)})
+		p := at(d)
+		c, _, err := testclient.Login(p.addr, d.uid, d.nodeid, testclient.Options{AutoAck: true, OnMessage: r.receiver(d)})
 		if err != nil {
 			r.t.Fatalf("login of %s after restart %d: %v; the server's log and stacks end:\n%s", d.key, r.life, err, p.dump())
 		}
@@ -397,14 +413,42 @@ func (r *crashRun) register(addr string, c *testclient.Client, m *crashMember, r
 // has received a marker posted after everything else; every registration
 // must log in.
 func (r *crashRun) drain(p *process) {
+	r.drainAt(func(*crashDevice) *process { return p }, p)
+}
+
+// drainAt is drain with each device on the server at(d) names, and the
+// registrations checked and the markers sent through p.
+//
+// A device added just before the last kill becomes known to the model only
+// when its member's other devices receive the "user" notice that names it,
+// which may be during the drain: such a device is logged in when it
+// appears, and its marker, queued for it, then comes.
+func (r *crashRun) drainAt(at func(d *crashDevice) *process, p *process) {
 	t := r.t
 	addr := p.addr
-	clients := r.connect(p)
+	clients := r.connectAt(at)
 	defer func() {
 		for _, c := range clients {
 			c.Close()
 		}
 	}()
+	connectNew := func() {
+		r.mu.Lock()
+		var fresh []*crashDevice
+		for node, d := range r.devices {
+			if clients[node] == nil {
+				fresh = append(fresh, d)
+			}
+		}
+		r.mu.Unlock()
+		for _, d := range fresh {
+			c, _, err := testclient.Login(at(d).addr, d.uid, d.nodeid, testclient.Options{AutoAck: true, OnMessage: r.receiver(d)})
+			if err != nil {
+				t.Fatalf("login of %s, found during the drain: %v", d.key, err)
+			}
+			clients[d.nodeid] = c
+		}
+	}
 	for _, reg := range r.regs {
 		c, _, err := testclient.Login(addr, reg.UID, reg.NodeID, testclient.Options{AutoAck: true, OnMessage: func(*testclient.Frame) {}})
 		if err != nil {
@@ -425,19 +469,24 @@ func (r *crashRun) drain(p *process) {
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
+		connectNew()
 		r.mu.Lock()
-		waiting := 0
+		var waiting []string
 		for _, d := range r.devices {
 			if !slices.Contains(d.got[r.life], "marker/"+d.uid) {
-				waiting++
+				waiting = append(waiting, fmt.Sprintf("%s (at %s, got %d this life)", d.key, at(d).addr, len(d.got[r.life])))
 			}
 		}
 		r.mu.Unlock()
-		if waiting == 0 {
+		if len(waiting) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d devices did not get their marker within 60s", waiting)
+			msg := fmt.Sprintf("%d devices did not get their marker within 60s: %s", len(waiting), strings.Join(waiting, ", "))
+			if r.logs != nil {
+				msg += "\n" + r.logs()
+			}
+			t.Fatal(msg)
 		}
 		time.Sleep(10 * time.Millisecond) // polling the model, which the receivers fill
 	}

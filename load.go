@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,11 +12,9 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 	"time"
 
-	"mnm/testclient"
 	"mnm/testclient/load"
 )
 
@@ -30,6 +27,12 @@ import (
 //	mnm load -idle N [flags]  N idle logged-in links, print a load.IdleResult
 //	mnm load -serve           run an ephemeral server until SIGINT, so that a
 //	                          loader in another process can measure it alone (-pid)
+//
+// -addr may list several frontends of one clustered site, comma-separated:
+// the members are spread over them, each posting to members on other
+// frontends (load.Config), and -pid lists their processes, whose figures
+// are summed. The result then says how many frontends were loaded and
+// which processes the server figures sum.
 
 // Defaults of `mnm load`: the benchmark's standard run (BENCHMARKS.md).
 const (
@@ -42,7 +45,7 @@ const (
 
 // loadFlags are the parsed flags of `mnm load`.
 type loadFlags struct {
-	addr       string
+	addr       string // as given
 	users      int
 	senders    int
 	posts      int
@@ -51,7 +54,7 @@ type loadFlags struct {
 	window     int
 	timeout    time.Duration
 	seed       uint64
-	pid        int
+	pid        string // as given
 	cpuProfile string
 	memProfile string
 	serve      bool
@@ -60,13 +63,17 @@ type loadFlags struct {
 	hold       time.Duration
 	strict     bool
 	debug      bool
+
+	// From addr, if set: the site's frontends; from pid, the processes.
+	frontends []load.Frontend
+	pids      []int
 }
 
 func parseLoadFlags(args []string, stderr io.Writer) (*loadFlags, error) {
 	var f loadFlags
 	fs := flag.NewFlagSet("mnm load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&f.addr, "addr", "", "server to load: host:port or =host:port (certificate not verified), +host:port (verified); empty starts one in this process")
+	fs.StringVar(&f.addr, "addr", "", "server to load: host:port or =host:port (certificate not verified), +host:port (verified); a comma-separated list of the frontends of one site spreads the members over them; empty starts one in this process")
 	fs.IntVar(&f.users, "users", loadDefaultUsers, "members, each a new account")
 	fs.IntVar(&f.senders, "senders", 0, "members that post, the others only receive; 0 means all")
 	fs.IntVar(&f.posts, "posts", loadDefaultPosts, "posts per sender")
@@ -75,7 +82,7 @@ func parseLoadFlags(args []string, stderr io.Writer) (*loadFlags, error) {
 	fs.IntVar(&f.window, "window", loadDefaultWindow, "posts in flight per member")
 	fs.DurationVar(&f.timeout, "timeout", load.DefaultTimeout, "bound on the whole run; what has not arrived by then is reported lost")
 	fs.Uint64Var(&f.seed, "seed", 1, "seed of the recipient choice and payloads")
-	fs.IntVar(&f.pid, "pid", 0, "process id of the -addr server, to read its RSS and CPU time from /proc")
+	fs.StringVar(&f.pid, "pid", "", "process id of the -addr server, to read its RSS and CPU time from /proc (comma-separated, at most one per frontend: the figures are summed)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (server included when in-process; the server alone with -serve) to `file`")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile of this process to `file`: at the end, or with -idle while the links are up")
 	fs.BoolVar(&f.serve, "serve", false, "run an ephemeral server, print its site address, and wait for SIGINT")
@@ -93,8 +100,22 @@ func parseLoadFlags(args []string, stderr io.Writer) (*loadFlags, error) {
 	if f.serve && (f.addr != "" || f.idle > 0 || f.memProfile != "") {
 		return nil, errors.New("-serve runs a server; it takes no -addr, -idle or -memprofile")
 	}
-	if f.pid != 0 && f.addr == "" {
+	pids, err := parsePIDs(f.pid)
+	if err != nil {
+		return nil, err
+	}
+	if len(pids) > 0 && f.addr == "" {
 		return nil, errors.New("-pid names the -addr server's process; without -addr the server is this process")
+	}
+	if f.addr != "" {
+		sites, err := parseSites(f.addr, len(pids))
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range sites {
+			f.frontends = append(f.frontends, load.Frontend{Addr: s.dial, TLS: s.tls})
+		}
+		f.pids = pids
 	}
 	return &f, nil
 }
@@ -167,18 +188,14 @@ func loadServe(ctx context.Context, stdout io.Writer, logger *slog.Logger) int {
 // runLoadMode runs the post benchmark or the idle measurement and prints its
 // result as one JSON line.
 func runLoadMode(ctx context.Context, f *loadFlags, stdout io.Writer, logger *slog.Logger) (err error) {
-	addr, tlsConf, pid := f.addr, (*tls.Config)(nil), f.pid
-	if addr == "" {
+	frontends, pids := f.frontends, f.pids
+	if len(frontends) == 0 {
 		e, err := startEphemeral(logger)
 		if err != nil {
 			return err
 		}
 		defer func() { err = errors.Join(err, e.Close()) }()
-		addr, pid = e.Addr, os.Getpid()
-	} else if strings.HasPrefix(addr, "=") || strings.HasPrefix(addr, "+") {
-		if addr, tlsConf, err = testclient.ParseSite(addr); err != nil {
-			return err
-		}
+		frontends, pids = []load.Frontend{{Addr: e.Addr}}, []int{os.Getpid()}
 	}
 
 	// The CPU profile covers the measured part: it starts when setup is
@@ -198,13 +215,13 @@ func runLoadMode(ctx context.Context, f *loadFlags, stdout io.Writer, logger *sl
 
 	var result any
 	if f.idle > 0 {
-		if pid == 0 {
+		if len(pids) == 0 {
 			return errors.New("-idle against -addr needs -pid to read the server's memory")
 		}
 		startProfile()
 		var heapErr error
 		result, err = load.Idle(ctx, load.IdleConfig{
-			Addr: addr, TLS: tlsConf, Links: f.idle, ServerPID: pid,
+			Frontends: frontends, Links: f.idle, ServerPIDs: pids,
 			Settle: f.settle, Hold: f.hold, Timeout: f.timeout, Logger: logger,
 			Measured: func() {
 				// The heap with every link up: both ends when in-process.
@@ -216,10 +233,9 @@ func runLoadMode(ctx context.Context, f *loadFlags, stdout io.Writer, logger *sl
 		err = errors.Join(err, heapErr)
 	} else {
 		result, err = load.Run(ctx, load.Config{
-			Addr: addr, TLS: tlsConf,
 			Users: f.users, Senders: f.senders, Posts: f.posts, Size: f.size, Recipients: f.recipients, Window: f.window,
-			Timeout: f.timeout, Seed: f.seed, ServerPID: pid, Strict: f.strict,
-			Ready: startProfile, Logger: logger,
+			Timeout: f.timeout, Seed: f.seed, Strict: f.strict,
+			Frontends: frontends, ServerPIDs: pids, Ready: startProfile, Logger: logger,
 		})
 	}
 	if perr := stopProfile(); err == nil {

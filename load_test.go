@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -25,8 +26,8 @@ func TestLoadAgainstServer(t *testing.T) {
 	}
 	defer e.Close()
 	cfg := load.Config{
-		Addr: e.Addr, Users: 4, Posts: 20, Size: 1000, Recipients: 2, Window: 4,
-		Timeout: 30 * time.Second, ServerPID: os.Getpid(), Strict: true,
+		Frontends: []load.Frontend{{Addr: e.Addr}}, Users: 4, Posts: 20, Size: 1000, Recipients: 2, Window: 4,
+		Timeout: 30 * time.Second, ServerPIDs: []int{os.Getpid()}, Strict: true,
 	}
 	res, err := load.Run(context.Background(), cfg)
 	if err != nil {
@@ -111,6 +112,70 @@ func TestLoadFlagErrors(t *testing.T) {
 	}
 }
 
+// TestLoadSiteErrors: a list of frontends or processes that cannot be
+// right is a usage error saying what is wrong, before anything starts.
+func TestLoadSiteErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-addr", "=127.0.0.1:1,,=127.0.0.1:2"}, `address 2 is empty`},
+		{[]string{"-addr", "=127.0.0.1:1,"}, `address 2 is empty`},
+		{[]string{"-addr", "127.0.0.1:1,=127.0.0.1:2,+127.0.0.1:1"}, `127.0.0.1:1 is given twice`},
+		{[]string{"-addr", "=127.0.0.1:1,no-port"}, `-addr "no-port"`},
+		{[]string{"-addr", "=127.0.0.1:1", "-pid", "1,2"}, `-pid lists 2 processes for 1 -addr addresses`},
+		{[]string{"-addr", "=127.0.0.1:1,=127.0.0.1:2", "-pid", "1,2,3"}, `-pid lists 3 processes for 2 -addr addresses`},
+		{[]string{"-addr", "=127.0.0.1:1,=127.0.0.1:2", "-pid", "1,,2"}, `process 2 is empty`},
+		{[]string{"-addr", "=127.0.0.1:1,=127.0.0.1:2", "-pid", "5,5"}, `5 is given twice`},
+		{[]string{"-addr", "=127.0.0.1:1,=127.0.0.1:2", "-pid", "5,x"}, `-pid must be a process id, not "x"`},
+		{[]string{"-pid", "1,2"}, "without -addr the server is this process"},
+	} {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(append([]string{"load"}, c.args...), &stdout, &stderr); code != exitUsage || stdout.Len() > 0 {
+				t.Errorf("exit %d, stdout %q; want %d and no result", code, stdout.String(), exitUsage)
+			}
+			if !strings.Contains(stderr.String(), c.want) {
+				t.Errorf("stderr %q, want %q", stderr.String(), c.want)
+			}
+		})
+	}
+}
+
+// TestLoadTwoFrontends runs `mnm load` against two frontends of one site
+// (cluster_frontends_test.go): members registered and logged in on both,
+// every post delivered across from one to the other, whole, once and in
+// order; the server figures are the sum of the two -pid processes (this
+// one, serving both frontends, and its parent, to have two).
+func TestLoadTwoFrontends(t *testing.T) {
+	fes := testFrontends(t)
+	pids := fmt.Sprintf("%d,%d", os.Getpid(), os.Getppid())
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"load", "-addr", "=" + fes[0].addr + "," + fes[1].addr, "-pid", pids,
+		"-users", "4", "-posts", "5", "-size", "300", "-recipients", "2", "-window", "2", "-strict", "-timeout", "60s"}, &stdout, &stderr)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var res map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatalf("output %q: %v", stdout.String(), err)
+	}
+	t.Log(stdout.String())
+	for key, want := range map[string]any{"frontends": 2.0, "delivered": 40.0, "expected": 40.0, "post_errors": 0.0,
+		"lost": 0.0, "duplicates": 0.0, "reordered": 0.0, "corrupt": 0.0, "timed_out": false} {
+		if res[key] != want {
+			t.Errorf("%s = %v, want %v", key, res[key], want)
+		}
+	}
+	if got := fmt.Sprint(res["server_sum_of_pids"]); got != fmt.Sprintf("[%d %d]", os.Getpid(), os.Getppid()) {
+		t.Errorf("server_sum_of_pids = %s, want this process and its parent", got)
+	}
+	if rss, _ := res["server_rss_peak_bytes"].(float64); rss <= 0 {
+		t.Errorf("server_rss_peak_bytes = %v", res["server_rss_peak_bytes"])
+	}
+	checkBothServed(t, fes)
+}
+
 // TestLoadServe runs the -serve mode and loads it from "another process"
 // (here: this one, through the printed site address).
 func TestLoadServe(t *testing.T) {
@@ -131,7 +196,7 @@ func TestLoadServe(t *testing.T) {
 		t.Fatalf("site %q: %v", site, err)
 	}
 	res, err := load.Run(ctx, load.Config{
-		Addr: addr, TLS: tlsConf, Users: 2, Posts: 3, Size: 100, Recipients: 1, Window: 1, Timeout: 30 * time.Second,
+		Frontends: []load.Frontend{{Addr: addr, TLS: tlsConf}}, Users: 2, Posts: 3, Size: 100, Recipients: 1, Window: 1, Timeout: 30 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -29,6 +29,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -169,9 +170,23 @@ func waitForStop(d *daemon, logger *slog.Logger) int {
 
 // daemon is a running server with everything it owns.
 type daemon struct {
-	log    *slog.Logger
-	users  *UserDB
+	log *slog.Logger
+	// users is the user database: the site's on one machine, this
+	// frontend's replica of the site's in a cluster. directory is what
+	// the server asks: users itself, or in a cluster the directory that
+	// forwards writes to the site's writer (clusterdir.go).
+	users     *UserDB
+	directory siteDirectory
+	// qstore is the server's store: store on one machine, the cluster's
+	// (site.store) in a cluster, where store is nil.
+	qstore qlib.Store
 	store  *store.Log
+	// site is the cluster this frontend belongs to; nil on one machine.
+	site *clusterSite
+	// evictTo is the server, for the cluster bus's evictions, which may
+	// come from the bus's goroutines once the server runs.
+	evictTo atomic.Pointer[qlib.Server]
+
 	srv    *qlib.Server
 	ln     net.Listener
 	certs  *CertReloader // nil when the caller manages certificates, or with acme
@@ -380,26 +395,27 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 	if perIdentity == 0 {
 		perIdentity = NoAccountBound // the config's 0 removes the bound
 	}
-	users, err := OpenUserDB(UserDBOptions{Dir: cfg.UserDBDir(), Now: now, Logger: logger, AccountsPerIdentity: perIdentity,
-		ReceiveOnly: cfg.ReceiveOnly.NewMembers, AwayAfter: time.Duration(cfg.AwayAfterDays) * 24 * time.Hour})
-	if err != nil {
-		return nil, err
-	}
-	commits := commitHistogram()
-	st, err := store.Open(store.Options{Dir: cfg.QStoreDir(), Now: now, Logger: logger, MinFree: cfg.MinFreeBytes,
-		CommitSeconds: commits})
-	if err != nil {
-		users.Close()
-		return nil, err
-	}
 	d := &daemon{log: logger, served: make(chan error, 1), fatal: make(chan error, 1),
 		cfg: cfg, now: now, started: now(), stopping: make(chan struct{}), registry: newRegistry()}
-	d.registry.MustRegister(commits)
-	users.SetOnFatal(d.failed)
+	var (
+		sessions qlib.Sessions
+		presence qlib.Presence
+	)
+	if cfg.Cluster != nil {
+		if err := d.openClusterData(perIdentity); err != nil {
+			return nil, err
+		}
+		sessions, presence = d.site.sessions(), d.site.presence
+	} else if err := d.openLocalData(perIdentity); err != nil {
+		return nil, err
+	}
+	d.users.SetOnFatal(d.failed)
 	srv, err := qlib.NewServer(qlib.Config{
 		Name:         cfg.Name,
-		Directory:    users,
-		Store:        st,
+		Directory:    d.directory,
+		Store:        d.qstore,
+		Sessions:     sessions,
+		Presence:     presence,
 		Logger:       logger,
 		MaxPostBytes: cfg.MaxPostBytes,
 		Auth:         cfg.Auth,
@@ -407,17 +423,20 @@ func newDaemon(cfg *Config, now func() time.Time, tlsConf *tls.Config, ln net.Li
 		AuthOptional: optional,
 		Verifier:     verifier,
 		OnFatal:      d.failed,
-		Limits:       cfg.Limits.Qlib(),
+		Limits:       cfg.qlibLimits(),
 		MaxLinks:     linkCap(cfg.MaxLinks, logger),
 		MayReach:     cfg.ReceiveOnly.MayReachSet(),
 		Registerer:   d.registry,
 	})
 	if err != nil {
-		st.Close()
-		users.Close()
+		d.closeData()
 		return nil, err
 	}
-	d.srv, d.users, d.store, d.ln, d.lock = srv, users, st, ln, lock
+	d.srv, d.ln, d.lock = srv, ln, lock
+	d.evictTo.Store(srv)
+	if d.site != nil {
+		d.site.presence.Attach(srv)
+	}
 	d.registerDataMetrics()
 	started = true
 	go func() { d.served <- srv.Serve(serveListener(ln, tlsConf)) }()
@@ -459,7 +478,7 @@ func (d *daemon) shutdown() error {
 	if d.acme != nil {
 		d.acme.close()
 	}
-	err = errors.Join(err, d.store.Close(), d.users.Close())
+	err = errors.Join(err, d.closeData())
 	if d.lock != nil {
 		d.lock.Close() // after the data is closed: nothing of ours writes to it now
 	}

@@ -75,6 +75,9 @@ func runMember(args []string, stdout, stderr io.Writer) int {
 // withMembers runs fn on the user database of cfg while holding the data
 // directory's lock, which a running server holds: ErrDataDirInUse then.
 func withMembers(cfg *Config, fn func(db *UserDB) error) error {
+	if cfg.Cluster != nil {
+		return errors.New("this is a frontend of a cluster, whose members are the cluster's: use \"mnm admin receive-only\" against a running frontend")
+	}
 	lock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return err

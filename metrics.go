@@ -38,8 +38,10 @@ func commitHistogram() prometheus.Histogram {
 // registerDataMetrics adds the gauges read from the store, the user
 // database and the clock at each scrape.
 func (d *daemon) registerDataMetrics() {
+	if d.store != nil { // a frontend of a cluster holds no queues of its own
+		d.registry.MustRegister(&backlogCollector{st: d.store, now: d.now})
+	}
 	d.registry.MustRegister(
-		&backlogCollector{st: d.store, now: d.now},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mnm_users", Help: "Members."},
 			func() float64 { return float64(d.users.UserCount()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mnm_groups", Help: "Groups."},

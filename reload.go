@@ -82,7 +82,7 @@ func (d *daemon) reloadConfig() {
 		}
 	}
 	if slices.ContainsFunc(changed, func(p string) bool { return strings.HasPrefix(p, "limits.") }) {
-		d.srv.SetLimits(next.Limits.Qlib())
+		d.srv.SetLimits(next.qlibLimits())
 	}
 	d.applied = next
 	d.log.Info("config reloaded", "file", d.configPath, "changed", changed)

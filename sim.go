@@ -33,6 +33,11 @@ import (
 // default, which is the server and the members together, or with -pid the
 // server's process alone, so that the server can be measured without the
 // simulation's share (BENCHMARKS.md, "Simulation").
+//
+// -addr may list several frontends of one clustered site, comma-separated:
+// the members are spread over them (sim.Frontend), so that deliveries cross
+// from one frontend to another; -pid then lists their processes, whose
+// figures are summed.
 
 // simMaxMembers bounds N: every online member holds one loopback connection,
 // and one client address has about 28,000 ephemeral ports (Linux's default
@@ -65,11 +70,12 @@ type simFlags struct {
 	seed      uint64
 	addr      string // as given
 	admin     string // -admin: the in-process server's admin listener, or ""
-	pid       int
+	pid       string // as given
 
-	// From addr, if set: the dial address and TLS configuration.
-	dial string
-	tls  *tls.Config
+	// From addr, if set: the frontends' dial addresses and TLS
+	// configurations; from pid, the processes.
+	frontends []sim.Frontend
+	pids      []int
 }
 
 // parseSimFlags parses the flags of a simulation of n members; on a usage
@@ -88,13 +94,14 @@ func parseSimFlags(n int, args []string, stderr io.Writer) (*simFlags, bool) {
 	fs.DurationVar(&f.duration, "duration", 0, "stop after this much traffic, as on Ctrl-C (0: run until Ctrl-C)")
 	fs.DurationVar(&f.drain, "drain", sim.DefaultDrain, "after stopping, wait at most this long for deliveries in flight")
 	fs.Uint64Var(&f.seed, "seed", 0, "seed of the members' random choices (0: pick one)")
-	fs.StringVar(&f.addr, "addr", "", "server to simulate against: host:port or =host:port (certificate not verified), +host:port (verified); empty starts one in this process")
-	fs.IntVar(&f.pid, "pid", 0, "process id of the -addr server: the status lines show its RSS and CPU")
+	fs.StringVar(&f.addr, "addr", "", "server to simulate against: host:port or =host:port (certificate not verified), +host:port (verified); a comma-separated list of the frontends of one site spreads the members over them; empty starts one in this process")
+	fs.StringVar(&f.pid, "pid", "", "process id of the -addr server (comma-separated, one per frontend at most): the status lines show its RSS and CPU, summed over the processes")
 	fs.StringVar(&f.admin, "admin", "", "serve the in-process server's status page and metrics at this address, e.g. 127.0.0.1:5480")
 	if err := fs.Parse(args); err != nil {
 		return nil, false
 	}
 	var bad string
+	pids, pidErr := parsePIDs(f.pid)
 	switch {
 	case fs.NArg() > 0:
 		bad = fmt.Sprintf("unexpected argument %q", fs.Arg(0))
@@ -104,20 +111,29 @@ func parseSimFlags(n int, args []string, stderr io.Writer) (*simFlags, bool) {
 		bad = "-timescale must be positive"
 	case f.interval <= 0 || f.drain <= 0 || f.duration < 0:
 		bad = "-interval and -drain must be positive, -duration not negative"
-	case f.pid != 0 && f.addr == "":
+	case len(pids) > 0 && f.addr == "":
 		bad = "-pid names the -addr server's process; without -addr the server is this process"
-	case f.pid < 0:
-		bad = "-pid must be a process id"
+	case pidErr != nil:
+		bad = pidErr.Error()
 	case f.admin != "" && f.addr != "":
 		bad = "-admin serves the in-process server's status page; with -addr, use that server's own"
 	case f.admin != "" && checkListenAddr(f.admin) != nil:
 		bad = "-admin: " + checkListenAddr(f.admin).Error()
 	case f.addr != "":
-		var err error
-		if f.dial, f.tls, err = simSite(f.addr); err != nil {
+		sites, err := parseSites(f.addr, len(pids))
+		if err != nil {
 			bad = err.Error()
-		} else if _, err := proc.Read(f.pid); f.pid != 0 && err != nil {
-			bad = fmt.Sprintf("-pid %d: %v", f.pid, err)
+			break
+		}
+		for _, s := range sites {
+			f.frontends = append(f.frontends, sim.Frontend{Addr: s.dial, TLS: s.tls})
+		}
+		f.pids = pids
+		for _, pid := range pids {
+			if _, err := proc.Read(pid); err != nil {
+				bad = fmt.Sprintf("-pid %d: %v", pid, err)
+				break
+			}
 		}
 	}
 	if bad != "" {
@@ -168,7 +184,7 @@ func runSimWith(n int, args []string, stdout, stderr io.Writer, adjust func(cfg 
 			logger.Error("starting the server failed", "err", err)
 			return exitFailure
 		}
-		cfg.Addr = e.Addr
+		cfg.Frontends = []sim.Frontend{{Addr: e.Addr}}
 		cfg.Proc, cfg.ProcName = procStats(os.Getpid()), "server+members"
 		if f.admin != "" {
 			ln, err := net.Listen("tcp", f.admin)
@@ -183,13 +199,14 @@ func runSimWith(n int, args []string, stdout, stderr io.Writer, adjust func(cfg 
 		fmt.Fprintf(stdout, "mnm: simulating %d members against a server in this process at %s (data in %s, removed at exit;"+
 			" server log: warnings only, on stderr; rss and cpu are of the whole process, server and members together)\n", n, e.Addr, e.dir)
 	} else {
-		cfg.Addr, cfg.TLS = f.dial, f.tls
-		what := "no -pid: the server's rss and cpu are not shown"
-		if f.pid != 0 {
-			cfg.Proc, cfg.ProcName = procStats(f.pid), "server"
-			what = fmt.Sprintf("rss and cpu are of the server, process %d, alone", f.pid)
+		cfg.Frontends = f.frontends
+		if len(f.pids) > 0 {
+			cfg.Proc, cfg.ProcName = procStats(f.pids...), "server"
 		}
-		fmt.Fprintf(stdout, "mnm: simulating %d members against the server at %s (%s)\n", n, cfg.Addr, what)
+		if len(f.pids) > 1 {
+			cfg.ProcName = "servers" // their figures summed
+		}
+		fmt.Fprintf(stdout, "mnm: simulating %d members against %s\n", n, simTarget(f.frontends, f.pids))
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -244,10 +261,101 @@ func runSimWith(n int, args []string, stdout, stderr io.Writer, adjust func(cfg 
 	return exitOK
 }
 
-// simSite turns -addr into a dial address and TLS configuration: a site
-// address ("=host:port", "+host:port", SPEC §8), or a bare host:port whose
-// certificate is not verified, as `mnm load -serve` prints and `mnm load
-// -addr` takes.
+// simTarget says, in the first line of output against -addr, what the
+// members are simulated against and whose figures the status lines show.
+// Against one server it is what it was before frontends.
+func simTarget(frontends []sim.Frontend, pids []int) string {
+	if len(frontends) == 1 {
+		what := "no -pid: the server's rss and cpu are not shown"
+		if len(pids) > 0 {
+			what = fmt.Sprintf("rss and cpu are of the server, process %d, alone", pids[0])
+		}
+		return fmt.Sprintf("the server at %s (%s)", frontends[0].Addr, what)
+	}
+	addrs := make([]string, len(frontends))
+	for i, fe := range frontends {
+		addrs[i] = fe.Addr
+	}
+	var what string
+	switch len(pids) {
+	case 0:
+		what = "no -pid: the servers' rss and cpu are not shown"
+	case 1:
+		what = fmt.Sprintf("rss and cpu are of process %d alone", pids[0])
+	default:
+		list := make([]string, len(pids))
+		for i, pid := range pids {
+			list[i] = strconv.Itoa(pid)
+		}
+		what = "rss and cpu are the sum of processes " + strings.Join(list, ", ")
+	}
+	return fmt.Sprintf("%d frontends of one site at %s, members spread over them (%s)", len(frontends), strings.Join(addrs, ", "), what)
+}
+
+// site is one address of -addr: where to dial, and how to check the
+// certificate (nil: not at all).
+type site struct {
+	dial string
+	tls  *tls.Config
+}
+
+// parseSites parses -addr, a comma-separated list of the frontends of one
+// site, each in a form simSite takes; a single address is one server. No
+// address may be empty or given twice (in any form), and there are at
+// least as many addresses as pids, the processes of -pid.
+func parseSites(list string, pids int) ([]site, error) {
+	var sites []site
+	seen := make(map[string]bool)
+	for i, elem := range strings.Split(list, ",") {
+		if elem == "" {
+			return nil, fmt.Errorf("-addr %q: address %d is empty", list, i+1)
+		}
+		dial, conf, err := simSite(elem)
+		if err != nil {
+			return nil, err
+		}
+		if seen[dial] {
+			return nil, fmt.Errorf("-addr %q: %s is given twice", list, dial)
+		}
+		seen[dial] = true
+		sites = append(sites, site{dial: dial, tls: conf})
+	}
+	if pids > len(sites) {
+		return nil, fmt.Errorf("-pid lists %d processes for %d -addr addresses; at most one per address", pids, len(sites))
+	}
+	return sites, nil
+}
+
+// parsePIDs parses -pid: "" (or "0", as before lists) for none, or a
+// comma-separated list of process ids, none empty, not positive or given
+// twice.
+func parsePIDs(list string) ([]int, error) {
+	if list == "" || list == "0" {
+		return nil, nil
+	}
+	var pids []int
+	seen := make(map[int]bool)
+	for i, elem := range strings.Split(list, ",") {
+		if elem == "" {
+			return nil, fmt.Errorf("-pid %q: process %d is empty", list, i+1)
+		}
+		pid, err := strconv.Atoi(elem)
+		if err != nil || pid <= 0 {
+			return nil, fmt.Errorf("-pid must be a process id, not %q", elem)
+		}
+		if seen[pid] {
+			return nil, fmt.Errorf("-pid %q: %d is given twice", list, pid)
+		}
+		seen[pid] = true
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
+// simSite turns one address of -addr into a dial address and TLS
+// configuration: a site address ("=host:port", "+host:port", SPEC §8), or
+// a bare host:port whose certificate is not verified, as `mnm load -serve`
+// prints and `mnm load -addr` takes.
 func simSite(addr string) (string, *tls.Config, error) {
 	if strings.HasPrefix(addr, "=") || strings.HasPrefix(addr, "+") {
 		return testclient.ParseSite(addr)
@@ -258,7 +366,8 @@ func simSite(addr string) (string, *tls.Config, error) {
 	return addr, nil, nil
 }
 
-// procStats returns a reader of process pid's memory and CPU time.
-func procStats(pid int) func() (proc.Stats, error) {
-	return func() (proc.Stats, error) { return proc.Read(pid) }
+// procStats returns a reader of the memory and CPU time of the processes
+// pids, summed.
+func procStats(pids ...int) func() (proc.Stats, error) {
+	return func() (proc.Stats, error) { return proc.ReadSum(pids) }
 }

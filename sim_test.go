@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"mnm/cluster/natstest"
+	"mnm/qlib/store"
 	"mnm/testclient"
 	"mnm/testclient/sim"
 )
@@ -94,7 +97,7 @@ func runTestSim(t *testing.T, adjust func(*sim.Config)) (sim.Summary, string) {
 		}
 	}()
 	cfg := sim.Config{
-		Addr:      e.Addr,
+		Frontends: []sim.Frontend{{Addr: e.Addr}},
 		Members:   testSimMembers,
 		Timescale: 0.001,
 		Duration:  testSimBound,
@@ -271,6 +274,14 @@ func TestSimCommandUsage(t *testing.T) {
 		{[]string{"6", "-addr", "127.0.0.1:1", "-pid", "2147483647"}, "-pid 2147483647"},
 		{[]string{"6", "-addr", "=127.0.0.1:1", "-admin", "127.0.0.1:0"}, "with -addr, use that server's own"},
 		{[]string{"6", "-admin", "not an address"}, `-admin: "not an address" is not host:port`},
+		{[]string{"6", "-addr", "=127.0.0.1:1,,=127.0.0.1:2"}, "address 2 is empty"},
+		{[]string{"6", "-addr", ",=127.0.0.1:2"}, "address 1 is empty"},
+		{[]string{"6", "-addr", "=127.0.0.1:1,127.0.0.1:1"}, "127.0.0.1:1 is given twice"},
+		{[]string{"6", "-addr", "=127.0.0.1:1,="}, "neither =host:port nor +host:port"},
+		{[]string{"6", "-addr", "=127.0.0.1:1,=127.0.0.1:2", "-pid", "1,2,3"}, "-pid lists 3 processes for 2 -addr addresses"},
+		{[]string{"6", "-addr", "=127.0.0.1:1,=127.0.0.1:2", "-pid", "1,"}, "process 2 is empty"},
+		{[]string{"6", "-addr", "=127.0.0.1:1,=127.0.0.1:2", "-pid", "1,1"}, "1 is given twice"},
+		{[]string{"6", "-addr", "=127.0.0.1:1,=127.0.0.1:2", "-pid", "1,-2"}, "-pid must be a process id"},
 	} {
 		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -331,5 +342,73 @@ func TestSimCommandAddr(t *testing.T) {
 	}
 	if regexp.MustCompile(`rss \d`).MatchString(out) || !strings.Contains(out, "no -pid") {
 		t.Errorf("without -pid:\n%s", out)
+	}
+}
+
+// testFrontends starts two frontends of one site, sharing its store and
+// user database in this process (cluster_frontends_test.go).
+func testFrontends(t *testing.T) []*frontend {
+	t.Helper()
+	c := natstest.Start(t, natstest.Options{})
+	st, err := store.Open(store.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() }) // after the frontends' own cleanups
+	return startFrontends(t, c, 2, siteUsers(t), sharedStore(st), 5*time.Second)
+}
+
+// servedLinks matches a frontend's log line of a registration or a login.
+var servedLinks = regexp.MustCompile(`(?m)msg=(register|login)( |$)`)
+
+// checkBothServed checks that both frontends registered or logged in
+// devices.
+func checkBothServed(t *testing.T, fes []*frontend) {
+	t.Helper()
+	for i, fe := range fes {
+		n := len(servedLinks.FindAllString(fe.logs.String(), -1))
+		t.Logf("frontend %d: %d registrations and logins", i, n)
+		if n == 0 {
+			t.Errorf("frontend %d served no device", i)
+		}
+	}
+}
+
+// TestSimTwoFrontends runs the simulation against two frontends of one
+// site: members spread over both, so that their posts cross from one to
+// the other, and every check passes; a damaged delivery still fails the
+// run. The status lines show the sum of the -pid processes.
+func TestSimTwoFrontends(t *testing.T) {
+	fes := testFrontends(t)
+	pids := fmt.Sprintf("%d,%d", os.Getpid(), os.Getppid())
+	args := []string{"-addr", "=" + fes[0].addr + "," + fes[1].addr, "-pid", pids}
+	code, out, stderr := runSimCommand(t, args, nil)
+	t.Log(out)
+	if code != exitOK {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("against 2 frontends of one site at %s, %s, members spread over them (rss and cpu are the sum of processes %d, %d)",
+			fes[0].addr, fes[1].addr, os.Getpid(), os.Getppid()),
+		fmt.Sprintf("groups at %s, %s (seed", fes[0].addr, fes[1].addr),
+		"sim: PASS",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+	if !regexp.MustCompile(`(?m), servers rss \d+ MB cpu \d+%$`).MatchString(out) {
+		t.Errorf("no status line with the servers' rss:\n%s", out)
+	}
+	checkBothServed(t, fes)
+
+	var n atomic.Int64
+	tamper := func(f *testclient.Frame) {
+		if n.Add(1) == 2 {
+			f.Data[len(f.Data)/2] ^= 0x40
+		}
+	}
+	if code, out, _ := runSimCommand(t, args, tamper); code != exitFailure || !strings.Contains(out, "sim: FAIL") {
+		t.Errorf("tampered run: exit %d, want %d\n%s", code, exitFailure, out)
 	}
 }

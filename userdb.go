@@ -30,6 +30,8 @@ package main
 //	userdb_records.go  the records and the rules for what they may hold
 //	userdb_file.go     record files of either kind: encoding, writing
 //	userdb_recover.go  loading at open, completing interrupted writes
+//	userdb_kv.go       records in a cluster's KV bucket instead of files, and
+//	                   a replica's applying of the records others write
 //	userdb_users.go    registration, login, devices and aliases
 //	userdb_groups.go   group invitations and edits
 //	userdb_blocks.go   block lists (the "block" extension)
@@ -44,7 +46,9 @@ package main
 //	                 invitation through a single-use alias spends it (the
 //	                 invitee's user wmu) while holding the group's wmu.
 //	                 So group wmu → user wmu, never the reverse: no user
-//	                 wmu holder takes a group's.
+//	                 wmu holder takes a group's. A replica applying a
+//	                 record from the cluster (applyRecord) takes that
+//	                 record's wmu alone, like any writer of it.
 //	UserDB.dropMu    serialises withdrawals of regular aliases (DropAlias,
 //	                 userdb_dropalias.go), which rewrite several records.
 //	                 Taken first, before any wmu, and by nothing else.
@@ -90,6 +94,13 @@ type UserDB struct {
 	now           func() time.Time
 	identityLimit int // accounts per sign-up identity; 0 = no bound
 	groupLimit    int // members per group
+	// records is where the records are kept: files in the directory, or
+	// a cluster's KV bucket (UserDBOptions.Records).
+	records recordStore
+	// replicated is set when records is shared with other frontends
+	// (UserDBOptions.Records): Login then writes nothing, and there is
+	// nothing on disk to snapshot.
+	replicated bool
 
 	receiveOnly bool // Register makes receive-only members
 
@@ -124,10 +135,17 @@ type UserDB struct {
 	onFatal func(error)
 }
 
-// UserDBOptions configures OpenUserDB. Only Dir is required.
+// UserDBOptions configures OpenUserDB. Only Dir, or Records, is required.
 type UserDBOptions struct {
-	// Dir holds the database; it is created if missing.
+	// Dir holds the database; it is created if missing. Unused with
+	// Records.
 	Dir string
+	// Records, when set, keeps the records there instead of in Dir: a
+	// cluster's KV bucket (newKVRecords), written only by the site's
+	// directory writer and read by every frontend (clusterdir.go). There
+	// is then nothing on disk (no directory, no snapshot), Login writes
+	// nothing, and AwayAfter must be 0.
+	Records recordStore
 	// FS is the file system Dir is on; nil is the operating system's.
 	FS durable.FS
 	// Now dates records; nil is time.Now.
@@ -195,15 +213,29 @@ func OpenUserDB(opts UserDBOptions) (*UserDB, error) {
 	if db.groupLimit <= 0 {
 		db.groupLimit = maxGroupMembers
 	}
-	for _, sub := range []string{db.userDir, db.groupDir} {
-		if err := db.ensureRecordDir(sub); err != nil {
-			return nil, err
+	db.records = opts.Records
+	if db.records != nil {
+		// The away policy writes at logins, which a replica cannot.
+		if db.awayAfter > 0 {
+			return nil, errors.New("userdb: the away policy needs a database on disk, not a cluster's records")
+		}
+		db.replicated = true
+	} else {
+		db.records = fileRecords{db}
+		for _, sub := range []string{db.userDir, db.groupDir} {
+			if err := db.ensureRecordDir(sub); err != nil {
+				return nil, err
+			}
 		}
 	}
-	if err := db.load(); err != nil {
+	if err := db.records.load(db); err != nil {
 		return nil, err
 	}
-	db.logger.Info("userdb open", "dir", opts.Dir, "users", len(db.users), "groups", len(db.groups), "names", len(db.names))
+	where := opts.Dir
+	if db.replicated {
+		where = "cluster"
+	}
+	db.logger.Info("userdb open", "dir", where, "users", len(db.users), "groups", len(db.groups), "names", len(db.names))
 	return db, nil
 }
 
@@ -221,13 +253,17 @@ func (db *UserDB) SetOnFatal(fn func(error)) {
 // ErrClosed refuses writes after Close.
 var ErrClosed = errors.New("userdb: closed")
 
+// ErrFailed refuses writes after one left the records in doubt (fail); the
+// refusal wraps that failure too.
+var ErrFailed = errors.New("userdb: refusing writes after an earlier failure")
+
 // writableLocked returns why writes are refused, if they are. db.mu is held.
 func (db *UserDB) writableLocked() error {
 	if db.closed {
 		return ErrClosed
 	}
 	if db.failed != nil {
-		return fmt.Errorf("userdb: refusing writes after an earlier failure: %w", db.failed)
+		return fmt.Errorf("%w: %w", ErrFailed, db.failed)
 	}
 	return nil
 }

@@ -158,27 +158,71 @@ func (db *UserDB) groupPath(gid string) string {
 	return filepath.Join(db.groupDir, groupFileStem(gid)+recordSuffix)
 }
 
-// writeRecord makes rec durable with durable.Replace: write the temp file,
-// fsync it, rename it over the record, fsync the directory, which was opened
-// first so that running out of file descriptors merely refuses the write.
-// If a failure leaves the disk in an unknown state (the temp file could not
-// be removed, or the rename or directory fsync failed), the database refuses
-// all further writes: memory and disk may disagree, and only a restart,
-// which reloads the disk, can reconcile them. The caller holds the record's
-// wmu.
+// recordStore is where the records are kept: one file each in the
+// database's directory (fileRecords), or one key each in a cluster's KV
+// bucket (kvRecords, userdb_kv.go). The database's rules, locks and indexes
+// are the same over either; only writing and loading differ.
+type recordStore interface {
+	// write makes data, the encoded record of kind named stem, durable
+	// before it returns. The caller holds the record's wmu. An error
+	// leaves the stored record as it was, unless inDoubt says otherwise.
+	write(kind recordKind, stem string, data []byte) error
+	// inDoubt reports whether err, from write, leaves the stored record
+	// unknown (the old one or the new one), and the cause to fail with:
+	// memory and storage may then disagree, so the database refuses all
+	// further writes (db.fail) until a restart reloads the records.
+	inDoubt(err error) (cause error, ok bool)
+	// load reads every record into db's maps and indexes them, as
+	// OpenUserDB does, or says why the records cannot be used.
+	load(db *UserDB) error
+	// name is how messages name the record of kind named stem: its file,
+	// or its key.
+	name(kind recordKind, stem string) string
+}
+
+// writeRecord encodes rec and makes it durable in db's record store. If a
+// failure leaves the stored record unknown, the database refuses all
+// further writes: memory and storage may disagree, and only a restart,
+// which reloads the records, can reconcile them. The caller holds the
+// record's wmu.
 func writeRecord[T any, P record[T]](db *UserDB, rec P) error {
 	data, err := encodeRecord(rec)
 	if err != nil {
 		return err
 	}
-	path := filepath.Join(db.kindDir(rec.kind()), rec.stem()+recordSuffix)
-	db.snapMu.RLock() // a snapshot sees the file before this write or after it
-	defer db.snapMu.RUnlock()
-	if err := durable.Replace(db.fs, path, data, recordPerm); err != nil {
-		if cause, ok := durable.InDoubt(err); ok {
+	if err := db.records.write(rec.kind(), rec.stem(), data); err != nil {
+		if cause, ok := db.records.inDoubt(err); ok {
 			db.fail(cause)
 		}
+		return err
+	}
+	return nil
+}
+
+// fileRecords is the record store of a database on disk: the record files
+// in db's directory, on db's file system (userDir, groupDir, fs).
+type fileRecords struct {
+	db *UserDB
+}
+
+// write makes data durable with durable.Replace: write the temp file,
+// fsync it, rename it over the record, fsync the directory, which was
+// opened first so that running out of file descriptors merely refuses the
+// write. The rename or the directory's fsync failing, or the temp file
+// that could not be removed, leaves the record in doubt.
+func (f fileRecords) write(kind recordKind, stem string, data []byte) error {
+	f.db.snapMu.RLock() // a snapshot sees the file before this write or after it
+	defer f.db.snapMu.RUnlock()
+	if err := durable.Replace(f.db.fs, f.name(kind, stem), data, recordPerm); err != nil {
 		return fmt.Errorf("userdb: %w", err)
 	}
 	return nil
+}
+
+func (fileRecords) inDoubt(err error) (error, bool) { return durable.InDoubt(err) }
+
+func (fileRecords) load(db *UserDB) error { return db.loadFiles() }
+
+func (f fileRecords) name(kind recordKind, stem string) string {
+	return filepath.Join(f.db.kindDir(kind), stem+recordSuffix)
 }

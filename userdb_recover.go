@@ -43,12 +43,12 @@ func (db *UserDB) syncDir(dir string) error {
 	return nil
 }
 
-// load reads every record, then indexes the aliases and gids, then deals with
-// temp files, then checks that groups list only users under their own
-// aliases. Temp files come after the index, which refuses one that claims a
-// name held elsewhere; the group check comes last, once every record that
-// will be used is known.
-func (db *UserDB) load() error {
+// loadFiles reads every record file, then indexes the aliases and gids,
+// then deals with temp files, then checks that groups list only users under
+// their own aliases. Temp files come after the index, which refuses one
+// that claims a name held elsewhere; the group check comes last, once every
+// record that will be used is known.
+func (db *UserDB) loadFiles() error {
 	userTemps, err := loadRecords(db, func(rec *userRecord) {
 		u := &userState{}
 		u.rec.Store(rec)
@@ -66,29 +66,8 @@ func (db *UserDB) load() error {
 		return err
 	}
 
-	// Index in uid and gid order so that a conflict is reported the same way
-	// every time.
-	for _, uid := range slices.Sorted(maps.Keys(db.users)) {
-		var err error
-		db.users[uid].rec.Load().eachName(func(a string, kind nameKind) {
-			if e, ok := db.names[a]; ok && err == nil {
-				err = fmt.Errorf("userdb: alias %q is in both %s and %s", a,
-					db.recordPath(e.owner), db.recordPath(uid))
-			}
-			db.names[a] = &nameEntry{kind: kind, owner: uid}
-		})
-		if err != nil {
-			return err
-		}
-	}
-	for _, gid := range slices.Sorted(maps.Keys(db.groups)) {
-		// Gids cannot collide with each other (the file name is the gid's
-		// hash), only with an alias.
-		if e, ok := db.names[gid]; ok {
-			return fmt.Errorf("userdb: %q is both an alias in %s and the group %s", gid,
-				db.recordPath(e.owner), db.groupPath(gid))
-		}
-		db.names[gid] = &nameEntry{kind: nameGroup, owner: gid}
+	if err := db.indexNames(); err != nil {
+		return err
 	}
 
 	for _, name := range userTemps {
@@ -124,12 +103,45 @@ func (db *UserDB) load() error {
 
 	// From the records as completed: a recovered temp file may be a
 	// registration.
+	db.indexIdentities()
+	return db.checkMembers()
+}
+
+// indexNames indexes the aliases and gids of the loaded records, in uid and
+// gid order so that a conflict is reported the same way every time.
+func (db *UserDB) indexNames() error {
+	for _, uid := range slices.Sorted(maps.Keys(db.users)) {
+		var err error
+		db.users[uid].rec.Load().eachName(func(a string, kind nameKind) {
+			if e, ok := db.names[a]; ok && err == nil {
+				err = fmt.Errorf("userdb: alias %q is in both %s and %s", a,
+					db.records.name(userKind, e.owner), db.records.name(userKind, uid))
+			}
+			db.names[a] = &nameEntry{kind: kind, owner: uid}
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, gid := range slices.Sorted(maps.Keys(db.groups)) {
+		// Gids cannot collide with each other (the record's name is the
+		// gid's hash), only with an alias.
+		if e, ok := db.names[gid]; ok {
+			return fmt.Errorf("userdb: %q is both an alias in %s and the group %s", gid,
+				db.records.name(userKind, e.owner), db.records.name(groupKind, groupFileStem(gid)))
+		}
+		db.names[gid] = &nameEntry{kind: nameGroup, owner: gid}
+	}
+	return nil
+}
+
+// indexIdentities indexes the sign-up identities of the loaded records.
+func (db *UserDB) indexIdentities() {
 	for _, uid := range slices.Sorted(maps.Keys(db.users)) {
 		if key := identityKey(db.users[uid].rec.Load().Claims); key != "" {
 			db.identities[key] = append(db.identities[key], uid)
 		}
 	}
-	return db.checkMembers()
 }
 
 // loadRecords calls add for every record of one kind, and returns the names
@@ -177,14 +189,15 @@ func (db *UserDB) isRegular(path string) bool {
 // would deliver group posts to the wrong people.
 func (db *UserDB) checkMembers() error {
 	for _, gid := range slices.Sorted(maps.Keys(db.groups)) {
+		group := db.records.name(groupKind, groupFileStem(gid))
 		for _, m := range db.groups[gid].rec.Load().Members {
 			if _, ok := db.users[m.UID]; !ok {
-				return fmt.Errorf("userdb: group record %s lists %s, who is not a user", db.groupPath(gid), m.UID)
+				return fmt.Errorf("userdb: group record %s lists %s, who is not a user", group, m.UID)
 			}
 			// A member may be listed under an alias it has since retired.
 			if e, ok := db.names[m.Alias]; !ok || e.kind == nameGroup || e.owner != m.UID {
 				return fmt.Errorf("userdb: group record %s lists %s under alias %q, which is not theirs (%s)",
-					db.groupPath(gid), m.UID, m.Alias, db.recordPath(m.UID))
+					group, m.UID, m.Alias, db.records.name(userKind, m.UID))
 			}
 		}
 	}

@@ -18,6 +18,7 @@ package main
 // memory is published after the file write, outside the lock.
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -32,10 +33,17 @@ type UserDBFile struct {
 	Data []byte
 }
 
+// errSnapshotReplicated refuses a snapshot of a database whose records are
+// a cluster's (UserDBOptions.Records): there are no files to copy.
+var errSnapshotReplicated = errors.New("userdb: snapshot: the records are in the cluster's KV bucket: back up the bucket instead")
+
 // Snapshot returns the database's record files as they are at one instant
 // with no write in progress. Temp files (a write that failed in doubt) are
 // left out: the record they would replace is the durable one.
 func (db *UserDB) Snapshot() ([]UserDBFile, error) {
+	if db.replicated {
+		return nil, errSnapshotReplicated
+	}
 	db.snapMu.Lock()
 	defer db.snapMu.Unlock()
 	var out []UserDBFile

@@ -337,7 +337,10 @@ func (db *UserDB) Login(uid string, node []byte) (string, error) {
 	// The away extension: a login is recorded when a policy is set, and
 	// always clears an away mark (one left from a policy since turned off
 	// too, which would otherwise keep the device from a later sweep).
-	if d.Away || db.awayAfter > 0 && (d.LastLogin.IsZero() || db.now().Sub(d.LastLogin) >= awayGranularity) {
+	// A replica (UserDBOptions.Records) never writes at a login: only the
+	// cluster's directory writer may write, a login must not wait for it,
+	// and the away policy, the one reason to, is refused in cluster mode.
+	if !db.replicated && (d.Away || db.awayAfter > 0 && (d.LastLogin.IsZero() || db.now().Sub(d.LastLogin) >= awayGranularity)) {
 		if err := db.seen(uid, d.Num); err != nil {
 			return "", err
 		}

@@ -15,7 +15,8 @@ import (
 // list is a set: naming a uid twice in an OhiEdit is naming it once, and a
 // link waits for at most one notice from each sender (sendOhi).
 //
-// The lists live in Server.ohi, guarded by Server.mu with the links.
+// The lists live in Server.ohi, guarded by Server.mu with the links; across
+// frontends they live in Config.Presence instead (presence_cluster.go).
 
 // Presence statuses of an ohi notice.
 const (
@@ -76,6 +77,10 @@ func (l *link) opOhiEdit(h *tmtp.Header) error {
 // editOhi applies an OhiEdit to uid's list and sends the resulting notices.
 // uids holds no repeats.
 func (s *Server) editOhi(uid, typ string, uids []string) {
+	if s.cfg.Presence != nil {
+		s.editOhiShared(uid, typ, uids)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.users[uid]) == 0 {
@@ -86,6 +91,13 @@ func (s *Server) editOhi(uid, typ string, uids []string) {
 		list = make(map[string]bool)
 		s.ohi[uid] = list
 	}
+	applyOhiEdit(list, typ, uids, func(v string, status int64) { s.notifyLocked(v, uid, status) })
+}
+
+// applyOhiEdit edits list by an OhiEdit of type typ naming uids (no
+// repeats) and calls notify for each notice the edit makes: online for each
+// uid added (again or not), offline for each dropped.
+func applyOhiEdit(list map[string]bool, typ string, uids []string, notify func(v string, status int64)) {
 	switch typ {
 	case ohiInit:
 		keep := make(map[string]bool, len(uids))
@@ -95,20 +107,20 @@ func (s *Server) editOhi(uid, typ string, uids []string) {
 		for v := range list {
 			if !keep[v] {
 				delete(list, v)
-				s.notifyLocked(v, uid, ohiOffline)
+				notify(v, ohiOffline)
 			}
 		}
 		fallthrough
 	case ohiAdd:
 		for _, v := range uids {
 			list[v] = true
-			s.notifyLocked(v, uid, ohiOnline)
+			notify(v, ohiOnline)
 		}
 	case ohiDrop:
 		for _, v := range uids {
 			if list[v] {
 				delete(list, v)
-				s.notifyLocked(v, uid, ohiOffline)
+				notify(v, ohiOffline)
 			}
 		}
 	}

@@ -94,6 +94,10 @@ type Config struct {
 	// frontends (sessions.go); nil: this server is the only one.
 	Sessions Sessions
 
+	// Presence keeps the users' presence and lists across a site's
+	// frontends (presence_cluster.go); nil: this server is the only one.
+	Presence Presence
+
 	// OnFatal is called (once, from a link goroutine or from the store's
 	// writer goroutine, for a commit that failed there, so it must not
 	// block) when the store has failed and nothing more can be
@@ -122,6 +126,10 @@ type Server struct {
 	evicted   atomic.Int64 // links not logged in closed to make room (PreLoginLinks)
 	preLogin  *budget      // long-header buffers of links not logged in; nil = unbounded
 	metrics   *metrics
+
+	// pmu serialises the calls to Config.Presence.SetOnline (setOnline).
+	// It nests outside mu.
+	pmu sync.Mutex
 
 	// mu guards the fields below it. It nests outside the links' locks and
 	// the Store's (locksordering.txt).
@@ -474,11 +482,20 @@ func (s *Server) claimDevice(l *link) (ohi []string, ok bool) {
 	}
 	s.devices[l.dev] = l
 	s.users[l.uid] = append(s.users[l.uid], l)
-	ohi = s.ohiForLocked(l.uid)
+	first := len(s.users[l.uid]) == 1
+	if s.cfg.Presence == nil {
+		ohi = s.ohiForLocked(l.uid)
+	}
 	s.mu.Unlock()
 	if old != nil {
 		l.log.Info("device taken over from its previous link", "previous", old.conn.RemoteAddr().String())
 		old.closeHard()
+	}
+	if s.cfg.Presence != nil {
+		if first {
+			s.setOnline(l.uid)
+		}
+		ohi = s.presenceForLogin(l.uid)
 	}
 	return ohi, true
 }
@@ -493,9 +510,11 @@ func (s *Server) claimDevice(l *link) (ohi []string, ok bool) {
 func (s *Server) evictDevice(dev, why string) {
 	s.mu.Lock()
 	old := s.devices[dev]
+	gone := false
 	if old != nil {
 		s.forgetDeviceLocked(old)
-		if len(s.users[old.uid]) == 0 {
+		gone = len(s.users[old.uid]) == 0
+		if gone && s.cfg.Presence == nil {
 			s.userOfflineLocked(old.uid)
 		}
 	}
@@ -503,6 +522,9 @@ func (s *Server) evictDevice(dev, why string) {
 	if old != nil {
 		old.log.Info(why)
 		old.closeHard()
+	}
+	if gone && s.cfg.Presence != nil {
+		s.setOnline(old.uid)
 	}
 }
 
@@ -539,13 +561,18 @@ func (s *Server) dropLink(l *link) {
 		l.stranger = nil
 	}
 	live := l.dev != "" && s.devices[l.dev] == l
+	gone := false
 	if live {
 		s.forgetDeviceLocked(l)
-		if len(s.users[l.uid]) == 0 {
+		gone = len(s.users[l.uid]) == 0
+		if gone && s.cfg.Presence == nil {
 			s.userOfflineLocked(l.uid)
 		}
 	}
 	s.mu.Unlock()
+	if gone && s.cfg.Presence != nil {
+		s.setOnline(l.uid)
+	}
 	// The session goes with the device's live link; a link taken over on
 	// this server, or evicted for another frontend, has none to give up.
 	if live && s.cfg.Sessions != nil {

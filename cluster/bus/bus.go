@@ -66,6 +66,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"mnm/cluster/internal/jskv"
 )
 
 // DefaultPrefix names buckets and subjects when Options.Prefix is empty.
@@ -116,8 +118,9 @@ type Options struct {
 	// JS is the JetStream context on Conn; nil makes one.
 	JS jetstream.JetStream
 
-	// Prefix names the buckets (<Prefix>_SESS, <Prefix>_FE) and subjects
-	// (<Prefix>.evict.*, <Prefix>.ohi.*); empty means DefaultPrefix.
+	// Prefix names the buckets (<Prefix>_SESS, <Prefix>_FE, <Prefix>_OHI)
+	// and subjects (<Prefix>.evict.*, <Prefix>.user.*, <Prefix>.users.*,
+	// <Prefix>.ohi.*); empty means DefaultPrefix.
 	Prefix string
 
 	// Frontend is this frontend's name, unique among running frontends. A
@@ -143,8 +146,17 @@ type Options struct {
 	OnEvict func(dev string)
 
 	// OnPresence is called with the presence notices other frontends
-	// Publish, one at a time, in arrival order; nil ignores them.
-	OnPresence func(uid string, status int64)
+	// send (Notify) for a user online here: to is told that from's status
+	// changed. One at a time, in arrival order, with no lock of the Bus
+	// held; nil ignores them.
+	OnPresence func(to, from string, status int64)
+
+	// OnUserGone is called when uid, online on some frontend, is now
+	// online on none (its last device here or elsewhere went, or the
+	// frontend holding it died), with uid's last presence list: this
+	// frontend's devices of those users are to be told. Called with no
+	// lock of the Bus held, possibly from within SetOnline; nil ignores.
+	OnUserGone func(uid string, list []string)
 }
 
 // Bus is one frontend's end of the bus.
@@ -168,6 +180,8 @@ type Bus struct {
 	subs   []*nats.Subscription
 	stop   context.CancelFunc
 	loopWG sync.WaitGroup
+
+	p presence // who is online where, and the lists (online.go)
 
 	// mu guards the fields below.
 	mu         sync.Mutex
@@ -268,6 +282,10 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 	loopCtx, stop := context.WithCancel(context.Background())
 	b.stop = stop
 	b.loopWG.Go(func() { b.renewLoop(loopCtx) })
+	if err := b.startPresence(ctx, loopCtx); err != nil {
+		b.Close()
+		return nil, err
+	}
 	b.log.Info("bus started", "incarnation", b.inc)
 	return b, nil
 }
@@ -280,32 +298,14 @@ func New(ctx context.Context, opts Options) (*Bus, error) {
 // frontend still holds a lease.
 func (b *Bus) bucket(ctx context.Context, name string, ttl time.Duration) (jetstream.KeyValue, jetstream.Stream, error) {
 	bucket := b.opts.Prefix + "_" + name
-	dup := 2 * time.Minute // nats.go's KV default
-	if ttl > 0 && ttl < dup {
-		dup = ttl
-	}
-	cfg := jetstream.StreamConfig{
-		Name:              "KV_" + bucket,
-		Subjects:          []string{"$KV." + bucket + ".>"},
-		MaxMsgsPerSubject: 1,
-		MaxBytes:          -1,
-		MaxAge:            ttl,
-		MaxMsgSize:        -1,
-		MaxMsgs:           -1,
-		MaxConsumers:      -1,
-		Storage:           jetstream.FileStorage,
-		Replicas:          b.opts.Replicas,
-		AllowRollup:       true,
-		DenyDelete:        true,
-		Duplicates:        dup,
-		Discard:           jetstream.DiscardNew,
-		AllowDirect:       false,
-	}
-	st, err := b.opts.JS.CreateOrUpdateStream(ctx, cfg)
+	cfg := jskv.Bucket(bucket, b.opts.Replicas, ttl)
+	st, err := jskv.Stream(ctx, b.opts.JS, cfg, b.log)
 	if err != nil {
 		return nil, nil, fmt.Errorf("bus: bucket %s: %w", bucket, err)
 	}
-	kv, err := b.opts.JS.KeyValue(ctx, bucket)
+	kv, err := jskv.Retry(ctx, b.log, "bind bucket "+bucket, func(ctx context.Context) (jetstream.KeyValue, error) {
+		return b.opts.JS.KeyValue(ctx, bucket)
+	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("bus: bind bucket %s: %w", bucket, err)
 	}
@@ -317,11 +317,6 @@ func (b *Bus) subscribe() error {
 	s, err := b.nc.Subscribe(b.evictSubj, b.onEvictRequest)
 	if err != nil {
 		return fmt.Errorf("bus: subscribe %s: %w", b.evictSubj, err)
-	}
-	b.subs = append(b.subs, s)
-	s, err = b.nc.Subscribe(b.opts.Prefix+".ohi.*", b.onPresence)
-	if err != nil {
-		return fmt.Errorf("bus: subscribe presence: %w", err)
 	}
 	b.subs = append(b.subs, s)
 	// The server must know the subscriptions before anyone can find our
@@ -364,6 +359,7 @@ func (b *Bus) Close() {
 	b.mu.Unlock()
 
 	b.stop()
+	b.stopWatcher()
 	b.loopWG.Wait()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -379,6 +375,7 @@ func (b *Bus) Close() {
 		}
 	}
 	b.unsubscribe()
+	b.stopPresence()
 	b.log.Info("bus closed", "released", len(held))
 }
 

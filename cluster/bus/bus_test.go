@@ -33,6 +33,7 @@ type frontend struct {
 
 	evicts   chan evictNote
 	presence chan presenceNote
+	gone     chan goneNote
 
 	mu      sync.Mutex // guards evicted
 	evicted map[string]int
@@ -44,8 +45,13 @@ type evictNote struct {
 }
 
 type presenceNote struct {
-	uid    string
-	status int64
+	to, from string
+	status   int64
+}
+
+type goneNote struct {
+	uid  string
+	list string // fmt.Sprint of the list
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -62,6 +68,7 @@ func startFrontend(t *testing.T, c *natstest.Cluster, name string, ttl time.Dura
 		nc:       c.Connect(t),
 		evicts:   make(chan evictNote, 1000),
 		presence: make(chan presenceNote, 1000),
+		gone:     make(chan goneNote, 1000),
 		evicted:  make(map[string]int),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
@@ -77,8 +84,11 @@ func startFrontend(t *testing.T, c *natstest.Cluster, name string, ttl time.Dura
 			f.mu.Unlock()
 			f.evicts <- evictNote{dev, time.Now()}
 		},
-		OnPresence: func(uid string, status int64) {
-			f.presence <- presenceNote{uid, status}
+		OnPresence: func(to, from string, status int64) {
+			f.presence <- presenceNote{to, from, status}
+		},
+		OnUserGone: func(uid string, list []string) {
+			f.gone <- goneNote{uid, fmt.Sprint(list)}
 		},
 	})
 	if err != nil {
@@ -349,60 +359,6 @@ func TestFence(t *testing.T) {
 	}
 }
 
-func TestPresence(t *testing.T) {
-	c := natstest.Start(t, natstest.Options{})
-	a := startFrontend(t, c, "fe.a", testTTL)
-	b := startFrontend(t, c, "fe.b", testTTL)
-	cc := startFrontend(t, c, "fe.c", testTTL)
-
-	next := func(f *frontend) presenceNote {
-		t.Helper()
-		select {
-		case p := <-f.presence:
-			return p
-		case <-time.After(testTimeout):
-			t.Fatalf("%s: no presence notice", f.name)
-			return presenceNote{}
-		}
-	}
-	const uid = "u.1%2B+"
-	if err := a.bus.Publish(uid, 1); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []*frontend{b, cc} {
-		if p := next(f); p != (presenceNote{uid, 1}) {
-			t.Fatalf("%s got %+v", f.name, p)
-		}
-	}
-
-	// Notices that do not parse are dropped; the next good one arrives.
-	raw := c.Connect(t)
-	for _, m := range []*nats.Msg{
-		{Subject: DefaultPrefix + ".ohi.!!", Data: []byte("1")},
-		{Subject: DefaultPrefix + ".ohi." + encode("v"), Data: []byte("online")},
-	} {
-		if err := raw.PublishMsg(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := raw.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.bus.Publish("v", 2); err != nil {
-		t.Fatal(err)
-	}
-	// a's own notice went out before b's, on a's own server: had a not
-	// skipped it, it would come first.
-	for _, f := range []*frontend{a, cc} {
-		if p := next(f); p != (presenceNote{"v", 2}) {
-			t.Fatalf("%s got %+v", f.name, p)
-		}
-	}
-	if err := a.bus.Publish("", 1); !errors.Is(err, ErrBadName) {
-		t.Fatalf("publish for an empty uid: %v", err)
-	}
-}
-
 // TestBadEvictRequest sends requests that do not parse or name a claim
 // that is not held: neither costs the holder its device.
 func TestBadEvictRequest(t *testing.T) {
@@ -539,8 +495,8 @@ func TestClose(t *testing.T) {
 	if err := a.bus.Claim(ctx, "other"); !errors.Is(err, ErrClosed) {
 		t.Fatalf("claim on a closed bus: %v", err)
 	}
-	if err := a.bus.Publish("u", 1); !errors.Is(err, ErrClosed) {
-		t.Fatalf("publish on a closed bus: %v", err)
+	if err := a.bus.Notify("u", "v", 1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("notify on a closed bus: %v", err)
 	}
 }
 

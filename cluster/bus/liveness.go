@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"mnm/cluster/internal/jskv"
 )
 
 // kvOperation is the header nats.go's KV puts on delete and purge markers.
@@ -189,22 +191,7 @@ func (b *Bus) isDead(ctx context.Context, fe, inc string) (bool, error) {
 // is nil if the key has none or was deleted; rev is the revision to
 // compare-and-set over (0 if the key never existed or its entry expired).
 func (b *Bus) lastValue(ctx context.Context, st jetstream.Stream, bucket, key string) (value []byte, rev uint64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	m, err := st.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+key)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("read %s/%s: %w", bucket, key, err)
-	}
-	if m.Header.Get(kvOperation) != "" {
-		return nil, m.Sequence, nil
-	}
-	if m.Data == nil {
-		m.Data = []byte{}
-	}
-	return m.Data, m.Sequence, nil
+	return jskv.LastValue(ctx, st, bucket, key, opTimeout)
 }
 
 // isNoResponders reports whether a request found no subscriber: the

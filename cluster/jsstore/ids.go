@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"mnm/cluster/internal/jskv"
 	"mnm/qlib/store"
 )
 
@@ -51,7 +52,7 @@ const ceilingStep = 1 << 27
 // clock was stepped back.
 func (s *Store) loadFloor(ctx context.Context) error {
 	var floor store.ID
-	m, err := s.stream.GetLastMsgForSubject(ctx, s.p+".m.>")
+	m, err := s.lastMsgAtOpen(ctx, s.p+".m.>")
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	case err != nil:
@@ -63,7 +64,7 @@ func (s *Store) loadFloor(ctx context.Context) error {
 		}
 		floor = id
 	}
-	m, err = s.stream.GetLastMsgForSubject(ctx, s.ceilingSubj())
+	m, err = s.lastMsgAtOpen(ctx, s.ceilingSubj())
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 	case err != nil:
@@ -123,4 +124,14 @@ func (s *Store) issue(k int) (first store.ID, ceiling store.ID) {
 		ceiling = s.ceiling
 	}
 	return first, ceiling
+}
+
+// lastMsgAtOpen is the stream's last message on subj, retried while the
+// stream does not answer (jskv): a stream just created by another
+// frontend starting at the same moment has no leader yet. ErrMsgNotFound
+// is an answer.
+func (s *Store) lastMsgAtOpen(ctx context.Context, subj string) (*jetstream.RawStreamMsg, error) {
+	return jskv.Retry(ctx, s.log, "read "+subj, func(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+		return s.stream.GetLastMsgForSubject(ctx, subj)
+	})
 }

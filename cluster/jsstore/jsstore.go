@@ -60,6 +60,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"mnm/cluster/internal/jskv"
 	"mnm/qlib/store"
 )
 
@@ -206,7 +207,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		// behind, and would show an acked entry or miss a new one.
 		AllowDirect: false,
 	}
-	st, err := opts.JS.CreateOrUpdateStream(ctx, cfg)
+	st, err := jskv.Stream(ctx, opts.JS, cfg, opts.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("jsstore: create stream %s: %w", opts.Stream, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -460,6 +461,61 @@ func TestCluster(t *testing.T) {
 			t.Errorf("WriteTo on a after b's ack = %v, want ErrNoMessage", err)
 		}
 	})
+}
+
+// TestCopyQueueAcrossFrontends: CopyQueue's guard against commits from
+// another frontend (queue.go).
+func TestCopyQueueAcrossFrontends(t *testing.T) {
+	c := natstest.Start(t, natstest.Options{})
+	h := newHarness(t, c)
+	// A device is added on frontend a while frontend b commits for
+	// its member's devices every 5 ms (two hundred posts a second to
+	// one member: a flood): the copy's guard is tripped by b's
+	// commits, which a's pipeline cannot hold back, and the copy goes
+	// again, reading only what arrived, until it lands between two.
+	// dst ends with src's queue, in order, each entry once.
+	pl := h.fresh()
+	pl.node = 1
+	a := h.open(t, pl, 0)
+	defer a.Close()
+	pl.node = 2
+	b := h.open(t, pl, 0)
+	defer b.Close()
+	for range 15 {
+		if _, err := b.Draft().Commit(store.Message{To: []string{"src"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		defer func() { done <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := b.Draft().Commit(store.Message{To: []string{"src", "dst"}}); err != nil {
+				t.Errorf("commit on b: %v", err)
+				return
+			}
+			n++
+			time.Sleep(5 * time.Millisecond) // the flood's pace, not a wait for an event
+		}
+	}()
+	err := a.CopyQueue("src", "dst")
+	close(stop)
+	n := <-done
+	if err != nil {
+		t.Fatalf("CopyQueue with %d commits meanwhile: %v", n, err)
+	}
+	want := a.Queue("src")
+	if got := a.Queue("dst"); !slices.Equal(got, want) || len(want) != 15+n {
+		t.Errorf("after %d commits meanwhile, dst's queue\n%v\nwant src's (%d)\n%v", n, got, 15+n, want)
+	}
+	t.Logf("%d commits on the other frontend during the copy", n)
 }
 
 // stored counts the messages of s's stream under p.<kind>.>.

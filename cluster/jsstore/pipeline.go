@@ -49,6 +49,11 @@ type job struct {
 	ceiling    store.ID // id ceiling carried by the batch, or 0
 	usesChunks bool     // some record reads chunks of chunkDraft
 	chunkDraft string
+	// exclusive, when set, is the whole job: the publisher runs it with
+	// no other batch of this Store in flight and none sent meanwhile
+	// (CopyQueue's guarded copy, which any commit for its device would
+	// refuse), and done gets its error.
+	exclusive func() error
 }
 
 // size is about the bytes j's messages take on the wire.
@@ -122,6 +127,9 @@ func (s *Store) publisher() {
 			s.waiting[b.num] = b
 		}
 		s.mu.Unlock()
+		if j := b.jobs[0]; j.exclusive != nil {
+			s.runExclusive(j)
+		}
 		if len(b.msgs) > 0 {
 			b.sendErr = s.send(b)
 			s.batches.Add(1)
@@ -129,6 +137,37 @@ func (s *Store) publisher() {
 		b.sent = time.Now()
 		s.complete <- b
 	}
+}
+
+// runExclusive runs j.exclusive once every other batch in flight is
+// acknowledged: it takes every slot (the publisher holds one already) and
+// gives them back after. Its error goes to j's done through the completer,
+// in order with the batches around it.
+func (s *Store) runExclusive(j *job) {
+	for range maxInflight - 1 {
+		s.slots <- struct{}{}
+	}
+	err := j.exclusive()
+	for range maxInflight - 1 {
+		<-s.slots
+	}
+	done := j.done
+	j.done = func(rs []store.Receipt, _ error) { done(rs, err) }
+}
+
+// sendAlone publishes msgs as one atomic batch outside the pipeline and
+// waits for its reply: for an exclusive job, which holds every slot. It
+// returns the stream sequence of the batch's last message.
+func (s *Store) sendAlone(msgs []*nats.Msg) (uint64, error) {
+	s.mu.Lock()
+	s.jobSeq++
+	b := &batch{num: s.jobSeq, msgs: msgs, resp: make(chan *nats.Msg, 1)}
+	s.waiting[b.num] = b
+	s.mu.Unlock()
+	b.sendErr = s.send(b)
+	s.batches.Add(1)
+	b.sent = time.Now()
+	return s.await(b)
 }
 
 // takeLocked takes the next batch off the queue: the first job, and the
@@ -141,7 +180,7 @@ func (s *Store) takeLocked() *batch {
 	n := 0
 	for _, j := range s.jobs {
 		js := j.size()
-		if len(b.jobs) > 0 && (len(b.msgs)+len(j.batch) > s.opts.MaxBatch || size+js > maxBatchBytes) {
+		if len(b.jobs) > 0 && (j.exclusive != nil || b.jobs[0].exclusive != nil || len(b.msgs)+len(j.batch) > s.opts.MaxBatch || size+js > maxBatchBytes) {
 			break
 		}
 		b.jobs = append(b.jobs, j)
@@ -208,7 +247,7 @@ type batchReply struct {
 func (s *Store) completer() {
 	defer close(s.pipeDone)
 	for b := range s.complete {
-		err := s.await(b)
+		_, err := s.await(b)
 		<-s.slots
 		if err != nil {
 			s.failed(b, err)
@@ -228,40 +267,41 @@ func (s *Store) completer() {
 	}
 }
 
-// await waits for b to be acknowledged.
-func (s *Store) await(b *batch) error {
+// await waits for b to be acknowledged and returns the stream sequence of
+// its last message.
+func (s *Store) await(b *batch) (lastSeq uint64, err error) {
 	if b.sendErr != nil {
 		s.forget(b)
-		return b.sendErr
+		return 0, b.sendErr
 	}
 	if len(b.msgs) == 0 {
-		return nil
+		return 0, nil
 	}
 	var m *nats.Msg
 	select {
 	case m = <-b.resp:
 	case <-s.dead:
 		s.forget(b)
-		return store.ErrClosed
+		return 0, store.ErrClosed
 	case <-time.After(time.Until(b.sent.Add(commitTimeout))):
 		s.forget(b)
-		return fmt.Errorf("jsstore: batch of %d: no reply within %s", len(b.msgs), commitTimeout)
+		return 0, fmt.Errorf("jsstore: batch of %d: no reply within %s", len(b.msgs), commitTimeout)
 	}
 	if len(m.Data) == 0 && m.Header.Get("Status") == "503" {
 		// Nothing listened on the subject: the batch reached no stream.
-		return fmt.Errorf("jsstore: batch of %d: %w", len(b.msgs), nats.ErrNoResponders)
+		return 0, fmt.Errorf("jsstore: batch of %d: %w", len(b.msgs), nats.ErrNoResponders)
 	}
 	var r batchReply
 	if err := json.Unmarshal(m.Data, &r); err != nil {
-		return fmt.Errorf("jsstore: batch reply %q: %w", m.Data, err)
+		return 0, fmt.Errorf("jsstore: batch reply %q: %w", m.Data, err)
 	}
 	if r.Error != nil {
-		return fmt.Errorf("jsstore: batch of %d refused: %w", len(b.msgs), r.Error)
+		return 0, fmt.Errorf("jsstore: batch of %d refused: %w", len(b.msgs), r.Error)
 	}
 	if r.Count != uint64(len(b.msgs)) || r.Seq < r.Count {
-		return fmt.Errorf("jsstore: batch of %d acknowledged as %d ending at %d", len(b.msgs), r.Count, r.Seq)
+		return 0, fmt.Errorf("jsstore: batch of %d acknowledged as %d ending at %d", len(b.msgs), r.Count, r.Seq)
 	}
-	return nil
+	return r.Seq, nil
 }
 
 // forget stops waiting for b's reply.

@@ -1,9 +1,12 @@
 package jsstore
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -409,10 +412,24 @@ func (s *Store) WriteTo(w io.Writer, id store.ID) (int64, error) {
 	return total, nil
 }
 
-// CopyQueue gives dst the entries of src's queue but for secret messages,
-// replacing dst's: the new entries (and their refs) first, in atomic
-// batches, then the old ones go. A crash in between leaves dst both: a
-// device may get a message twice, but never loses one.
+// CopyQueue gives dst a copy of src's queue (but for secret messages),
+// replacing what dst had. It serves a device just added to its member
+// (qlib's newnode), which is in the directory, and so gets new posts,
+// before its queue is copied: commits for src and dst go on meanwhile,
+// from any frontend. dst must end with src's entries and every entry that
+// reaches dst meanwhile, each once and in order per sender: a commit for
+// dst that lands between reading the queues and writing the copy must not
+// end up before the copy's older entries.
+//
+// So the copy is written as dst's whole queue, in id order (a sender's
+// posts are in id order), and guarded: its batch carries the last sequence
+// of each of dst's queue subjects as last read
+// (Nats-Expected-Last-Subject-Sequence), and the stream refuses it if an
+// entry reached dst since. dst's queue as read then goes: what it had
+// before the call is replaced, what reached it during the call is in the
+// copy. A refused copy takes back what it wrote and starts again, up to
+// copyAttempts times. A crash before the old entries are deleted leaves
+// some doubled: a counted redelivery.
 func (s *Store) CopyQueue(src, dst string) error {
 	if s.isClosed() {
 		return store.ErrClosed
@@ -420,30 +437,55 @@ func (s *Store) CopyQueue(src, dst string) error {
 	if src == dst {
 		return nil
 	}
+	had, err := s.entries(dst)
+	if err != nil {
+		return err
+	}
+	before := make(map[uint64]bool, len(had)) // by sequence: an id may be queued twice
+	for _, q := range had {
+		before[q.seq] = true
+	}
+	return s.copyQueue(src, dst, before)
+}
+
+// copyAttempts bounds the copy's attempts: an attempt is refused only by
+// an entry reaching the device from another frontend within the read or
+// two between the copy's last look at the queue and its batch, and each
+// new attempt reads only what arrived, so a handful is plenty unless the
+// member's devices are flooded; then the new device's copy fails and its
+// member may ask again.
+const copyAttempts = 20
+
+// errQueueMoved refuses a copy whose device got an entry since its queue
+// was read.
+var errQueueMoved = errors.New("jsstore: copy queue: the device's queue changed during the copy")
+
+// copyQueue is CopyQueue once dst's entries are known; before holds the sequences
+// of dst's entries when the call began. src's queue is read first; dst's,
+// the copy and its guard go in one exclusive job of the pipeline, so that
+// no commit of this frontend's is in flight to trip the guard, and the
+// window for another frontend's is a read or two.
+func (s *Store) copyQueue(src, dst string, before map[uint64]bool) error {
 	from, err := s.entries(src)
 	if err != nil {
 		return err
 	}
-	old, err := s.entries(dst)
-	if err != nil {
+	var cur []queued
+	var copied int
+	result := make(chan error, 1)
+	j := &job{done: func(_ []store.Receipt, err error) { result <- err }}
+	j.exclusive = func() error {
+		var err error
+		cur, copied, err = s.writeCopy(dst, from, before)
 		return err
 	}
-	var batch []queued
-	for _, q := range from {
-		if !q.secret {
-			batch = append(batch, q)
-		}
+	if err := s.enqueue(j); err != nil {
+		return err
 	}
-	copied := len(batch)
-	per := max(1, s.opts.MaxBatch/2) // an entry and its ref each
-	for len(batch) > 0 {
-		n := min(per, len(batch))
-		if err := s.copyBatch(dst, batch[:n]); err != nil {
-			return err
-		}
-		batch = batch[n:]
+	if err := <-result; err != nil {
+		return err
 	}
-	for _, q := range old {
+	for _, q := range cur {
 		if err := s.deleteSeq(q.seq, false); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return err
 		}
@@ -457,28 +499,209 @@ func (s *Store) CopyQueue(src, dst string) error {
 	if copied > 0 {
 		s.wake([]string{dst})
 	}
-	s.log.Info("jsstore copied queue", "entries", copied, "replaced", len(old))
+	s.log.Info("jsstore copied queue", "entries", copied, "replaced", len(cur))
 	return nil
 }
 
-// copyBatch publishes entries and refs for dst as one atomic batch and
-// waits for it, through the commit pipeline (so it is ordered with this
-// frontend's commits).
-func (s *Store) copyBatch(dst string, qs []queued) error {
-	done := make(chan error, 1)
-	j := &job{done: func(_ []store.Receipt, err error) { done <- err }}
+// writeCopy reads dst's queue (cur) and writes, guarded, its new queue: from
+// (src's, but secret entries) and what reached dst during the call, in id
+// order. A refused copy is taken back, and the next attempt reads on from
+// where the last look stopped. The caller deletes cur once the copy is
+// written.
+func (s *Store) writeCopy(dst string, from []queued, before map[uint64]bool) (cur []queued, copied int, err error) {
+	inSrc := make(map[store.ID]bool, len(from))
+	var base []queued
+	for _, q := range from {
+		inSrc[q.id] = true
+		if !q.secret {
+			base = append(base, q)
+		}
+	}
+	v := &queueView{read: map[store.Priority]uint64{store.High: 0, store.Normal: 0}, byPrio: map[store.Priority][]queued{}}
+	for attempt := 1; ; attempt++ {
+		last, err := s.steadyEntries(dst, v)
+		if err != nil {
+			return nil, 0, err
+		}
+		cur = append(slices.Clone(v.byPrio[store.High]), v.byPrio[store.Normal]...)
+		batch := slices.Clone(base)
+		for _, q := range cur {
+			if !before[q.seq] && !inSrc[q.id] {
+				batch = append(batch, q) // reached dst, and src too, during the call
+			}
+		}
+		slices.SortStableFunc(batch, func(a, b queued) int { return cmp.Compare(a.id, b.id) })
+		err = s.writeBatches(dst, batch, last)
+		if err == nil {
+			return cur, len(batch), nil
+		}
+		if !errors.Is(err, errQueueMoved) || attempt == copyAttempts {
+			return nil, 0, err
+		}
+		s.log.Debug("jsstore copy queue: an entry reached the copy's device meanwhile, copying again", "attempt", attempt)
+	}
+}
+
+// writeBatches writes batch as dst's entries, in batches the server's
+// limit holds, each guarded by dst's queue subjects' last sequences. A
+// refused batch takes back the ones before it.
+func (s *Store) writeBatches(dst string, batch []queued, last map[store.Priority]uint64) error {
+	last = maps.Clone(last)
+	var written []queued                 // the copy's entries so far, at their new sequences
+	per := max(1, (s.opts.MaxBatch-1)/2) // an entry and its ref each
+	for rest := batch; len(rest) > 0; {
+		n := min(per, len(rest))
+		got, err := s.copyBatch(dst, rest[:n], last)
+		if err != nil {
+			if errors.Is(err, errQueueMoved) {
+				s.unwrite(written)
+			}
+			return err
+		}
+		written = append(written, got...)
+		for _, q := range got {
+			last[q.prio] = max(last[q.prio], q.seq)
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
+// queueView is what steadyEntries has read of a queue: the entries of
+// each priority, and the last sequence read of each.
+type queueView struct {
+	byPrio map[store.Priority][]queued
+	read   map[store.Priority]uint64
+}
+
+// steadyEntries reads on in dev's queue from where v stopped, and then the
+// last sequence of each of its queue subjects, until the two agree: last
+// then guards exactly the entries read, and the time from the last look to
+// the copy's batch, its window for a commit to slip in, is one read
+// whatever the queue's length. A queue that never holds still gives
+// errQueueMoved.
+func (s *Store) steadyEntries(dev string, v *queueView) (map[store.Priority]uint64, error) {
+	for range steadyReads {
+		for _, prio := range []store.Priority{store.High, store.Normal} {
+			for {
+				q, ok, err := s.next(dev, prio, v.read[prio]+1)
+				if err != nil {
+					return nil, err
+				}
+				if !ok {
+					break
+				}
+				v.byPrio[prio] = append(v.byPrio[prio], q)
+				v.read[prio] = q.seq
+			}
+		}
+		last, err := s.lastSeqs(dev)
+		if err != nil {
+			return nil, err
+		}
+		if maps.Equal(v.read, last) {
+			return last, nil
+		}
+	}
+	return nil, errQueueMoved
+}
+
+// steadyReads bounds steadyEntries' looks.
+const steadyReads = 8
+
+// lastSeqs reads the last sequence of each of dev's queue subjects (0 for
+// none), both at once.
+func (s *Store) lastSeqs(dev string) (map[store.Priority]uint64, error) {
+	type result struct {
+		prio store.Priority
+		seq  uint64
+		err  error
+	}
+	out := make(chan result, 2)
+	for _, prio := range []store.Priority{store.High, store.Normal} {
+		go func() {
+			ctx, cancel := s.ctx()
+			defer cancel()
+			m, err := s.stream.GetLastMsgForSubject(ctx, s.queueSubj(dev, prio))
+			switch {
+			case errors.Is(err, jetstream.ErrMsgNotFound):
+				out <- result{prio, 0, nil}
+			case err != nil:
+				out <- result{prio, 0, fmt.Errorf("jsstore: read queue: %w", err)}
+			default:
+				out <- result{prio, m.Sequence, nil}
+			}
+		}()
+	}
+	last := make(map[store.Priority]uint64, 2)
+	var errs []error
+	for range 2 {
+		r := <-out
+		last[r.prio] = r.seq
+		errs = append(errs, r.err)
+	}
+	return last, errors.Join(errs...)
+}
+
+// copyBatch publishes entries and refs for dst as one atomic batch, from
+// an exclusive job (sendAlone), guarded by last (dst's queue subjects'
+// last sequences), and returns the entries as written, at their
+// sequences. errQueueMoved when the stream refused the guard.
+func (s *Store) copyBatch(dst string, qs []queued, last map[store.Priority]uint64) ([]queued, error) {
+	msgs := make([]*nats.Msg, 0, 2*len(qs))
 	for _, q := range qs {
 		e := q.entry
 		e.refOff = 1
-		j.batch = append(j.batch,
-			&nats.Msg{Subject: s.queueSubj(dst, q.prio), Data: e.marshal()},
-			&nats.Msg{Subject: s.refSubj(q.id, dst)})
+		msgs = append(msgs,
+			&nats.Msg{Subject: s.queueSubj(dst, q.prio), Data: e.marshal(), Header: nats.Header{}},
+			&nats.Msg{Subject: s.refSubj(q.id, dst), Header: nats.Header{}})
 	}
-	if err := s.enqueue(j); err != nil {
-		return err
+	// The guard of the first entry's subject rides on the entry; the other
+	// subject's on the first ref, before the batch writes that subject.
+	first := qs[0].prio
+	other := store.Normal
+	if first == store.Normal {
+		other = store.High
 	}
-	if err := <-done; err != nil {
-		return fmt.Errorf("jsstore: copy queue: %w", err)
+	msgs[0].Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last[first], 10))
+	msgs[1].Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last[other], 10))
+	msgs[1].Header.Set(expectedLastSubjSeqSubjHeader, s.queueSubj(dst, other))
+	seq, err := s.sendAlone(msgs)
+	if err != nil {
+		var api *jetstream.APIError
+		if errors.As(err, &api) && (api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			return nil, fmt.Errorf("%w: %w", errQueueMoved, err)
+		}
+		return nil, fmt.Errorf("jsstore: copy queue: %w", err)
 	}
-	return nil
+	// The batch's messages took consecutive sequences ending at seq: the
+	// entries are its even ones.
+	out := make([]queued, len(qs))
+	base := seq - uint64(len(msgs)) + 1
+	for i, q := range qs {
+		q.seq = base + uint64(2*i)
+		q.refOff = 1
+		out[i] = q
+	}
+	return out, nil
+}
+
+// expectedLastSubjSeqSubjHeader names the subject a batch message's
+// Nats-Expected-Last-Subject-Sequence is about, when not its own (NATS
+// 2.11; nats.go has no constant for it).
+const expectedLastSubjSeqSubjHeader = "Nats-Expected-Last-Subject-Sequence-Subject"
+
+// unwrite deletes a refused copy's entries and refs written by its earlier
+// batches. Best effort: a leftover is an entry doubled in the new device's
+// queue, which its next copy attempt replaces (it is dst's "old" then).
+func (s *Store) unwrite(qs []queued) {
+	for _, q := range qs {
+		if err := s.deleteSeq(q.seq, false); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			s.log.Warn("jsstore copy queue: taking back a refused copy's entry failed", "err", err)
+		}
+		if err := s.deleteSeq(q.seq+1, false); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			s.log.Warn("jsstore copy queue: taking back a refused copy's ref failed", "err", err)
+		}
+	}
 }

@@ -124,3 +124,56 @@ func testSecret(t *testing.T, h Harness) {
 	gone(t, s, sec, "once its devices acknowledged it")
 	checkQueue(t, s, "req", []store.ID{before.ID})
 }
+
+// testCopyQueueDuringCommits: commits for src and dst go on while
+// CopyQueue(src, dst) runs, as when a member adds a device while posts to
+// the member arrive (the new device is in the directory before its queue is
+// copied). dst ends with exactly src's queue, in src's order: the entries
+// src had when the copy was taken, then the commits after it, each once. A
+// commit that lands between the copy's reads and its writes must neither
+// come before the older entries copied nor be lost or doubled.
+func testCopyQueueDuringCommits(t *testing.T, h Harness) {
+	s := open(t, h)
+	for round := range 6 {
+		src, dst := fmt.Sprintf("src%d", round), fmt.Sprintf("dst%d", round)
+		for i := range 5 {
+			post(t, s, store.Normal, fmt.Appendf(nil, "before %d", i), src)
+		}
+		stop := make(chan struct{})
+		posted := make(chan int)
+		go func() {
+			n := 0
+			defer func() { posted <- n }()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := s.Draft()
+				data := fmt.Appendf(nil, "during %d", n)
+				if _, err := d.Write(data); err != nil {
+					t.Errorf("Write: %v", err)
+					return
+				}
+				if _, err := d.Commit(store.Message{Prio: store.Normal, To: []string{src, dst}, Len: int64(len(data)), Envelope: envelope("post")}); err != nil {
+					t.Errorf("Commit: %v", err)
+					return
+				}
+				n++
+			}
+		}()
+		err := s.CopyQueue(src, dst)
+		close(stop)
+		n := <-posted
+		after := post(t, s, store.Normal, []byte("after"), src, dst) // at least one commit follows the copy
+		if err != nil {
+			t.Fatalf("round %d: CopyQueue: %v", round, err)
+		}
+		want := s.Queue(src)
+		if len(want) != 5+n+1 || want[len(want)-1] != after.ID {
+			t.Fatalf("round %d: src's queue holds %d entries, want %d ending with %v", round, len(want), 5+n+1, after.ID)
+		}
+		checkQueue(t, s, dst, want)
+	}
+}

@@ -79,6 +79,7 @@ func Run(t *testing.T, h Harness) {
 		{"LargeDraft", testLargeDraft},
 		{"ConcurrentDrafts", testConcurrentDrafts},
 		{"CopyQueue", testCopyQueue},
+		{"CopyQueueDuringCommits", testCopyQueueDuringCommits},
 		{"Secret", testSecret},
 		{"Reopen", testReopen},
 		{"IDsAcrossReopen", testIDsAcrossReopen},

@@ -5,7 +5,6 @@ package load
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -29,14 +28,16 @@ const (
 
 // IdleConfig describes an idle-links measurement.
 type IdleConfig struct {
-	Addr string      // server "host:port"
-	TLS  *tls.Config // nil: do not verify the certificate
+	// Frontends are the site's addresses; link i is registered and
+	// logged in on frontend i mod n.
+	Frontends []Frontend
 	// Links is how many accounts are registered and then logged in, one link each.
 	Links int
-	// ServerPID is the server's process, whose RSS is read from /proc.
-	// Required. For a server in this process, os.Getpid(): the figures then
-	// include this process's own end of the links.
-	ServerPID int
+	// ServerPIDs are the server's processes (at most one per frontend),
+	// whose RSS is read from /proc and summed. At least one is required.
+	// For a server in this process, os.Getpid(): the figures then include
+	// this process's own end of the links.
+	ServerPIDs []int
 	// Settle is the wait before each RSS reading; 0 means DefaultIdleSettle.
 	Settle time.Duration
 	// Hold, if set, keeps the links up and idle this much longer after the
@@ -56,7 +57,9 @@ type IdleConfig struct {
 
 // IdleResult is what Idle measured. RSS figures are octets.
 type IdleResult struct {
-	Links int
+	Links      int
+	Frontends  int   // addresses the links were spread over
+	ServerPIDs []int // the processes whose RSS the figures sum
 	// RSSStart is the server's RSS before anything was done; RSSBefore after
 	// the accounts were registered (their links closed again); RSSAfter with
 	// every account logged in on an idle link; RSSHeld after IdleConfig.Hold
@@ -68,8 +71,13 @@ type IdleResult struct {
 }
 
 // MarshalJSON writes the result with units in the keys, as `mnm load -idle` prints it.
+// Against several frontends it adds "frontends" and "server_sum_of_pids",
+// as Result does.
 func (r IdleResult) MarshalJSON() ([]byte, error) {
+	frontends, summed := siteKeys(r.Frontends, r.ServerPIDs)
 	return json.Marshal(struct {
+		Frontends     int     `json:"frontends,omitempty"`
+		SummedPIDs    []int   `json:"server_sum_of_pids,omitempty"`
 		Links         int     `json:"links"`
 		RSSStart      int64   `json:"server_rss_start_bytes"`
 		RSSBefore     int64   `json:"server_rss_before_bytes"`
@@ -81,6 +89,7 @@ func (r IdleResult) MarshalJSON() ([]byte, error) {
 		RegisterS     float64 `json:"register_s"`
 		LoginS        float64 `json:"login_s"`
 	}{
+		frontends, summed,
 		r.Links, r.RSSStart, r.RSSBefore, r.RSSAfter, r.RSSHeld,
 		round(r.PerLink / 1024), round(r.PerLinkHeld / 1024),
 		round(float64(r.RSSBefore-r.RSSStart) / float64(max(r.Links, 1)) / 1024),
@@ -94,8 +103,11 @@ func (r IdleResult) MarshalJSON() ([]byte, error) {
 // and acked its login notice, then reads the RSS again with all links idle.
 // The difference per link is what an idle logged-in link costs the server.
 func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
-	if cfg.Addr == "" || cfg.Links < 1 || cfg.ServerPID == 0 {
-		return IdleResult{}, fmt.Errorf("%w: idle needs an address, links ≥ 1 and the server's pid", ErrConfig)
+	if err := checkSite(cfg.Frontends, cfg.ServerPIDs); err != nil {
+		return IdleResult{}, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	if cfg.Links < 1 || len(cfg.ServerPIDs) == 0 {
+		return IdleResult{}, fmt.Errorf("%w: idle needs links ≥ 1 and the server's pid", ErrConfig)
 	}
 	if cfg.Settle <= 0 {
 		cfg.Settle = DefaultIdleSettle
@@ -109,9 +121,9 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout+cfg.Hold)
 	defer cancel()
-	res := IdleResult{Links: cfg.Links}
+	res := IdleResult{Links: cfg.Links, Frontends: len(cfg.Frontends), ServerPIDs: cfg.ServerPIDs}
 	rss := func() (int64, error) {
-		ps, err := proc.Read(cfg.ServerPID)
+		ps, err := proc.ReadSum(cfg.ServerPIDs)
 		return ps.RSS, err
 	}
 	var err error
@@ -121,9 +133,12 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 
 	t0 := time.Now()
 	regs := make([]testclient.Registration, cfg.Links)
-	o := testclient.Options{TLS: cfg.TLS, Lax: true, Logger: log, OnOther: func(*testclient.Frame) {}}
+	o := testclient.Options{Lax: true, Logger: log, OnOther: func(*testclient.Frame) {}}
 	err = setup(ctx, cfg.Links, func(i int) error {
-		c, reg, err := testclient.Register(cfg.Addr, "idle", "_", o)
+		fe := frontend(cfg.Frontends, i)
+		ro := o
+		ro.TLS = fe.TLS
+		c, reg, err := testclient.Register(fe.Addr, "idle", "_", ro)
 		if err != nil {
 			return fmt.Errorf("load: register account %d: %w", i, err)
 		}
@@ -156,15 +171,16 @@ func Idle(ctx context.Context, cfg IdleConfig) (IdleResult, error) {
 	var notices sync.WaitGroup // one per link: its login notice arrived
 	notices.Add(cfg.Links)
 	err = setup(ctx, cfg.Links, func(i int) error {
+		fe := frontend(cfg.Frontends, i)
 		lo := o
-		lo.AutoAck, lo.PulseInterval = true, idlePulse
+		lo.TLS, lo.AutoAck, lo.PulseInterval = fe.TLS, true, idlePulse
 		var once sync.Once
 		lo.OnMessage = func(f *testclient.Frame) {
 			if f.Op() == "login" {
 				once.Do(notices.Done)
 			}
 		}
-		c, _, err := testclient.LoginRetry(ctx, cfg.Addr, regs[i].UID, regs[i].NodeID, lo)
+		c, _, err := testclient.LoginRetry(ctx, fe.Addr, regs[i].UID, regs[i].NodeID, lo)
 		if err != nil {
 			return fmt.Errorf("load: log in account %d: %w", i, err)
 		}

@@ -11,6 +11,11 @@
 // flight per member (PostAsync); every receiving device acks each message as
 // it arrives (AutoAck), so delivery runs as fast as the server's
 // one-message-at-a-time queue allows.
+//
+// A site may be served by several frontends (Config.Frontends): member i
+// connects to frontend i mod n, and with two or more frontends every
+// member's recipients are on frontends other than its own, so that every
+// delivery measured crosses from one frontend to another.
 package load
 
 import (
@@ -52,10 +57,18 @@ const (
 	senderPrefix = "m"
 )
 
+// Frontend is one address of the site under load.
+type Frontend struct {
+	Addr string      // "host:port"
+	TLS  *tls.Config // nil: do not verify the certificate (a "=host:port" site)
+}
+
 // Config describes a load run.
 type Config struct {
-	Addr string      // server "host:port"
-	TLS  *tls.Config // nil: do not verify the certificate (a "=host:port" site)
+	// Frontends are the addresses serving the site: one server, or
+	// several frontends of one clustered site. Members are spread over
+	// them round-robin (see the package comment).
+	Frontends []Frontend
 
 	Users      int // members, each a freshly registered account with one device; at least 2
 	Senders    int // members that post (the others only receive); 0 means all
@@ -69,10 +82,11 @@ type Config struct {
 	Timeout time.Duration
 	// Seed chooses the recipients and the payload filler.
 	Seed uint64
-	// ServerPID, if not 0, is the server's process: its RSS and CPU time are
-	// read from /proc during the run. For a server in this process, pass
-	// os.Getpid() (the figures then include the load generator).
-	ServerPID int
+	// ServerPIDs, if any, are the server's processes (at most one per
+	// frontend): their RSS and CPU time are read from /proc during the run
+	// and summed. For a server in this process, pass os.Getpid() (the
+	// figures then include the load generator).
+	ServerPIDs []int
 	// Strict runs CheckFrame on every received frame. It costs the load
 	// generator two JSON encodings per frame, CPU the server then lacks on a
 	// shared machine, so it is off by default; payloads are always checked.
@@ -88,6 +102,10 @@ type Config struct {
 // 10^6 octets of payload.
 type Result struct {
 	Users, Senders, Posts, Size, Recipients, Window int // the configuration run
+	Frontends                                       int // addresses loaded
+
+	// ServerPIDs are the processes whose figures the Server fields sum.
+	ServerPIDs []int
 
 	Posted     int64 // posts acked with a message id
 	PostErrors int64 // posts refused, whose ack never came, or not sent because the run stopped
@@ -110,17 +128,22 @@ type Result struct {
 	AckP50, AckP99           time.Duration // post sent → its ack received
 	DeliveryP50, DeliveryP99 time.Duration // post sent → delivered to a recipient
 
-	ServerRSSPeak int64         // highest RSS sampled during the run, octets; 0 if unknown
-	ServerHWM     int64         // the server's VmHWM (peak RSS over its life) at the end; 0 if unknown
+	ServerRSSPeak int64         // highest RSS (of ServerPIDs together) sampled during the run, octets; 0 if unknown
+	ServerHWM     int64         // the servers' VmHWM (peak RSS over its life), summed, at the end; 0 if unknown
 	ServerCPU     time.Duration // server CPU time (user+system) while posting; 0 if unknown
 	LoaderCPU     time.Duration // this process's CPU time while posting
 }
 
 // MarshalJSON writes the result as one flat object with units in the keys
-// (ms, s, bytes), the form `mnm load` prints.
+// (ms, s, bytes), the form `mnm load` prints. Against several frontends it
+// adds "frontends", and "server_sum_of_pids" when the server figures are a
+// sum; against one it is the single-server form.
 func (r Result) MarshalJSON() ([]byte, error) {
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+	frontends, summed := siteKeys(r.Frontends, r.ServerPIDs)
 	return json.Marshal(struct {
+		Frontends     int     `json:"frontends,omitempty"`
+		SummedPIDs    []int   `json:"server_sum_of_pids,omitempty"`
 		Users         int     `json:"users"`
 		Senders       int     `json:"senders"`
 		Posts         int     `json:"posts"`
@@ -151,6 +174,7 @@ func (r Result) MarshalJSON() ([]byte, error) {
 		ServerCPU     float64 `json:"server_cpu_s,omitempty"`
 		LoaderCPU     float64 `json:"loader_cpu_s"`
 	}{
+		frontends, summed,
 		r.Users, r.Senders, r.Posts, r.Size, r.Recipients, r.Window,
 		r.Posted, r.PostErrors, r.Expected, r.Delivered, r.Lost, r.Duplicates, r.Reordered, r.Corrupt,
 		r.TimedOut, r.Err,
@@ -163,6 +187,62 @@ func (r Result) MarshalJSON() ([]byte, error) {
 // round keeps two decimals: rates are not meaningful beyond that.
 func round(x float64) float64 { return float64(int64(x*100+0.5)) / 100 }
 
+// siteKeys are the values of the JSON keys "frontends" and
+// "server_sum_of_pids": zero (omitted) against one server, so that its
+// output is what it was before frontends.
+func siteKeys(frontends int, pids []int) (int, []int) {
+	if frontends < 2 {
+		return 0, nil
+	}
+	return frontends, pids
+}
+
+// checkSite checks the addresses and processes of a site: at least one
+// address, none empty or given twice, at most one process per address and
+// none twice. The messages are the ones `mnm load` and `mnm N` show.
+func checkSite(frontends []Frontend, pids []int) error {
+	if len(frontends) == 0 {
+		return errors.New("no server address")
+	}
+	seen := make(map[string]bool, len(frontends))
+	for i, f := range frontends {
+		switch {
+		case f.Addr == "":
+			return fmt.Errorf("frontend %d has no address", i+1)
+		case seen[f.Addr]:
+			return fmt.Errorf("frontend %s given twice", f.Addr)
+		}
+		seen[f.Addr] = true
+	}
+	if len(pids) > len(frontends) {
+		return fmt.Errorf("%d server processes for %d frontends", len(pids), len(frontends))
+	}
+	seenPID := make(map[int]bool, len(pids))
+	for _, pid := range pids {
+		switch {
+		case pid <= 0:
+			return fmt.Errorf("server process %d", pid)
+		case seenPID[pid]:
+			return fmt.Errorf("server process %d given twice", pid)
+		}
+		seenPID[pid] = true
+	}
+	return nil
+}
+
+// otherFrontends is how many of users members are on a frontend other
+// than member i's, with members spread over n frontends round-robin.
+func otherFrontends(users, n, i int) int {
+	if n < 2 {
+		return users - 1
+	}
+	same := users / n // members on i's frontend, i included
+	if i%n < users%n {
+		same++
+	}
+	return users - same
+}
+
 // ErrConfig is wrapped by the errors of an unusable Config or IdleConfig.
 var ErrConfig = errors.New("load: bad configuration")
 
@@ -170,9 +250,14 @@ func (cfg *Config) check() error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, a...))
 	}
+	if err := checkSite(cfg.Frontends, cfg.ServerPIDs); err != nil {
+		return bad("%v", err)
+	}
+	n := len(cfg.Frontends)
+	// The member with the fewest others on other frontends: the first
+	// member of frontend 0 is on the most crowded one.
+	fewest := otherFrontends(cfg.Users, n, 0)
 	switch {
-	case cfg.Addr == "":
-		return bad("no server address")
 	case cfg.Users < 2:
 		return bad("%d users; at least 2 are needed to post to each other", cfg.Users)
 	case cfg.Senders < 0 || cfg.Senders > cfg.Users:
@@ -181,6 +266,9 @@ func (cfg *Config) check() error {
 		return bad("%d posts per member", cfg.Posts)
 	case cfg.Recipients < 1 || cfg.Recipients > cfg.Users-1:
 		return bad("%d recipients; between 1 and users-1 (%d)", cfg.Recipients, cfg.Users-1)
+	case cfg.Recipients > fewest:
+		return bad("%d recipients; at most %d with %d users on %d frontends, each recipient on another frontend than its sender",
+			cfg.Recipients, fewest, cfg.Users, n)
 	case cfg.Window < 1:
 		return bad("window %d", cfg.Window)
 	case cfg.Size < testclient.PayloadMin(memberName(cfg.Users-1)) || cfg.Size > testclient.MaxDataLen:
@@ -277,7 +365,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
-	sampler := startSampler(cfg.ServerPID)
+	sampler := startSampler(cfg.ServerPIDs)
 	loaderCPU0 := proc.SelfCPU()
 	start := time.Now()
 	var posters sync.WaitGroup
@@ -349,8 +437,22 @@ func (r *run) plan() {
 			order: testclient.NewOrderTracker(),
 		}
 	}
+	n := len(cfg.Frontends)
 	for i, m := range r.members[:cfg.Senders] {
 		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(i)))
+		if n > 1 {
+			// Only members of other frontends: every delivery crosses.
+			var others []int
+			for j := range cfg.Users {
+				if j%n != i%n {
+					others = append(others, j)
+				}
+			}
+			for len(m.toIx) < cfg.Recipients {
+				m.toIx[others[rng.IntN(len(others))]] = true
+			}
+			continue
+		}
 		for len(m.toIx) < cfg.Recipients {
 			j := rng.IntN(cfg.Users - 1)
 			if j >= i {
@@ -361,14 +463,22 @@ func (r *run) plan() {
 	}
 }
 
-// register creates every member's account, setupWorkers at a time.
+// frontend is where member (or idle link) i connects: round-robin.
+func frontend(frontends []Frontend, i int) Frontend {
+	return frontends[i%len(frontends)]
+}
+
+// register creates every member's account, setupWorkers at a time, each
+// through the frontend its link stays on.
 func (r *run) register(ctx context.Context) error {
-	o := testclient.Options{TLS: r.cfg.TLS, AutoAck: true, Lax: !r.cfg.Strict, Logger: r.log, OnOther: func(*testclient.Frame) {}}
+	o := testclient.Options{AutoAck: true, Lax: !r.cfg.Strict, Logger: r.log, OnOther: func(*testclient.Frame) {}}
 	err := setup(ctx, len(r.members), func(i int) error {
 		m := r.members[i]
+		fe := frontend(r.cfg.Frontends, i)
 		mo := o
+		mo.TLS = fe.TLS
 		mo.OnMessage = func(f *testclient.Frame) { r.receive(m, f) }
-		c, reg, err := testclient.Register(r.cfg.Addr, "load", "_", mo)
+		c, reg, err := testclient.Register(fe.Addr, "load", "_", mo)
 		if err != nil {
 			return fmt.Errorf("load: register member %d: %w", i, err)
 		}
@@ -572,6 +682,7 @@ func (r *run) result(timedOut bool) Result {
 	cfg := r.cfg
 	res := Result{
 		Users: cfg.Users, Senders: cfg.Senders, Posts: cfg.Posts, Size: cfg.Size, Recipients: cfg.Recipients, Window: cfg.Window,
+		Frontends: len(cfg.Frontends), ServerPIDs: cfg.ServerPIDs,
 		Posted:     r.posted.Load(),
 		PostErrors: r.postErrors.Load(),
 		Delivered:  r.delivered.Load(),
@@ -608,9 +719,10 @@ func (r *run) result(timedOut bool) Result {
 	return res
 }
 
-// sampler reads a process's RSS every sampleInterval and keeps the peak.
+// sampler reads the servers' RSS, summed, every sampleInterval and keeps
+// the peak.
 type sampler struct {
-	pid  int
+	pids []int
 	cpu0 time.Duration
 	stop chan struct{}
 	done chan samples
@@ -621,15 +733,16 @@ type samples struct {
 	cpu          time.Duration
 }
 
-// startSampler starts sampling pid; pid 0 samples nothing.
-func startSampler(pid int) *sampler {
-	s := &sampler{pid: pid, stop: make(chan struct{}), done: make(chan samples, 1)}
-	if pid == 0 {
+// startSampler starts sampling pids; none samples nothing, and neither
+// does a process that cannot be read.
+func startSampler(pids []int) *sampler {
+	s := &sampler{pids: pids, stop: make(chan struct{}), done: make(chan samples, 1)}
+	if len(pids) == 0 {
 		return s
 	}
-	ps, err := proc.Read(pid)
+	ps, err := proc.ReadSum(pids)
 	if err != nil {
-		s.pid = 0
+		s.pids = nil
 		return s
 	}
 	s.cpu0 = ps.CPU
@@ -640,7 +753,7 @@ func startSampler(pid int) *sampler {
 		for {
 			select {
 			case <-t.C:
-				if ps, err := proc.Read(pid); err == nil {
+				if ps, err := proc.ReadSum(pids); err == nil {
 					peak = max(peak, ps.RSS)
 				}
 			case <-s.stop:
@@ -655,12 +768,12 @@ func startSampler(pid int) *sampler {
 // finish stops sampling and returns the peak RSS, the final VmHWM and the CPU
 // time used since the start; zeros if the process could not be read.
 func (s *sampler) finish() samples {
-	if s.pid == 0 {
+	if len(s.pids) == 0 {
 		return samples{}
 	}
 	close(s.stop)
 	out := <-s.done
-	if ps, err := proc.Read(s.pid); err == nil {
+	if ps, err := proc.ReadSum(s.pids); err == nil {
 		out.peakRSS = max(out.peakRSS, ps.RSS)
 		out.hwm = ps.HWM
 		out.cpu = ps.CPU - s.cpu0

@@ -21,9 +21,12 @@ import (
 
 // fakeRelay registers anyone, acks every post at once and writes its data to
 // each recipient's link as a delivery. It does not wait for the recipients'
-// acks: Run must cope with messages arriving back to back.
+// acks: Run must cope with messages arriving back to back. It may listen on
+// several addresses, the frontends of one site, and notes which one each
+// link came through.
 type fakeRelay struct {
-	s *fakeserver.Server
+	s   *fakeserver.Server   // the first frontend
+	fes []*fakeserver.Server // every frontend, s first
 
 	// deliver, if set, decides what recipient to gets for the k-th (from 0)
 	// post that from sent it: the payloads to write, in order (none drops it).
@@ -37,13 +40,18 @@ type fakeRelay struct {
 	nodes  map[string]string     // uid → nodeid
 	posts  map[[2]string]int     // (from, to) → posts so far
 	nextID int
+	served []int // links per frontend
+	// Posts delivered from a link on one frontend to a link on the same
+	// one, or on another.
+	sameFrontend, crossFrontend int
 }
 
 // relayLink is a link of the relay; wmu serialises its writers (its own
 // request loop and the senders' deliveries): its Write hides the Link's.
 type relayLink struct {
 	*fakeserver.Link
-	wmu sync.Mutex
+	frontend int
+	wmu      sync.Mutex
 }
 
 func (l *relayLink) Write(head map[string]any, data []byte) error {
@@ -52,29 +60,46 @@ func (l *relayLink) Write(head map[string]any, data []byte) error {
 	return l.Link.Write(head, data)
 }
 
-func newFakeRelay(t *testing.T) *fakeRelay {
+func newFakeRelay(t *testing.T) *fakeRelay { return newFakeSite(t, 1) }
+
+// newFakeSite is a relay listening on n addresses.
+func newFakeSite(t *testing.T, n int) *fakeRelay {
 	r := &fakeRelay{
-		s:     fakeserver.New(t),
-		links: make(map[string]*relayLink),
-		nodes: make(map[string]string),
-		posts: make(map[[2]string]int),
+		links:  make(map[string]*relayLink),
+		nodes:  make(map[string]string),
+		posts:  make(map[[2]string]int),
+		served: make([]int, n),
 	}
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
-	go func() {
-		for {
-			select {
-			case l := <-r.s.Links:
-				go r.serve(&relayLink{Link: l})
-			case <-stop:
-				return
+	for i := range n {
+		fe := fakeserver.New(t)
+		r.fes = append(r.fes, fe)
+		go func() {
+			for {
+				select {
+				case l := <-fe.Links:
+					go r.serve(&relayLink{Link: l, frontend: i})
+				case <-stop:
+					return
+				}
 			}
-		}
-	}()
+		}()
+	}
+	r.s = r.fes[0]
 	return r
 }
 
 func (r *fakeRelay) addr() string { return r.s.Addr() }
+
+// frontends are the relay's addresses, as Config takes them.
+func (r *fakeRelay) frontends() []Frontend {
+	var out []Frontend
+	for _, fe := range r.fes {
+		out = append(out, Frontend{Addr: fe.Addr()})
+	}
+	return out
+}
 
 // serve runs one link: TmtpRev, Register or Login, then posts until the
 // client closes it.
@@ -103,6 +128,7 @@ func (r *fakeRelay) serve(l *relayLink) {
 		}
 	}
 	r.links[uid] = l
+	r.served[l.frontend]++
 	r.mu.Unlock()
 	defer func() {
 		r.mu.Lock()
@@ -166,6 +192,13 @@ func (r *fakeRelay) post(l *relayLink, from string, req *fakeserver.Req) error {
 		dst := r.links[to]
 		k := r.posts[[2]string{from, to}]
 		r.posts[[2]string{from, to}]++
+		switch {
+		case dst == nil:
+		case dst.frontend == l.frontend:
+			r.sameFrontend++
+		default:
+			r.crossFrontend++
+		}
 		r.mu.Unlock()
 		out := [][]byte{req.Data}
 		if r.deliver != nil {
@@ -186,7 +219,7 @@ func (r *fakeRelay) post(l *relayLink, from string, req *fakeserver.Req) error {
 
 // smallLoad is a run quick enough for unit tests.
 func smallLoad(addr string) Config {
-	return Config{Addr: addr, Users: 4, Posts: 20, Size: 200, Recipients: 2, Window: 4, Timeout: 20 * time.Second}
+	return Config{Frontends: []Frontend{{Addr: addr}}, Users: 4, Posts: 20, Size: 200, Recipients: 2, Window: 4, Timeout: 20 * time.Second}
 }
 
 func runLoad(t *testing.T, cfg Config) Result {
@@ -205,7 +238,7 @@ func TestRunClean(t *testing.T) {
 	cfg.Strict = true // the fake writes frames as the contract says
 	ready := false
 	cfg.Ready = func() { ready = true }
-	cfg.ServerPID = os.Getpid()
+	cfg.ServerPIDs = []int{os.Getpid()}
 	res := runLoad(t, cfg)
 	if !ready {
 		t.Error("Ready was not called")
@@ -383,9 +416,18 @@ func TestRunLinkLost(t *testing.T) {
 }
 
 func TestRunConfig(t *testing.T) {
-	ok := Config{Addr: "127.0.0.1:1", Users: 3, Posts: 1, Size: 100, Recipients: 2, Window: 1}
+	ok := Config{Frontends: []Frontend{{Addr: "127.0.0.1:1"}}, Users: 3, Posts: 1, Size: 100, Recipients: 2, Window: 1}
+	two := []Frontend{{Addr: "127.0.0.1:1"}, {Addr: "127.0.0.1:2"}}
 	for name, edit := range map[string]func(*Config){
-		"no address":       func(c *Config) { c.Addr = "" },
+		"no address":       func(c *Config) { c.Frontends = nil },
+		"empty address":    func(c *Config) { c.Frontends = []Frontend{{Addr: "127.0.0.1:1"}, {}} },
+		"address twice":    func(c *Config) { c.Frontends = []Frontend{two[0], two[1], two[0]} },
+		"pids > frontends": func(c *Config) { c.ServerPIDs = []int{1, 2} },
+		"pid twice":        func(c *Config) { c.Frontends, c.ServerPIDs = two, []int{1, 1} },
+		"pid not positive": func(c *Config) { c.ServerPIDs = []int{0} },
+		// 3 users on 2 frontends: the first and third share frontend 0,
+		// so each has only one member on another frontend.
+		"recip elsewhere":  func(c *Config) { c.Frontends = two },
 		"one user":         func(c *Config) { c.Users, c.Recipients = 1, 1 },
 		"no posts":         func(c *Config) { c.Posts = 0 },
 		"no recipients":    func(c *Config) { c.Recipients = 0 },
@@ -428,7 +470,7 @@ func TestSetupStopped(t *testing.T) {
 func TestIdle(t *testing.T) {
 	r := newFakeRelay(t)
 	res, err := Idle(context.Background(), IdleConfig{
-		Addr: r.addr(), Links: 5, ServerPID: os.Getpid(), Settle: time.Millisecond, Hold: time.Millisecond, Timeout: 20 * time.Second,
+		Frontends: r.frontends(), Links: 5, ServerPIDs: []int{os.Getpid()}, Settle: time.Millisecond, Hold: time.Millisecond, Timeout: 20 * time.Second,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -450,7 +492,7 @@ func TestIdle(t *testing.T) {
 	if n != 5 {
 		t.Errorf("relay registered %d accounts, want 5", n)
 	}
-	if _, err := Idle(context.Background(), IdleConfig{Addr: r.addr(), Links: 1}); !errors.Is(err, ErrConfig) {
+	if _, err := Idle(context.Background(), IdleConfig{Frontends: r.frontends(), Links: 1}); !errors.Is(err, ErrConfig) {
 		t.Errorf("idle without a pid: err %v, want ErrConfig", err)
 	}
 }
@@ -464,5 +506,88 @@ func TestResultJSON(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("%s lacks %s", b, want)
 		}
+	}
+}
+
+// TestRunFrontends: against a site of two frontends, members are spread
+// over both and every delivery crosses from one to the other.
+func TestRunFrontends(t *testing.T) {
+	r := newFakeSite(t, 2)
+	cfg := smallLoad("")
+	cfg.Frontends, cfg.Users, cfg.Recipients = r.frontends(), 5, 2
+	cfg.ServerPIDs = []int{os.Getpid()}
+	res := runLoad(t, cfg)
+	want := int64(cfg.Users * cfg.Posts * cfg.Recipients)
+	if res.Delivered != want || res.Lost+res.Duplicates+res.Reordered+res.Corrupt+res.PostErrors != 0 || res.Err != "" {
+		t.Errorf("delivered %d of %d: %+v", res.Delivered, want, res)
+	}
+	if res.Frontends != 2 || res.ServerRSSPeak <= 0 {
+		t.Errorf("frontends %d, server rss %d; want 2 and the figures of this process", res.Frontends, res.ServerRSSPeak)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Members 0, 2, 4 on the first frontend, 1 and 3 on the second.
+	if r.served[0] != 3 || r.served[1] != 2 {
+		t.Errorf("links per frontend %v, want [3 2]", r.served)
+	}
+	if r.sameFrontend != 0 || int64(r.crossFrontend) != want {
+		t.Errorf("%d deliveries within a frontend, %d across; want 0 and %d", r.sameFrontend, r.crossFrontend, want)
+	}
+}
+
+func TestOtherFrontends(t *testing.T) {
+	for _, c := range []struct{ users, n, i, want int }{
+		{5, 1, 0, 4},
+		{5, 2, 0, 2}, // 0, 2, 4 together
+		{5, 2, 1, 3}, // 1, 3 together
+		{6, 3, 2, 4},
+		{2, 3, 0, 1}, // fewer members than frontends
+	} {
+		if got := otherFrontends(c.users, c.n, c.i); got != c.want {
+			t.Errorf("otherFrontends(%d, %d, %d) = %d, want %d", c.users, c.n, c.i, got, c.want)
+		}
+	}
+}
+
+// TestIdleFrontends spreads the idle links over two frontends.
+func TestIdleFrontends(t *testing.T) {
+	r := newFakeSite(t, 2)
+	res, err := Idle(context.Background(), IdleConfig{
+		Frontends: r.frontends(), Links: 4, ServerPIDs: []int{os.Getpid()}, Settle: time.Millisecond, Timeout: 20 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Frontends != 2 || res.RSSAfter <= 0 {
+		t.Errorf("result %+v", res)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Each link twice: registered, then logged in.
+	if r.served[0] != 4 || r.served[1] != 4 {
+		t.Errorf("links per frontend %v, want [4 4]", r.served)
+	}
+	b, err := res.MarshalJSON()
+	if err != nil || !strings.Contains(string(b), `"frontends":2,"server_sum_of_pids":[`) {
+		t.Errorf("%s %v: no frontends or summed pids", b, err)
+	}
+}
+
+// TestResultJSONFrontends: the frontends and summed pids are shown against
+// several frontends only; one server's result keeps its form.
+func TestResultJSONFrontends(t *testing.T) {
+	one, err := Result{Users: 2, Frontends: 1, ServerPIDs: []int{7}}.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(one), `{"users":2,`) || strings.Contains(string(one), "frontends") || strings.Contains(string(one), "pids") {
+		t.Errorf("one server: %s", one)
+	}
+	two, err := Result{Users: 2, Frontends: 2, ServerPIDs: []int{7, 8}}.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(two), `{"frontends":2,"server_sum_of_pids":[7,8],"users":2,`) {
+		t.Errorf("two frontends: %s", two)
 	}
 }

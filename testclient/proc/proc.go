@@ -45,6 +45,24 @@ func Read(pid int) (Stats, error) {
 	return ps, nil
 }
 
+// ReadSum reads each of pids and adds their figures up: the processes of a
+// site served by several frontends. HWM is then the sum of each process's
+// own peak, an upper bound of the site's peak. One unreadable process fails
+// the whole reading, so that a sum never silently leaves a frontend out.
+func ReadSum(pids []int) (Stats, error) {
+	var sum Stats
+	for _, pid := range pids {
+		ps, err := Read(pid)
+		if err != nil {
+			return Stats{}, err
+		}
+		sum.RSS += ps.RSS
+		sum.HWM += ps.HWM
+		sum.CPU += ps.CPU
+	}
+	return sum, nil
+}
+
 // ErrFormat is wrapped by the errors of parsing /proc files.
 var ErrFormat = errors.New("proc: unexpected /proc format")
 

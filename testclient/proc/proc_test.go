@@ -20,6 +20,26 @@ func TestRead(t *testing.T) {
 	}
 }
 
+// TestReadSum: one process counted twice is twice its figures (CPU and RSS
+// move meanwhile, so only the memory, which a reading of an idle test
+// barely changes, is compared loosely), and one unreadable pid fails it.
+func TestReadSum(t *testing.T) {
+	one, err := Read(os.Getpid())
+	if err != nil {
+		t.Skip("no /proc:", err)
+	}
+	two, err := ReadSum([]int{os.Getpid(), os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if two.HWM < 2*one.HWM || two.RSS < one.RSS+one.RSS/2 || two.CPU < 2*one.CPU {
+		t.Errorf("sum of twice %+v: %+v", one, two)
+	}
+	if _, err := ReadSum([]int{os.Getpid(), -1}); err == nil {
+		t.Error("a sum with pid -1")
+	}
+}
+
 func TestParse(t *testing.T) {
 	rss, hwm, err := parseStatus([]byte("Name:\tmnm\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\nThreads:\t5\n"))
 	if err != nil || rss != 1<<20 || hwm != 2<<20 {

@@ -163,7 +163,8 @@ func (sim *simulation) login(m *member, ctx context.Context) *link {
 	o := sim.options()
 	o.OnMessage = l.onMessage
 	o.OnOther = func(*testclient.Frame) {} // presence notices, stray acks
-	c, _, err := testclient.LoginRetry(ctx, sim.cfg.Addr, m.uid, m.nodeid, o)
+	addr, o := sim.dial(m, o)
+	c, _, err := testclient.LoginRetry(ctx, addr, m.uid, m.nodeid, o)
 	if err != nil {
 		sim.release()
 		if ctx.Err() == nil {

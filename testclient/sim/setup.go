@@ -26,7 +26,8 @@ func (sim *simulation) setup(ctx context.Context) error {
 	err := pool.Run(ctx, setupWorkers, len(sim.members), func(i int) error {
 		m := sim.members[i]
 		return sim.setupLink(ctx, func() (*testclient.Client, error) {
-			c, reg, err := testclient.Register(sim.cfg.Addr, fmt.Sprintf("sim device %d", i), m.alias, o)
+			addr, o := sim.dial(m, o)
+			c, reg, err := testclient.Register(addr, fmt.Sprintf("sim device %d", i), m.alias, o)
 			if err != nil {
 				return nil, fmt.Errorf("sim: register member %d: %w", i, err)
 			}
@@ -50,7 +51,8 @@ func (sim *simulation) setup(ctx context.Context) error {
 		grp := sim.groups[g]
 		owner := sim.members[grp.lo]
 		return sim.setupLink(ctx, func() (*testclient.Client, error) {
-			c, _, err := testclient.Login(sim.cfg.Addr, owner.uid, owner.nodeid, o)
+			addr, o := sim.dial(owner, o)
+			c, _, err := testclient.Login(addr, owner.uid, owner.nodeid, o)
 			if err != nil {
 				return nil, fmt.Errorf("sim: member %d logs in to invite: %w", grp.lo, err)
 			}
@@ -78,7 +80,8 @@ func (sim *simulation) setup(ctx context.Context) error {
 			return nil
 		}
 		return sim.setupLink(ctx, func() (*testclient.Client, error) {
-			c, _, err := testclient.Login(sim.cfg.Addr, m.uid, m.nodeid, o)
+			addr, o := sim.dial(m, o)
+			c, _, err := testclient.Login(addr, m.uid, m.nodeid, o)
 			if err != nil {
 				return nil, fmt.Errorf("sim: member %d logs in to join: %w", i, err)
 			}
@@ -135,7 +138,15 @@ func (sim *simulation) release() {
 	}
 }
 
-// options are the Client options of every link.
+// options are the Client options of every link but its TLS (dial).
 func (sim *simulation) options() testclient.Options {
-	return testclient.Options{TLS: sim.cfg.TLS, Logger: sim.log, PulseInterval: pulse}
+	return testclient.Options{Logger: sim.log, PulseInterval: pulse}
+}
+
+// dial returns the address m's device connects to, and o with the TLS
+// configuration of that frontend.
+func (sim *simulation) dial(m *member, o testclient.Options) (string, testclient.Options) {
+	fe := sim.cfg.frontend(m.idx, 0)
+	o.TLS = fe.TLS
+	return fe.Addr, o
 }

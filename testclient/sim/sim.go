@@ -44,6 +44,14 @@
 //   - corrupt: a delivery whose payload fails CheckPayload or names another
 //     sender than "from", or a link ended by a frame that breaks the protocol.
 //
+// Frontends: a site may be served by several frontends (Config.Frontends),
+// any of which a member may use. The simulation spreads the members over
+// them round-robin: device d of member m connects to frontend (m+d) mod n,
+// for its registration, its group setup and every login. A member has one
+// device (d = 0), so with two or more frontends most posts, direct and to a
+// group, go from a link on one frontend to members on others, and the
+// checks below then verify the site's cross-frontend delivery.
+//
 // Integrity errors are the sum of corrupt, duplicate, misdelivered,
 // reordered and lost. Other failures (a refused post, a link that broke, an
 // ack that did not come) are counted as errors.
@@ -64,6 +72,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,12 +148,18 @@ const (
 	inviteText = "welcome to the simulation"
 )
 
+// Frontend is one address of the simulated site.
+type Frontend struct {
+	Addr string      // "host:port"
+	TLS  *tls.Config // nil: the certificate is not verified, as for a "=host:port" site
+}
+
 // Config configures Run.
 type Config struct {
-	// Addr is the server's "host:port"; TLS configures the links (nil: the
-	// certificate is not verified, as for a "=host:port" site).
-	Addr string
-	TLS  *tls.Config
+	// Frontends are the site's addresses: one server, or the frontends of
+	// a clustered site, over which the members are spread (see the package
+	// comment). None may be empty or given twice.
+	Frontends []Frontend
 	// Members is the number of simulated members, at least MinMembers.
 	// Each holds one link while online.
 	Members int
@@ -184,9 +199,10 @@ type Config struct {
 }
 
 func (c Config) withDefaults() (Config, error) {
+	if err := checkFrontends(c.Frontends); err != nil {
+		return c, err
+	}
 	switch {
-	case c.Addr == "":
-		return c, errors.New("sim: no server address")
 	case c.Members < MinMembers:
 		return c, fmt.Errorf("sim: %d members; at least %d are needed", c.Members, MinMembers)
 	case c.Timescale < 0 || math.IsNaN(c.Timescale) || math.IsInf(c.Timescale, 0):
@@ -213,6 +229,40 @@ func (c Config) withDefaults() (Config, error) {
 		c.ProcName = "server"
 	}
 	return c, nil
+}
+
+// checkFrontends checks that there is at least one address, and none
+// empty or given twice.
+func checkFrontends(frontends []Frontend) error {
+	if len(frontends) == 0 {
+		return errors.New("sim: no server address")
+	}
+	seen := make(map[string]bool, len(frontends))
+	for i, f := range frontends {
+		switch {
+		case f.Addr == "":
+			return fmt.Errorf("sim: frontend %d has no address", i+1)
+		case seen[f.Addr]:
+			return fmt.Errorf("sim: frontend %s given twice", f.Addr)
+		}
+		seen[f.Addr] = true
+	}
+	return nil
+}
+
+// frontend is where device d of member m connects.
+func (c Config) frontend(m, d int) Frontend {
+	return c.Frontends[(m+d)%len(c.Frontends)]
+}
+
+// addrs lists the frontends' addresses for the output: one server's
+// address as it is.
+func (c Config) addrs() string {
+	list := make([]string, len(c.Frontends))
+	for i, f := range c.Frontends {
+		list[i] = f.Addr
+	}
+	return strings.Join(list, ", ")
 }
 
 // Summary is what a simulation did and found.
@@ -279,7 +329,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Summary, error) {
 	}
 	sim := newSimulation(cfg, &lockedWriter{w: out})
 	sim.printf("sim: setting up %d members in %d groups at %s (seed %d)\n",
-		len(sim.members), len(sim.groups), cfg.Addr, cfg.Seed)
+		len(sim.members), len(sim.groups), cfg.addrs(), cfg.Seed)
 	if err := sim.setup(ctx); err != nil {
 		return Summary{}, err
 	}

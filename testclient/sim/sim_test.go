@@ -27,7 +27,7 @@ import (
 // newTestSim returns a simulation of n members with made-up uids.
 func newTestSim(t *testing.T, n int) *simulation {
 	t.Helper()
-	cfg, err := Config{Addr: "127.0.0.1:1", Members: n, Seed: 1}.withDefaults()
+	cfg, err := Config{Frontends: []Frontend{{Addr: "127.0.0.1:1"}}, Members: n, Seed: 1}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +346,7 @@ func TestPostSizeMean(t *testing.T) {
 // and turns CPU time into a share of a core over the interval.
 func TestStatusLine(t *testing.T) {
 	var calls int
-	cfg, err := Config{Addr: "x:1", Members: 2, ProcName: "server+members", Proc: func() (proc.Stats, error) {
+	cfg, err := Config{Frontends: oneFrontend(), Members: 2, ProcName: "server+members", Proc: func() (proc.Stats, error) {
 		calls++
 		return proc.Stats{RSS: 45e6, HWM: 60e6, CPU: time.Duration(calls) * 1500 * time.Millisecond}, nil
 	}}.withDefaults()
@@ -370,7 +370,7 @@ func TestStatusLine(t *testing.T) {
 		t.Errorf("summary rss %d, peak %d", sum.RSS, sum.PeakRSS)
 	}
 	// The default names the server.
-	if c, _ := (Config{Addr: "x:1", Members: 2}).withDefaults(); c.ProcName != "server" {
+	if c, _ := (Config{Frontends: oneFrontend(), Members: 2}).withDefaults(); c.ProcName != "server" {
 		t.Errorf("default ProcName %q", c.ProcName)
 	}
 	if got := cores(3*time.Second, 2*time.Second); got != "150% of a core" {
@@ -381,16 +381,22 @@ func TestStatusLine(t *testing.T) {
 	}
 }
 
+// oneFrontend is a site of one server, for configurations that go no
+// further than their check.
+func oneFrontend() []Frontend { return []Frontend{{Addr: "x:1"}} }
+
 func TestConfig(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		cfg  Config
 	}{
 		{"no address", Config{Members: 5}},
-		{"one member", Config{Addr: "x:1", Members: 1}},
-		{"negative timescale", Config{Addr: "x:1", Members: 5, Timescale: -1}},
-		{"NaN timescale", Config{Addr: "x:1", Members: 5, Timescale: math.NaN()}},
-		{"negative drain", Config{Addr: "x:1", Members: 5, Drain: -time.Second}},
+		{"empty address", Config{Frontends: []Frontend{{Addr: "x:1"}, {}}, Members: 5}},
+		{"address twice", Config{Frontends: []Frontend{{Addr: "x:1"}, {Addr: "x:2"}, {Addr: "x:1"}}, Members: 5}},
+		{"one member", Config{Frontends: oneFrontend(), Members: 1}},
+		{"negative timescale", Config{Frontends: oneFrontend(), Members: 5, Timescale: -1}},
+		{"NaN timescale", Config{Frontends: oneFrontend(), Members: 5, Timescale: math.NaN()}},
+		{"negative drain", Config{Frontends: oneFrontend(), Members: 5, Drain: -time.Second}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if _, err := c.cfg.withDefaults(); err == nil {
@@ -401,7 +407,7 @@ func TestConfig(t *testing.T) {
 			}
 		})
 	}
-	c, err := Config{Addr: "x:1", Members: 2}.withDefaults()
+	c, err := Config{Frontends: oneFrontend(), Members: 2}.withDefaults()
 	if err != nil || c.Timescale != 1 || c.Interval != DefaultInterval || c.Drain != DefaultDrain || c.Seed == 0 {
 		t.Errorf("defaults %+v, %v", c, err)
 	}
@@ -417,7 +423,7 @@ func TestRunSetupFails(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	var out strings.Builder
-	_, err = Run(context.Background(), Config{Addr: addr, Members: 3}, &out)
+	_, err = Run(context.Background(), Config{Frontends: []Frontend{{Addr: addr}}, Members: 3}, &out)
 	if err == nil || !strings.Contains(err.Error(), "register") {
 		t.Fatalf("Run against a closed port: %v", err)
 	}
@@ -559,7 +565,7 @@ func TestDeliverySize(t *testing.T) {
 }
 
 func TestOnlineSlots(t *testing.T) {
-	cfg, err := Config{Addr: "x:1", Members: 3, MaxOnline: 1}.withDefaults()
+	cfg, err := Config{Frontends: oneFrontend(), Members: 3, MaxOnline: 1}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -578,7 +584,31 @@ func TestOnlineSlots(t *testing.T) {
 	if !sim.acquire(context.Background()) {
 		t.Fatal("slot not reusable after release")
 	}
-	if _, err := (Config{Addr: "x:1", Members: 3, MaxOnline: -1}).withDefaults(); err == nil {
+	if _, err := (Config{Frontends: oneFrontend(), Members: 3, MaxOnline: -1}).withDefaults(); err == nil {
 		t.Error("negative MaxOnline accepted")
+	}
+}
+
+// TestFrontendSpread: members are spread over the frontends round-robin,
+// and a member's devices each one frontend further; the addresses are
+// listed as given, one server's as it is.
+func TestFrontendSpread(t *testing.T) {
+	cfg := Config{Frontends: []Frontend{{Addr: "a:1"}, {Addr: "b:1"}, {Addr: "c:1"}}}
+	for _, c := range []struct {
+		m, d int
+		want string
+	}{
+		{0, 0, "a:1"}, {1, 0, "b:1"}, {2, 0, "c:1"}, {3, 0, "a:1"},
+		{0, 1, "b:1"}, {2, 1, "a:1"}, {4, 2, "a:1"},
+	} {
+		if got := cfg.frontend(c.m, c.d).Addr; got != c.want {
+			t.Errorf("member %d device %d on %s, want %s", c.m, c.d, got, c.want)
+		}
+	}
+	if got := cfg.addrs(); got != "a:1, b:1, c:1" {
+		t.Errorf("addresses %q", got)
+	}
+	if got := (Config{Frontends: oneFrontend()}).addrs(); got != "x:1" {
+		t.Errorf("one address %q", got)
 	}
 }
