@@ -154,6 +154,16 @@ type Store struct {
 	hintMu sync.Mutex
 	// Guarded by hintMu: the entry Head returned last, per device.
 	hints map[string]entryRef
+	// floors: per device and priority, a stream sequence below which the
+	// queue has no entry, raised by each ack of its first entry. Queue
+	// reads start there: the server finds the next message of a subject
+	// by scanning its blocks from the given sequence, and from 1 that
+	// scan crosses every message the stream has held since (measured
+	// under load: most of the leader's CPU). Entries are only ever
+	// appended, so a floor stays true on every frontend for ever.
+	floors map[floorKey]uint64
+	// qbytes caches QueueBytes per device (queueBytesTTL).
+	qbytes map[string]queueBytes
 }
 
 // entryRef is where a queue entry is: enough for Ack without a scan.
@@ -161,6 +171,20 @@ type entryRef struct {
 	id     store.ID
 	seq    uint64
 	refOff int64
+	prio   store.Priority
+	size   int64
+}
+
+// floorKey names a device's queue of one priority in Store.floors.
+type floorKey struct {
+	dev  string
+	prio store.Priority
+}
+
+// queueBytes is a device's QueueBytes as last counted, and when.
+type queueBytes struct {
+	n  int64
+	at time.Time
 }
 
 // maxInflight bounds batches published and not yet acked: the server keeps
@@ -228,6 +252,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		slots:    make(chan struct{}, maxInflight),
 		pipeDone: make(chan struct{}),
 		hints:    map[string]entryRef{},
+		floors:   map[floorKey]uint64{},
+		qbytes:   map[string]queueBytes{},
 	}
 	if err := s.loadFloor(ctx); err != nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -65,9 +66,47 @@ type queued struct {
 	prio store.Priority
 }
 
-// first returns the first entry of dev's queue of priority prio.
+// first returns the first entry of dev's queue of priority prio. The
+// subject's last sequence comes first: the server keeps it per subject, so
+// an empty queue costs no scan at all; a queue that is not empty is read
+// from its floor, which then rises to the entry found (none lies below).
 func (s *Store) first(dev string, prio store.Priority) (queued, bool, error) {
-	return s.next(dev, prio, 1)
+	ctx, cancel := s.ctx()
+	m, err := s.stream.GetLastMsgForSubject(ctx, s.queueSubj(dev, prio))
+	cancel()
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return queued{}, false, nil
+	case err != nil:
+		return queued{}, false, fmt.Errorf("jsstore: read queue: %w", err)
+	}
+	floor := s.floor(dev, prio)
+	if m.Sequence < floor {
+		return queued{}, false, nil
+	}
+	q, ok, err := s.next(dev, prio, floor)
+	if ok {
+		s.raiseFloor(dev, prio, q.seq)
+	}
+	return q, ok, err
+}
+
+// floor is where dev's queue of priority prio may begin (Store.floors).
+func (s *Store) floor(dev string, prio store.Priority) uint64 {
+	s.hintMu.Lock()
+	defer s.hintMu.Unlock()
+	return max(1, s.floors[floorKey{dev, prio}])
+}
+
+// raiseFloor records that dev's queue of priority prio has no entry below
+// seq: its first entry, below seq, was just deleted.
+func (s *Store) raiseFloor(dev string, prio store.Priority, seq uint64) {
+	s.hintMu.Lock()
+	defer s.hintMu.Unlock()
+	k := floorKey{dev, prio}
+	if seq > s.floors[k] {
+		s.floors[k] = seq
+	}
 }
 
 // next returns the first entry of dev's queue of priority prio at or after
@@ -95,7 +134,7 @@ func (s *Store) next(dev string, prio store.Priority, seq uint64) (queued, bool,
 func (s *Store) entries(dev string) ([]queued, error) {
 	var out []queued
 	for _, prio := range []store.Priority{store.High, store.Normal} {
-		for seq := uint64(1); ; {
+		for seq := s.floor(dev, prio); ; {
 			q, ok, err := s.next(dev, prio, seq)
 			if err != nil {
 				return nil, err
@@ -145,7 +184,7 @@ func (s *Store) Head(dev string) (store.ID, bool) {
 		return 0, false
 	}
 	s.hintMu.Lock()
-	s.hints[dev] = entryRef{id: q.id, seq: q.seq, refOff: q.refOff}
+	s.hints[dev] = entryRef{id: q.id, seq: q.seq, refOff: q.refOff, prio: q.prio, size: q.size}
 	s.hintMu.Unlock()
 	return q.id, true
 }
@@ -173,16 +212,71 @@ func (s *Store) Queue(dev string) []store.ID {
 }
 
 // QueueBytes reports the sum of WriteTo's sizes over dev's entries.
+//
+// qlib asks it for every recipient device of every post (the
+// queueBytesPerDevice limit), and counting costs a read per entry, so a
+// count is kept for queueBytesTTL, and this frontend's commits and acks
+// for the device add and take their entries' sizes. Other frontends'
+// commits and acks are seen when the count is made again: the limit is a
+// threshold, never a reservation (qlib's roomFor), and a queue may pass
+// it by what other frontends add within the TTL.
 func (s *Store) QueueBytes(dev string) int64 {
+	s.hintMu.Lock()
+	c, ok := s.qbytes[dev]
+	s.hintMu.Unlock()
+	if ok && c.n >= 0 && time.Since(c.at) < queueBytesTTL {
+		return c.n
+	}
+	at := time.Now()
 	qs, err := s.entries(dev)
 	if err != nil {
 		s.log.Warn("jsstore queue bytes", "err", err)
+		return 0
 	}
 	var n int64
 	for _, q := range qs {
 		n += q.size
 	}
+	s.hintMu.Lock()
+	if len(s.qbytes) >= maxQueueBytesCached {
+		clear(s.qbytes) // a flood of devices: count again
+	}
+	if c := s.qbytes[dev]; !c.at.After(at) { // not changed since the count began
+		s.qbytes[dev] = queueBytes{n: n, at: at}
+	}
+	s.hintMu.Unlock()
 	return n
+}
+
+// queueBytesTTL is how long a QueueBytes count is kept, and
+// maxQueueBytesCached bounds the devices kept.
+const (
+	queueBytesTTL       = 2 * time.Second
+	maxQueueBytesCached = 100_000
+)
+
+// forgetBytes drops dev's QueueBytes count: its queue changed. The mark
+// it leaves keeps a count begun before the change from being kept.
+func (s *Store) forgetBytes(dev string) {
+	s.hintMu.Lock()
+	s.qbytes[dev] = queueBytes{n: -1, at: time.Now()}
+	s.hintMu.Unlock()
+}
+
+// addBytes adds delta to dev's QueueBytes count, if one is kept; if none
+// is, it marks the change, so that a count begun before it is not kept.
+func (s *Store) addBytes(dev string, delta int64) {
+	s.hintMu.Lock()
+	defer s.hintMu.Unlock()
+	c, ok := s.qbytes[dev]
+	if !ok || c.n < 0 {
+		if len(s.qbytes) < maxQueueBytesCached {
+			s.qbytes[dev] = queueBytes{n: -1, at: time.Now()}
+		}
+		return
+	}
+	c.n = max(0, c.n+delta)
+	s.qbytes[dev] = c
 }
 
 // find returns dev's entry for id by a scan of the queue.
@@ -228,6 +322,8 @@ func (s *Store) Ack(dev string, id store.ID) error {
 	if hinted && h.id == id {
 		entryErr, refErr := s.deleteEntry(h.seq, h.refOff)
 		if entryErr == nil {
+			s.raiseFloor(dev, h.prio, h.seq+1) // h was the first entry
+			s.addBytes(dev, -h.size)
 			return s.ackRest(id, refErr)
 		}
 		if !errors.Is(entryErr, jetstream.ErrMsgNotFound) {
@@ -248,6 +344,7 @@ func (s *Store) Ack(dev string, id store.ID) error {
 		}
 		return entryErr
 	}
+	s.addBytes(dev, -q.size)
 	return s.ackRest(id, refErr)
 }
 
@@ -496,6 +593,7 @@ func (s *Store) copyQueue(src, dst string, before map[uint64]bool) error {
 			return err
 		}
 	}
+	s.forgetBytes(dst)
 	if copied > 0 {
 		s.wake([]string{dst})
 	}
@@ -517,7 +615,8 @@ func (s *Store) writeCopy(dst string, from []queued, before map[uint64]bool) (cu
 			base = append(base, q)
 		}
 	}
-	v := &queueView{read: map[store.Priority]uint64{store.High: 0, store.Normal: 0}, byPrio: map[store.Priority][]queued{}}
+	v := &queueView{read: map[store.Priority]uint64{store.High: s.floor(dst, store.High) - 1, store.Normal: s.floor(dst, store.Normal) - 1},
+		byPrio: map[store.Priority][]queued{}}
 	for attempt := 1; ; attempt++ {
 		last, err := s.steadyEntries(dst, v)
 		if err != nil {
@@ -599,7 +698,9 @@ func (s *Store) steadyEntries(dev string, v *queueView) (map[store.Priority]uint
 		if err != nil {
 			return nil, err
 		}
-		if maps.Equal(v.read, last) {
+		// Read up to each subject's last entry (or past it: a floor is
+		// above a subject left empty, whose last is 0).
+		if last[store.High] <= v.read[store.High] && last[store.Normal] <= v.read[store.Normal] {
 			return last, nil
 		}
 	}
