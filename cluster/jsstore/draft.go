@@ -259,7 +259,6 @@ func (d *draft) build(j *job, first store.ID, posted time.Time, ceiling store.ID
 				&nats.Msg{Subject: s.queueSubj(dev, m.Prio), Data: e.marshal()},
 				&nats.Msg{Subject: s.refSubj(ids[i], dev)})
 			j.devs = append(j.devs, dev)
-			j.added = append(j.added, e.size)
 		}
 	}
 	if j.usesChunks {

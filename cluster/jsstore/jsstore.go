@@ -162,7 +162,7 @@ type Store struct {
 	// under load: most of the leader's CPU). Entries are only ever
 	// appended, so a floor stays true on every frontend for ever.
 	floors map[floorKey]uint64
-	// qbytes caches QueueBytes per device (queueBytesTTL).
+	// qbytes keeps QueueBytes's count per device (queue.go).
 	qbytes map[string]queueBytes
 }
 
@@ -179,12 +179,6 @@ type entryRef struct {
 type floorKey struct {
 	dev  string
 	prio store.Priority
-}
-
-// queueBytes is a device's QueueBytes as last counted, and when.
-type queueBytes struct {
-	n  int64
-	at time.Time
 }
 
 // maxInflight bounds batches published and not yet acked: the server keeps

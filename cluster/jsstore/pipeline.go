@@ -46,7 +46,6 @@ type job struct {
 	batch      []*nats.Msg
 	receipts   []store.Receipt
 	devs       []string // devices given entries, for wakes
-	added      []int64  // the entries' sizes, as devs, for QueueBytes
 	ceiling    store.ID // id ceiling carried by the batch, or 0
 	usesChunks bool     // some record reads chunks of chunkDraft
 	chunkDraft string
@@ -257,8 +256,8 @@ func (s *Store) completer() {
 		var devs []string
 		ceiling := false
 		for _, j := range b.jobs {
-			for i, dev := range j.devs {
-				s.addBytes(dev, j.added[i])
+			for _, dev := range j.devs {
+				s.committed(dev)
 			}
 			j.done(j.receipts, nil)
 			devs = append(devs, j.devs...)
