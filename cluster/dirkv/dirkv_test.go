@@ -466,7 +466,11 @@ func TestCall(t *testing.T) {
 // after the TTL, and a call in the meantime waits for it.
 func TestHandover(t *testing.T) {
 	c := start(t)
-	ttl := 4 * time.Second
+	// A long TTL: a successor that had to wait for the old lease to
+	// expire would take over 16 s (the TTL less a renewal interval), one
+	// handed the lease by Close takes 0.1–0.3 s (2 s seen on a loaded CI
+	// machine), so TTL/2 tells the two apart with room for a slow run.
+	ttl := 20 * time.Second
 	a := open(t, c, "fe.a", ttl, true)
 	waitWriter(t, a)
 	b := open(t, c, "fe.b", ttl, true)
