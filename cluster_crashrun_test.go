@@ -3,7 +3,9 @@ package main
 // The crash run of crashrun_test.go against a clustered site: two frontends
 // (the mnm binary, config "cluster") over an embedded 3-node JetStream
 // cluster, the members' devices spread over both. Each round SIGKILLs one
-// frontend under the same mixed load and restarts it, and at the end the
+// frontend under the same mixed load and restarts it (the second round
+// kills the NATS node leading the site's stream instead, and restarts it
+// from its data), and at the end the
 // same checker compares what the members received with what the frontends
 // acknowledged: nothing acked lost, every device's posts in order per
 // sender, unacked posts reaching all or none of their devices.
@@ -22,6 +24,9 @@ import (
 
 	"mnm/cluster/natstest"
 )
+
+// jsstoreStream is the site's stream: the cluster section's default prefix.
+const jsstoreStream = defaultClusterPrefix
 
 // writeClusterConfig writes, in a new directory under dir, the config of
 // frontend n (1…) of a site on the NATS cluster at urls.
@@ -64,6 +69,7 @@ func TestClusterCrashRun(t *testing.T) {
 		}
 	}
 	start := time.Now()
+	leaderKills := 0
 	for k := range kills {
 		r.life = k + 1
 		clients := r.connectAt(at(k))
@@ -80,12 +86,31 @@ func TestClusterCrashRun(t *testing.T) {
 		}
 		alive := crashMinAlive + time.Duration(r.rng.Int64N(int64(crashMaxAlive-crashMinAlive)))
 		time.Sleep(alive) // the load runs for this long; the kill's timing is the point
+		if k == 1 {
+			// This round kills the NATS node leading the site's stream
+			// instead: an election under load, the node restarted from its
+			// data after.
+			node := c.Leader(jsstoreStream)
+			if node < 0 {
+				t.Fatal("the site's stream has no leader")
+			}
+			c.Kill(node)
+			close(stop)
+			wg.Wait()
+			for _, cl := range clients {
+				cl.Close()
+			}
+			c.Restart(node)
+			c.WaitStreamCurrent(jsstoreStream)
+			leaderKills++
+			continue
+		}
 		victim := k % len(fes)
 		fes[victim].kill()
 		close(stop)
 		wg.Wait()
-		for _, c := range clients {
-			c.Close()
+		for _, cl := range clients {
+			cl.Close()
 		}
 		if len(r.failures) > 0 {
 			break
@@ -101,8 +126,8 @@ func TestClusterCrashRun(t *testing.T) {
 	for _, f := range r.failures {
 		t.Error(f)
 	}
-	t.Logf("cluster crash run: %d frontend kills in %v; %d posts sent, %d acked, %d acked lost; "+
+	t.Logf("cluster crash run: %d frontend kills and %d of the stream's leader in %v; %d posts sent, %d acked, %d acked lost; "+
 		"%d registrations, %d new devices, %d invitations, %d alias edits",
-		kills, time.Since(start).Round(time.Second), r.sent, r.ackedN, lost,
+		kills-leaderKills, leaderKills, time.Since(start).Round(time.Second), r.sent, r.ackedN, lost,
 		len(r.regs), r.newDevs, r.invites, r.renames)
 }

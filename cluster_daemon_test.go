@@ -4,8 +4,8 @@ package main
 // embedded 3-node JetStream cluster: the server as one frontend of a
 // clustered site, with nothing shared in process. Members registered on one
 // frontend log in on the other; posts, pings, groups and "user" messages
-// cross between them; aliases stay unique under concurrent registration on
-// both; ids increase site-wide.
+// cross between them; aliases and gids stay unique under concurrent
+// registration on both; ids increase site-wide.
 
 import (
 	"fmt"
@@ -207,6 +207,40 @@ func TestClusterDaemons(t *testing.T) {
 		wg.Wait()
 		if won != 1 {
 			t.Errorf("%d registrations got the alias, want 1", won)
+		}
+	})
+
+	t.Run("unique gids", func(t *testing.T) {
+		// Six members, three on each frontend, create one group at the
+		// same moment (an invitation to a gid that does not exist makes
+		// it): exactly one does; the others are refused.
+		var racers []*testclient.Client
+		for i := range 6 {
+			cl, _ := register(i%2, fmt.Sprintf("gid-racer-%d", i))
+			racers = append(racers, cl)
+		}
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		made := 0
+		for i, cl := range racers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ack, err := cl.GroupInvite("contested-gid", fmt.Sprintf("gid-racer-%d", i), "bobby-cl", "mine")
+				if err != nil {
+					t.Errorf("racer %d: %v", i, err)
+					return
+				}
+				if ack.Error == "" {
+					mu.Lock()
+					made++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if made != 1 {
+			t.Errorf("%d members made the group, want 1", made)
 		}
 	})
 
