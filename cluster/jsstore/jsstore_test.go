@@ -469,8 +469,9 @@ func TestCopyQueueAcrossFrontends(t *testing.T) {
 	c := natstest.Start(t, natstest.Options{})
 	h := newHarness(t, c)
 	// A device is added on frontend a while frontend b commits for
-	// its member's devices every 5 ms (two hundred posts a second to
-	// one member: a flood): the copy's guard is tripped by b's
+	// its member's devices every 20 ms (fifty posts a second to one
+	// member: a flood; at 5 ms a loaded CI machine under -race saw 20
+	// attempts refused in a row): the copy's guard is tripped by b's
 	// commits, which a's pipeline cannot hold back, and the copy goes
 	// again, reading only what arrived, until it lands between two.
 	// dst ends with src's queue, in order, each entry once.
@@ -502,7 +503,7 @@ func TestCopyQueueAcrossFrontends(t *testing.T) {
 				return
 			}
 			n++
-			time.Sleep(5 * time.Millisecond) // the flood's pace, not a wait for an event
+			time.Sleep(20 * time.Millisecond) // the flood's pace, not a wait for an event
 		}
 	}()
 	err := a.CopyQueue("src", "dst")

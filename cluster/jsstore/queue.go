@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -711,6 +712,10 @@ func (s *Store) writeCopy(dst string, from []queued, before map[uint64]bool) (cu
 			return nil, 0, err
 		}
 		s.log.Debug("jsstore copy queue: an entry reached the copy's device meanwhile, copying again", "attempt", attempt)
+		// A pause of 1–4 ms, so that the attempts do not keep step with a
+		// steady stream of commits. This frontend's commits wait for it
+		// (the copy holds the pipeline), which is why it is short.
+		time.Sleep(time.Millisecond + rand.N(3*time.Millisecond))
 	}
 }
 
