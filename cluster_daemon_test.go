@@ -184,27 +184,14 @@ func TestClusterDaemons(t *testing.T) {
 	t.Run("unique aliases", func(t *testing.T) {
 		// Twelve registrations, six on each frontend, all asking for one
 		// alias: exactly one gets it.
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		won := 0
-		for i := range 12 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				cl, reg, err := testclient.Register(addr(i%2), "laptop", "contested-cl", testclient.Options{})
-				if err != nil {
-					t.Errorf("register %d: %v", i, err)
-					return
-				}
-				cl.Close()
-				if reg.AliasError == "" {
-					mu.Lock()
-					won++
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
+		won := winners(t, 12, func(i int) (bool, error) {
+			cl, reg, err := testclient.Register(addr(i%2), "laptop", "contested-cl", testclient.Options{})
+			if err != nil {
+				return false, err
+			}
+			cl.Close()
+			return reg.AliasError == "", nil
+		})
 		if won != 1 {
 			t.Errorf("%d registrations got the alias, want 1", won)
 		}
@@ -219,26 +206,10 @@ func TestClusterDaemons(t *testing.T) {
 			cl, _ := register(i%2, fmt.Sprintf("gid-racer-%d", i))
 			racers = append(racers, cl)
 		}
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		made := 0
-		for i, cl := range racers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ack, err := cl.GroupInvite("contested-gid", fmt.Sprintf("gid-racer-%d", i), "bobby-cl", "mine")
-				if err != nil {
-					t.Errorf("racer %d: %v", i, err)
-					return
-				}
-				if ack.Error == "" {
-					mu.Lock()
-					made++
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
+		made := winners(t, len(racers), func(i int) (bool, error) {
+			ack, err := racers[i].GroupInvite("contested-gid", fmt.Sprintf("gid-racer-%d", i), "bobby-cl", "mine")
+			return err == nil && ack.Error == "", err
+		})
 		if made != 1 {
 			t.Errorf("%d members made the group, want 1", made)
 		}
@@ -253,4 +224,27 @@ func TestClusterDaemons(t *testing.T) {
 			t.Error("a frontend backed up what it does not hold")
 		}
 	})
+}
+
+// winners runs try(0)…try(n-1) at once and counts those that report a win;
+// an error fails the test.
+func winners(t *testing.T, n int, try func(i int) (won bool, err error)) int {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won := 0
+	for i := range n {
+		wg.Go(func() {
+			ok, err := try(i)
+			if err != nil {
+				t.Errorf("racer %d: %v", i, err)
+			}
+			if ok {
+				mu.Lock()
+				won++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return won
 }

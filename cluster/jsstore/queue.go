@@ -135,19 +135,25 @@ func (s *Store) next(dev string, prio store.Priority, seq uint64) (queued, bool,
 func (s *Store) entries(dev string) ([]queued, error) {
 	var out []queued
 	for _, prio := range []store.Priority{store.High, store.Normal} {
-		for seq := s.floor(dev, prio); ; {
-			q, ok, err := s.next(dev, prio, seq)
-			if err != nil {
-				return nil, err
-			}
-			if !ok {
-				break
-			}
-			out = append(out, q)
-			seq = q.seq + 1
+		if _, err := s.readOn(dev, prio, s.floor(dev, prio)-1, func(q queued) { out = append(out, q) }); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// readOn calls fn with each entry of dev's queue of priority prio after
+// stream sequence after, in order, a read each, and returns the sequence
+// of the last entry read (after itself when there is none).
+func (s *Store) readOn(dev string, prio store.Priority, after uint64, fn func(queued)) (uint64, error) {
+	for {
+		q, ok, err := s.next(dev, prio, after+1)
+		if err != nil || !ok {
+			return after, err
+		}
+		fn(q)
+		after = q.seq
+	}
 }
 
 // Head returns the first entry of dev's queue. The stream holds a device's
@@ -248,22 +254,13 @@ func (s *Store) QueueBytes(dev string) int64 {
 	s.qbytes[dev] = c
 	s.hintMu.Unlock()
 
-	n, read, err := c.n, c.read, error(nil)
+	n, read := c.n, c.read
+	var err error
 	if full {
 		n, read = 0, [2]uint64{s.floor(dev, store.Normal) - 1, s.floor(dev, store.High) - 1}
 	}
 	for prio := range read {
-		for {
-			var q queued
-			var more bool
-			q, more, err = s.next(dev, store.Priority(prio), read[prio]+1)
-			if err != nil || !more {
-				break
-			}
-			n += q.size
-			read[prio] = q.seq
-		}
-		if err != nil {
+		if read[prio], err = s.readOn(dev, store.Priority(prio), read[prio], func(q queued) { n += q.size }); err != nil {
 			break
 		}
 	}
@@ -760,16 +757,10 @@ type queueView struct {
 func (s *Store) steadyEntries(dev string, v *queueView) (map[store.Priority]uint64, error) {
 	for range steadyReads {
 		for _, prio := range []store.Priority{store.High, store.Normal} {
-			for {
-				q, ok, err := s.next(dev, prio, v.read[prio]+1)
-				if err != nil {
-					return nil, err
-				}
-				if !ok {
-					break
-				}
-				v.byPrio[prio] = append(v.byPrio[prio], q)
-				v.read[prio] = q.seq
+			var err error
+			v.read[prio], err = s.readOn(dev, prio, v.read[prio], func(q queued) { v.byPrio[prio] = append(v.byPrio[prio], q) })
+			if err != nil {
+				return nil, err
 			}
 		}
 		last, err := s.lastSeqs(dev)
